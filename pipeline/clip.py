@@ -1,0 +1,98 @@
+"""The frozen CLIP encoder (open_clip) behind extract@video and extract@text.
+
+`clip.model` is any open_clip model name (`ViT-B-32`, `ViT-L-14`, ..., `local-dir:/path`,
+or the tiny `mmdistill-tiny` architecture shipped in `model_configs/`); `clip.pretrained`
+is an open_clip pretrained tag (`openai`, `laion2b_s34b_b79k`, ...), a path to a checkpoint
+file, or "" for random weights (the offline default). Tags download on first use through
+open_clip's own cache; nothing here downloads anything else.
+
+Embeddings are L2-normalised (the space CLIP's contrastive loss works in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+    """CLIP's image recipe on uint8 tensors: bicubic resize of the short side to S, centre
+    crop, scale to [0, 1], normalise. Picklable, so DataLoader workers run it."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (N, H, W, 3) -> float (N, 3, S, S)."""
+        x = frames.permute(0, 3, 1, 2)  # (N, 3, H, W)
+        x = TF.resize(x, [self.image_size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+        x = TF.center_crop(x, [self.image_size, self.image_size])
+        x = x.float().div_(255.0)
+        return TF.normalize(x, list(self.mean), list(self.std))
+
+
+@dataclasses.dataclass
+class FrozenClip:
+    """A frozen open_clip model with batched image and text embedding."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    preprocess: ImagePreprocess
+    device: torch.device
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (N, 3, S, S) -> unit-norm embeddings (N, D) float32 on CPU."""
+        z = self.model.encode_image(images.to(self.device, non_blocking=True))  # (N, D)
+        return F.normalize(z.float(), dim=-1).cpu()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Strings -> unit-norm embeddings (N, D) float32 on CPU (truncated to the context length)."""
+        tokens = self.tokenizer(texts).to(self.device)  # (N, context_length)
+        z = self.model.encode_text(tokens)  # (N, D)
+        return F.normalize(z.float(), dim=-1).cpu()
+
+
+def load_clip(model_name: str, pretrained: str, device: torch.device) -> FrozenClip:
+    """Build the open_clip model `model_name` with weights `pretrained` (tag, file, or "")."""
+    available = open_clip.list_models()
+    if not model_name.startswith(("hf-hub:", "local-dir:")) and model_name not in available:
+        raise ValueError(f"clip.model {model_name!r} is not an open_clip model. Available: {available} "
+                         "(or 'local-dir:/path/to/dir', 'hf-hub:org/repo')")
+    if pretrained and not Path(pretrained).is_file():
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if pretrained not in tags:
+            raise ValueError(f"clip.pretrained {pretrained!r} is neither a checkpoint file nor a pretrained tag "
+                             f"of {model_name!r}. Tags: {tags}")
+    model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None, device=device)
+    if not pretrained:
+        log.info("clip %s: random weights (clip.pretrained is empty)", model_name)
+    model.eval().requires_grad_(False)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    preprocess = ImagePreprocess(
+        image_size=int(size),
+        mean=tuple(model.visual.image_mean or open_clip.OPENAI_DATASET_MEAN),
+        std=tuple(model.visual.image_std or open_clip.OPENAI_DATASET_STD),
+    )
+    return FrozenClip(model=model, tokenizer=open_clip.get_tokenizer(model_name), preprocess=preprocess,
+                      device=device)
+
+
+def clip_config(model_name: str, pretrained: str) -> dict[str, str]:
+    """What identifies the embedding space, recorded in feature files and checked on read."""
+    return {"model": model_name, "pretrained": pretrained}

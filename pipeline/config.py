@@ -1,0 +1,309 @@
+"""Typed access to params.yaml, the single source of hyper-parameters.
+
+Each section of params.yaml maps to a frozen dataclass below. `load_section` turns a
+section into its dataclass and rejects unknown or missing keys, naming the valid ones,
+so a typo in `dvc exp run -S teacher.lrr=...` fails before any work is done.
+
+Choices made by name (dataset, model, method, ...) resolve through `Registry`, one small
+table of names -> builders per concern; an unknown name raises with the available names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+PARAMS_FILE = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing, unknown or of the wrong type."""
+
+
+class Registry(Generic[T]):
+    """A table of names -> objects with an error that lists the valid names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            self.add(name, obj)
+            return obj
+
+        return decorator
+
+    def add(self, name: str, obj: T) -> None:
+        if name in self._items:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._items[name] = obj
+
+    def get(self, name: str) -> T:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}. Available: {sorted(self._items)}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise ConfigError unless `value` is one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{where}: unknown value {value!r}. Available: {list(choices)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseParams:
+    text: float
+    video: float
+    audio: float
+    label: float
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateParams:
+    """Synthetic dataset generation (stage `generate`)."""
+
+    n_clips: int
+    splits: dict[str, float]
+    seconds: float
+    fps: int
+    size: int
+    sample_rate: int
+    noise: NoiseParams
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipParams:
+    """The frozen CLIP shared by extract@video and extract@text (one embedding space)."""
+
+    model: str  # open_clip model name, e.g. ViT-B-32, or our tiny `mmdistill-tiny`
+    pretrained: str  # open_clip tag (e.g. openai), a checkpoint path, or "" for random init
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParams:
+    """How a stage runs; does not change what it computes (up to float rounding)."""
+
+    device: str  # auto | cpu | cuda | cuda:N
+    batch_size: int
+    num_workers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoParams:
+    frames: int  # frames sampled uniformly per clip
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioParams:
+    sample_rate: int
+    n_mels: int
+    win_ms: float
+    hop_ms: float
+    fmin: float
+    fmax: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TextParams:
+    templates: list[str]  # class prompt templates, "{}" is replaced by the class name
+    classes: list[str]  # one name per sentiment bin, from most negative to most positive
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractParams:
+    run: RunParams
+    max_failure_ratio: float
+    video: VideoParams
+    audio: AudioParams
+    text: TextParams
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherParams:
+    layers: int  # temporal / audio transformer layers
+    heads: int
+    dropout: float
+    audio_tokens: int  # log-mel frames are average-pooled to at most this many tokens
+    prompt_alpha: float  # initial residual weight a of the video-enhanced prompts
+    mask: str  # zeros | learned: how a masked (missing or held-out) modality is filled
+    schedule: str  # joint | two_phase (step 1: classification -> regression)
+    ce_weight: float
+    step1_hidden: int  # hidden width of g, the logits -> regression MLP
+    train: TrainParams
+
+    def __post_init__(self) -> None:
+        check_choice("teacher.mask", self.mask, ("zeros", "learned"))
+        check_choice("teacher.schedule", self.schedule, ("joint", "two_phase"))
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentParams:
+    pretrained: str  # HF hub id or local dir; "" builds a tiny random RoBERTa
+    hidden_size: int
+    layers: int
+    heads: int
+    intermediate_size: int
+    vocab_size: int  # size of the byte-level BPE trained on the train transcripts
+    max_length: int
+    head_hidden: int
+    dropout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoAdviserParams:
+    weight: float  # lambda
+    distance: str  # mse | l1 | smooth_l1
+
+    def __post_init__(self) -> None:
+        check_choice("distill.videoadviser.distance", self.distance, ("mse", "l1", "smooth_l1"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillParams:
+    methods: list[str]
+    student: StudentParams
+    train: TrainParams
+    videoadviser: VideoAdviserParams
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    device: str
+
+
+SECTIONS: dict[str, type] = {
+    "generate": GenerateParams,
+    "clip": ClipParams,
+    "extract": ExtractParams,
+    "teacher": TeacherParams,
+    "distill": DistillParams,
+    "evaluate": EvaluateParams,
+}
+TOP_LEVEL: dict[str, type] = {"seed": int, "dataset": str}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    """The raw params.yaml mapping; refuses unknown top-level keys."""
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run from the project root (where dvc.yaml is)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    valid = set(SECTIONS) | set(TOP_LEVEL)
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level keys {unknown}. Valid keys: {sorted(valid)}")
+    return data
+
+
+def load_section(name: str, path: Path = PARAMS_FILE) -> Any:
+    """Section `name` of params.yaml as its dataclass."""
+    if name not in SECTIONS:
+        raise ConfigError(f"unknown params section {name!r}. Available: {sorted(SECTIONS)}")
+    data = read_params(path)
+    if name not in data:
+        raise ConfigError(f"{path}: section {name!r} is missing")
+    return from_dict(SECTIONS[name], data[name], where=name)
+
+
+def load_value(name: str, path: Path = PARAMS_FILE) -> Any:
+    """A top-level scalar of params.yaml (seed, dataset)."""
+    data = read_params(path)
+    if name not in data:
+        raise ConfigError(f"{path}: top-level key {name!r} is missing")
+    return _convert(TOP_LEVEL[name], data[name], where=name)
+
+
+def from_dict(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from a mapping, checking keys and value types recursively."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    missing = sorted(set(fields) - set(data))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}. Valid keys: {sorted(fields)}")
+    if missing:
+        raise ConfigError(f"{where}: missing keys {missing}. Valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {name: _convert(hints[name], data[name], f"{where}.{name}") for name in fields}
+    return cls(**values)
+
+
+def to_dict(obj: Any) -> Any:
+    """A params dataclass back to plain data (for checkpoints and HDF5 attributes)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(arg, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError("; ".join(errors))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_convert(key_tp, k, where): _convert(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")

@@ -1,0 +1,89 @@
+"""Model inputs assembled from the feature store: one in-memory tensor per modality.
+
+Audio log-mel frames (T, n_mels) are average-pooled over time to a fixed A tokens
+(adaptive pooling, so clips of any length give the same shape); video keeps its F frame
+embeddings. A clip missing from a modality's file (it failed to decode; see the failures
+CSV of extract) gets zeros there and `present[:, m] = False`, which the models treat as a
+masked modality.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import paths
+from .config import ClipParams, ExtractParams
+from .extract import audio_config, text_config, video_config
+from .models import MODALITIES
+from .store import FeatureReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FeatureArrays:
+    ids: list[str]
+    video: torch.Tensor  # (N, F, D)
+    audio: torch.Tensor  # (N, A, n_mels)
+    text: torch.Tensor  # (N, D)
+    present: torch.Tensor  # (N, 3) bool, MODALITIES order
+    prompts: torch.Tensor  # (K, D)
+    classes: list[str]
+
+    def index(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"video": self.video[idx], "audio": self.audio[idx], "text": self.text[idx],
+                "present": self.present[idx]}
+
+
+def pool_time(x: np.ndarray, tokens: int) -> torch.Tensor:
+    """(T, C) -> (tokens, C) by adaptive average pooling over time."""
+    t = torch.from_numpy(x).float().T.unsqueeze(0)  # (1, C, T)
+    return F.adaptive_avg_pool1d(t, tokens).squeeze(0).T  # (tokens, C)
+
+
+def _stack(reader: FeatureReader, ids: list[str], key: str, shape: tuple[int, ...],
+           transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.zeros((len(ids), *shape))
+    present = torch.zeros(len(ids), dtype=torch.bool)
+    for i, clip_id in enumerate(ids):
+        if clip_id in reader:
+            x = reader.read(clip_id)[key]
+            out[i] = transform(x) if transform else torch.from_numpy(x)
+            present[i] = True
+    return out, present
+
+
+def load_features(manifest: pd.DataFrame, dataset: str, clip: ClipParams, extract: ExtractParams,
+                  audio_tokens: int) -> FeatureArrays:
+    """Read the three feature files for the manifest's clips, checking their recorded configs."""
+    ids = manifest["id"].tolist()
+    video_r = FeatureReader(paths.features(dataset, "video"), video_config(clip, extract.video.frames),
+                            stage="extract@video")
+    audio_r = FeatureReader(paths.features(dataset, "audio"), audio_config(extract.audio), stage="extract@audio")
+    text_r = FeatureReader(paths.features(dataset, "text"),
+                           text_config(clip, extract.text.templates, extract.text.classes), stage="extract@text")
+    with video_r, audio_r, text_r:
+        prompts = text_r.extra("prompts")
+        dim = prompts["embeddings"].shape[1]
+        video, v_ok = _stack(video_r, ids, "frames", (extract.video.frames, dim))
+        audio, a_ok = _stack(audio_r, ids, "logmel", (audio_tokens, extract.audio.n_mels),
+                             transform=lambda x: pool_time(x, audio_tokens))
+        text, t_ok = _stack(text_r, ids, "text", (dim,))
+    present = torch.stack([v_ok, a_ok, t_ok], dim=1)  # (N, 3)
+    for m, name in enumerate(MODALITIES):
+        missing = int((~present[:, m]).sum())
+        if missing:
+            log.warning("%d of %d clips have no %s features (masked)", missing, len(ids), name)
+    return FeatureArrays(ids=ids, video=video, audio=audio, text=text, present=present,
+                         prompts=torch.from_numpy(prompts["embeddings"]).float(), classes=prompts["classes"])
+
+
+def feature_files(dataset: str) -> list[Path]:
+    return [paths.features(dataset, m) for m in MODALITIES]

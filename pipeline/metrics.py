@@ -1,0 +1,223 @@
+"""Sentiment regression metrics, following the MMSA toolkit's conventions.
+
+Source: thuiar/MMSA, ``src/MMSA/utils/metricsTop.py``, ``MetricsTop.__eval_mosei_regression``
+(``__eval_mosi_regression`` simply calls it), which is the de-facto standard for CMU-MOSI
+(Zadeh et al., 2016, "MOSI: Multimodal Corpus of Sentiment Intensity and Subjectivity
+Analysis in Online Opinion Videos") and CMU-MOSEI results. Labels are sentiment intensities
+in [-3, 3] (averaged annotator scores, so not necessarily integers).
+
+Notation: ``pred`` and ``y`` are 1-D float arrays of length N; ``clip(x, a, b)`` is
+``np.clip``; ``round`` is ``np.round`` (round half to even: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2,
+-0.5 -> -0, -2.5 -> -2); ``1[.]`` is the indicator; ``mean`` is over clips.
+
+Metrics (keys of :func:`sentiment_metrics`, in :data:`METRIC_NAMES` order):
+
+``mae``
+    ``mean(|pred - y|)``, on the raw, *unclipped* values (as MMSA).
+``corr``
+    Pearson correlation ``cov(pred, y) / (std(pred) * std(y))`` (MMSA: ``np.corrcoef``).
+    Undefined when ``pred`` or ``y`` is constant: then ``nan`` and a logged warning.
+``acc7``
+    7-class accuracy ``mean(1[round(clip(pred, -3, 3)) == round(clip(y, -3, 3))])``.
+``acc5``
+    5-class accuracy ``mean(1[round(clip(pred, -2, 2)) == round(clip(y, -2, 2))])``;
+    e.g. a prediction of 5.0 counts as 3 for ``acc7`` and as 2 for ``acc5``.
+``acc2_has0``
+    Binary accuracy over *all* clips with classes ``y >= 0`` vs ``y < 0`` and
+    ``pred >= 0`` vs ``pred < 0`` (neutral, y == 0, is counted as positive).
+``f1_has0``
+    Weighted F1 for the has0 binarization: per-class F1 averaged with weights equal to the
+    class's support in the *labels* (``sklearn.metrics.f1_score(truth, preds,
+    average="weighted")``; MMSA passes truth first, which matters for the weights).
+``acc2_non0``
+    Binary accuracy after dropping clips with ``y == 0``: classes ``y > 0`` vs ``y < 0``
+    and ``pred > 0`` vs ``pred <= 0`` (a prediction of exactly 0 counts as negative here,
+    but as positive in has0). Exactly MMSA's
+    ``non_zeros = [i for i, e in enumerate(y) if e != 0]``,
+    ``(y[non_zeros] > 0)`` vs ``(pred[non_zeros] > 0)``.
+``f1_non0``
+    Weighted F1 for the non0 binarization.
+
+Both Acc-2 conventions are reported because papers differ: "has0" ("negative /
+non-negative") keeps neutral clips and counts them as positive, "non0" ("negative /
+positive") drops them; many papers (and MMSA's result tables) report both as "has0/non0".
+Numbers under the two conventions are not comparable, so a single "Acc-2" is ambiguous.
+
+Deviations from MMSA, all deliberate:
+
+* values are returned unrounded (MMSA rounds every metric to 4 decimals);
+* when no clip has ``y != 0``, ``acc2_non0`` and ``f1_non0`` are ``nan`` (MMSA crashes:
+  the empty index list becomes a float array, which cannot index);
+* F1 uses ``zero_division=0`` explicitly; this gives the same numbers as sklearn's default
+  (``"warn"`` also scores an undefined precision/recall as 0) without warning spam when a
+  class is absent from the predictions or labels;
+* a constant ``pred`` or ``y`` gives ``corr = nan`` with a logged warning instead of a numpy
+  ``RuntimeWarning``.
+
+Command line: ``python -m pipeline.metrics predictions.csv [...]`` reads per-clip
+prediction CSVs (columns ``id``, ``label``, ``pred``) and prints one JSON object mapping
+each path to its metrics; ``nan`` is written as ``null`` so the output is strict JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+
+logger = logging.getLogger(__name__)
+
+METRIC_NAMES: tuple[str, ...] = (
+    "mae",
+    "corr",
+    "acc7",
+    "acc5",
+    "acc2_has0",
+    "f1_has0",
+    "acc2_non0",
+    "f1_non0",
+)
+
+CSV_COLUMNS: tuple[str, ...] = ("id", "label", "pred")
+
+
+def _check_inputs(pred: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred = np.asarray(pred, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if pred.ndim != 1 or y.ndim != 1:
+        raise ValueError(
+            f"pred and y must be 1-D arrays; got pred shape {pred.shape} and y shape {y.shape}"
+        )
+    if pred.shape != y.shape:
+        raise ValueError(
+            f"pred and y must have the same length; got pred shape {pred.shape} "
+            f"and y shape {y.shape}"
+        )
+    if pred.size == 0:
+        raise ValueError(f"pred and y are empty (shapes {pred.shape} and {y.shape})")
+    for name, arr in (("pred", pred), ("y", y)):
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise ValueError(
+                f"{name} has {bad.size} non-finite value(s) (nan or inf); "
+                f"first at index {int(bad[0])}: {arr[bad[0]]!r}"
+            )
+    return pred, y
+
+
+def _pearson(pred: np.ndarray, y: np.ndarray) -> float:
+    for name, arr in (("pred", pred), ("y", y)):
+        if np.all(arr == arr[0]):
+            logger.warning(
+                "Pearson correlation undefined: %s is constant (%r over %d clips); corr = nan",
+                name,
+                float(arr[0]),
+                arr.size,
+            )
+            return math.nan
+    return float(np.corrcoef(pred, y)[0, 1])
+
+
+def _multiclass_acc(pred: np.ndarray, y: np.ndarray, bound: float) -> float:
+    p = np.round(np.clip(pred, -bound, bound))
+    t = np.round(np.clip(y, -bound, bound))
+    return float(np.mean(p == t))
+
+
+def _binary(truth: np.ndarray, preds: np.ndarray) -> tuple[float, float]:
+    """(accuracy, weighted F1) of boolean arrays; labels (truth) first as in MMSA."""
+    acc = float(np.mean(truth == preds))
+    f1 = float(f1_score(truth, preds, average="weighted", zero_division=0))
+    return acc, f1
+
+
+def sentiment_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """All eight metrics, keys in METRIC_NAMES order, plain Python floats.
+
+    ``pred`` and ``y`` are 1-D, equally long, non-empty and finite (ValueError otherwise).
+    See the module docstring for the definitions.
+    """
+    pred, y = _check_inputs(pred, y)
+
+    acc2_has0, f1_has0 = _binary(y >= 0, pred >= 0)
+
+    non_zeros = y != 0
+    if np.any(non_zeros):
+        acc2_non0, f1_non0 = _binary(y[non_zeros] > 0, pred[non_zeros] > 0)
+    else:
+        logger.warning("No clip has a non-zero label; acc2_non0 and f1_non0 are nan")
+        acc2_non0 = f1_non0 = math.nan
+
+    values = {
+        "mae": float(np.mean(np.abs(pred - y))),
+        "corr": _pearson(pred, y),
+        "acc7": _multiclass_acc(pred, y, 3.0),
+        "acc5": _multiclass_acc(pred, y, 2.0),
+        "acc2_has0": acc2_has0,
+        "f1_has0": f1_has0,
+        "acc2_non0": acc2_non0,
+        "f1_non0": f1_non0,
+    }
+    return {name: values[name] for name in METRIC_NAMES}
+
+
+def metrics_from_csv(path: Path) -> dict[str, float]:
+    """Recompute the metrics from a per-clip predictions CSV with columns id, label, pred.
+
+    Errors (missing columns, non-numeric, empty or non-finite values)
+    are raised as ValueError naming the file; row indices count data rows from 0.
+    """
+    path = Path(path)
+    df = pd.read_csv(path, dtype={"id": str})
+    missing = [c for c in CSV_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; expected columns {list(CSV_COLUMNS)}, "
+            f"found {list(df.columns)}"
+        )
+    try:
+        label = df["label"].to_numpy(dtype=np.float64)
+        pred = df["pred"].to_numpy(dtype=np.float64)
+        return sentiment_metrics(pred, label)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pipeline.metrics predictions.csv [...]` prints the metrics of each CSV as JSON.
+
+    Output: one JSON object ``{path: {metric: value, ...}, ...}`` (nan -> null).
+    Returns 0, or 1 (with a message on stderr) when a CSV cannot be read or is invalid.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.metrics",
+        description="Recompute MMSA-style sentiment metrics from per-clip prediction CSVs "
+        "(columns id, label, pred).",
+    )
+    parser.add_argument("csv", nargs="+", type=Path, help="predictions CSV file(s)")
+    args = parser.parse_args(argv)
+
+    results: dict[str, dict[str, float | None]] = {}
+    for path in args.csv:
+        try:
+            results[str(path)] = _json_safe(metrics_from_csv(path))
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""The CLIP prompt teacher and the RoBERTa text student.
+
+Teacher (VideoAdviser's multimodal teacher, DESIGN.md "Teacher"): over frozen CLIP frame
+embeddings v_1..v_F, log-mel audio frames, the CLIP transcript embedding e_t and the K
+CLIP class-prompt embeddings P_k,
+
+    video tokens, v      = TemporalEncoder(v_1..v_F)               (CLIP4Clip seqTransf)
+    audio tokens, a      = TemporalEncoder(W_a mel_1..mel_A)
+    P'_k                 = P_k + alpha * Attn(P_k, [video tokens; audio tokens; e_t])   (X-CLIP prompts)
+    z                    = Fuse([v; a; e_t])
+    c_k                  = s * cos(z, P'_k)                         classification logits
+    r_T                  = g(c)                                     step 1: logits -> regression
+
+A modality can be masked per clip (missing in the feature store, or held out to get
+modality-specific predictions): its tokens leave the attention keys and its pooled vector
+is replaced by zeros or a learned mask token (`mask`).
+
+Student (text only at inference): any HF AutoModel encoder; the first token's hidden state
+goes through an MLP to the regression output r_S and through a linear layer to K logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODALITIES = ("video", "audio", "text")
+
+
+# --------------------------------------------------------------------------- teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    embed_dim: int  # D: CLIP embedding size
+    audio_dim: int  # n_mels
+    num_classes: int  # K
+    frames: int  # F
+    audio_tokens: int  # A
+    layers: int
+    heads: int
+    dropout: float
+    prompt_alpha: float
+    mask: str  # zeros | learned
+    step1_hidden: int
+
+
+class TemporalEncoder(nn.Module):
+    """Learned positions + a small pre-LN transformer, with a residual to the inputs'
+    mean for the pooled vector (CLIP4Clip's seqTransf similarity calculator)."""
+
+    def __init__(self, dim: int, max_len: int, layers: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(1, max_len, dim))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=4 * dim, dropout=dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, L, D) -> tokens (B, L, D), pooled (B, D)."""
+        tokens = self.norm(self.encoder(x + self.pos[:, : x.shape[1]]))  # (B, L, D)
+        pooled = tokens.mean(dim=1) + x.mean(dim=1)  # (B, D)
+        return tokens, pooled
+
+
+class PromptTeacher(nn.Module):
+    """The video-enhanced prompt teacher with its step-1 regression head."""
+
+    def __init__(self, config: TeacherConfig, prompts: torch.Tensor) -> None:
+        super().__init__()
+        c = config
+        if prompts.shape != (c.num_classes, c.embed_dim):
+            raise ValueError(f"prompts have shape {tuple(prompts.shape)}, expected ({c.num_classes}, {c.embed_dim})")
+        if c.embed_dim % c.heads:
+            raise ValueError(f"teacher.heads={c.heads} must divide the CLIP embedding size {c.embed_dim}")
+        self.config = c
+        self.register_buffer("prompts", prompts.clone().float())  # (K, D), frozen CLIP text embeddings
+        # per-mel-bin statistics of the training set (set by `set_audio_stats`), saved with the weights
+        self.register_buffer("audio_mean", torch.zeros(c.audio_dim))
+        self.register_buffer("audio_std", torch.ones(c.audio_dim))
+        d = c.embed_dim
+        self.video = TemporalEncoder(d, c.frames, c.layers, c.heads, c.dropout)
+        self.audio_in = nn.Linear(c.audio_dim, d)
+        self.audio = TemporalEncoder(d, c.audio_tokens, c.layers, c.heads, c.dropout)
+        # one always-present key, so a clip whose modalities are all masked still attends somewhere
+        self.null_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.mask_tokens = nn.Parameter(torch.zeros(len(MODALITIES), d), requires_grad=c.mask == "learned")
+        self.prompt_norm = nn.LayerNorm(d)
+        self.token_norm = nn.LayerNorm(d)
+        self.prompt_attn = nn.MultiheadAttention(d, c.heads, dropout=c.dropout, batch_first=True)
+        self.alpha = nn.Parameter(torch.tensor(float(c.prompt_alpha)))
+        self.fuse = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(d, d))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.step1 = nn.Sequential(nn.Linear(c.num_classes, c.step1_hidden), nn.GELU(),
+                                   nn.Linear(c.step1_hidden, 1))
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor,
+                present: torch.Tensor) -> dict[str, torch.Tensor]:
+        """video (B, F, D), audio (B, A, n_mels), text (B, D), present (B, 3) bool in MODALITIES order.
+
+        Returns logits (B, K), reg (B,) and the enhanced prompts (B, K, D).
+        """
+        b = video.shape[0]
+        v_tok, v = self.video(video)  # (B, F, D), (B, D)
+        audio = (audio - self.audio_mean) / self.audio_std  # (B, A, n_mels)
+        a_tok, a = self.audio(self.audio_in(audio))  # (B, A, D), (B, D)
+        t_tok = text.unsqueeze(1)  # (B, 1, D)
+        pooled = torch.stack([v, a, text], dim=1)  # (B, 3, D)
+        keep = present.unsqueeze(-1)  # (B, 3, 1)
+        pooled = torch.where(keep, pooled, self.mask_tokens.unsqueeze(0).expand(b, -1, -1))
+        z = self.fuse(pooled.flatten(1))  # (B, D)
+
+        tokens = torch.cat([self.null_token.expand(b, -1, -1), v_tok, a_tok, t_tok], dim=1)  # (B, 1+F+A+1, D)
+        lengths = (1, v_tok.shape[1], a_tok.shape[1], 1)
+        valid = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=video.device)]
+                          + [present[:, i : i + 1].expand(-1, n) for i, n in enumerate(lengths[1:])], dim=1)
+        kv = self.token_norm(tokens)
+        q = self.prompt_norm(self.prompts).unsqueeze(0).expand(b, -1, -1)  # (B, K, D)
+        attn, _ = self.prompt_attn(q, kv, kv, key_padding_mask=~valid, need_weights=False)  # (B, K, D)
+        prompts = self.prompts.unsqueeze(0) + self.alpha * attn  # (B, K, D)
+
+        scale = self.log_scale.clamp(max=math.log(100.0)).exp()
+        logits = scale * torch.einsum("bd,bkd->bk", F.normalize(z, dim=-1), F.normalize(prompts, dim=-1))
+        reg = self.step1(logits).squeeze(-1)  # (B,)
+        return {"logits": logits, "reg": reg, "prompts": prompts}
+
+    def set_audio_stats(self, audio: torch.Tensor, present: torch.Tensor) -> None:
+        """Standardise log-mel bins with the mean/std of the clips that have audio. audio (N, A, n_mels)."""
+        frames = audio[present].flatten(0, 1)  # (N' * A, n_mels)
+        if len(frames):
+            self.audio_mean.copy_(frames.mean(0))
+            self.audio_std.copy_(frames.std(0).clamp_min(1e-3))
+
+    def classification_parameters(self) -> list[nn.Parameter]:
+        """Everything but g (the two_phase schedule trains these first, then g alone)."""
+        step1 = {id(p) for p in self.step1.parameters()}
+        return [p for p in self.parameters() if id(p) not in step1]
+
+
+def save_teacher(path: Path, model: PromptTeacher, extra: dict[str, Any]) -> None:
+    """Checkpoint = weights + the config that built the model (+ provenance)."""
+    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.state_dict(), **extra}, path)
+
+
+def load_teacher(path: Path, map_location: str | torch.device = "cpu") -> tuple[PromptTeacher, dict[str, Any]]:
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    config = TeacherConfig(**ckpt["config"])
+    model = PromptTeacher(config, ckpt["state_dict"]["prompts"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt
+
+
+# --------------------------------------------------------------------------- student
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentConfig:
+    num_classes: int
+    head_hidden: int
+    dropout: float
+    max_length: int
+
+
+class TextStudent(nn.Module):
+    """HF encoder over the transcript; first-token pooling -> regression + K logits."""
+
+    def __init__(self, encoder: nn.Module, config: StudentConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = config
+        hidden = encoder.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, config.head_hidden), nn.GELU(),
+                                  nn.Dropout(config.dropout), nn.Linear(config.head_hidden, 1))
+        self.classifier = nn.Linear(hidden, config.num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask (B, L) -> reg (B,), logits (B, K)."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
+        pooled = hidden[:, 0]  # (B, H): <s> / [CLS]
+        return {"reg": self.head(pooled).squeeze(-1), "logits": self.classifier(pooled)}
+
+
+STUDENT_HEAD = "student_head.pt"
+STUDENT_CONFIG = "student.json"
+
+
+def save_student(out_dir: Path, model: TextStudent, tokenizer: Any, extra: dict[str, Any]) -> None:
+    """HF `save_pretrained` dir for encoder + tokenizer, plus the heads and their config."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.encoder.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    torch.save(heads, out_dir / STUDENT_HEAD)
+    (out_dir / STUDENT_CONFIG).write_text(json.dumps({"config": dataclasses.asdict(model.config), **extra},
+                                                     indent=2, sort_keys=True))
+
+
+def load_student(model_dir: Path) -> tuple[TextStudent, Any, dict[str, Any]]:
+    """Rebuild a saved student from its directory (not from today's params)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if not (model_dir / STUDENT_CONFIG).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a student directory (no {STUDENT_CONFIG}): "
+                                "run `dvc repro distill`")
+    meta = json.loads((model_dir / STUDENT_CONFIG).read_text())
+    encoder = AutoModel.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = TextStudent(encoder, StudentConfig(**meta["config"]))
+    heads = torch.load(model_dir / STUDENT_HEAD, map_location="cpu", weights_only=True)
+    missing, unexpected = model.load_state_dict(heads, strict=False)
+    missing = [k for k in missing if not k.startswith("encoder.")]
+    if missing or unexpected:
+        raise RuntimeError(f"{model_dir / STUDENT_HEAD} does not match the student: missing {missing}, "
+                           f"unexpected {unexpected}")
+    return model, tokenizer, meta

@@ -1,0 +1,545 @@
+"""Synthetic video sentiment dataset (``synthetic_sentiment``) in the MMSA layout.
+
+The dataset mimics CMU-MOSI/MOSEI as laid out by the MMSA toolkit::
+
+    <root>/label.csv                      one row per clip
+    <root>/Raw/<video_id>/<clip_id>.mp4   H.264 (yuv420p) video + mono AAC audio
+
+``label.csv`` has exactly the columns ``video_id, clip_id, text, label, label_T,
+label_A, label_V, annotation, mode``. ``video_id`` is ``vid_000``, ``vid_001``, ...;
+``clip_id`` is an integer ``0, 1, ...`` within its video (the file name is
+``<clip_id>.mp4``). Every video holds several clips (4 to 8 when ``n_clips`` is large
+enough, the last video may hold fewer) and all clips of a video belong to the same
+split (``mode`` in ``train``/``valid``/``test``), as in the real datasets.
+
+Generative model
+----------------
+For every clip, with its own random generator derived from the dataset seed:
+
+* **latent sentiment** ``s ~ Uniform(-3, 3)``.
+* **label**: ``clip(round((s + N(0, noise.label)) * 3) / 3, -3, 3)`` -- like MOSI, a
+  multiple of 1/3 (the mean of three integer annotations); ``annotation`` is
+  ``Negative``/``Neutral``/``Positive`` from its sign (``Neutral`` iff it is 0.0).
+* **text**: ``t = clip(s + N(0, noise.text), -3, 3)`` (column ``label_T``). The
+  transcript is a lowercase spoken-style sentence built from a random template
+  ("i thought the movie was {adj}", ...) whose adjective is drawn from the synonym
+  list of intensity level ``k = round(t)`` (7 levels, "awful/terrible/..." at -3,
+  "okay/average/..." at 0, "amazing/wonderful/..." at +3), with random neutral
+  filler words and sentences around it. The text therefore reveals ``t`` only up to
+  its integer level.
+* **video**: ``v = clip(s + N(0, noise.video), -3, 3)`` (column ``label_V``).
+  ``round(seconds * fps)`` RGB frames of ``size x size`` pixels: a grey background
+  with drifting sinusoidal texture and per-frame luminance noise, and a filled square
+  (side ``size // 3``) moving in a straight line from a random position with a random
+  velocity, bouncing off the borders. The square's *colour* encodes ``v``: its hue
+  is interpolated from blue (``v = -3``) through grey (``v = 0``) to orange
+  (``v = +3``). Its *brightness* is scaled by a random factor independent of ``v``
+  (nuisance). The red-minus-blue difference of the square grows with ``v``.
+* **audio**: ``a = clip(s + N(0, noise.audio), -3, 3)`` (column ``label_A``).
+  ``round(seconds * sample_rate)`` mono samples of a harmonic tone whose
+  fundamental frequency encodes ``a``: ``f0 = 220 * 2 ** (a / 3)`` Hz (110 Hz at -3,
+  440 Hz at +3), with 3 weaker harmonics (random timbre), an attack/release envelope
+  with random tremolo, a random overall loudness (nuisance) and a little white noise.
+
+All cue values are rounded to 4 decimals before they are rendered, so ``label_T``,
+``label_A`` and ``label_V`` are exactly the values the modalities encode. Each
+modality sees ``s`` through its own independent noise: none determines the label
+alone, and combining them reduces the error.
+
+Determinism: everything is derived from ``np.random.SeedSequence(seed)`` (never the
+global random state): one child generator lays out the videos and splits, one child
+per clip draws its content. The same arguments give a byte-identical ``label.csv``
+and identical decoded frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+DATASET_NAME = "synthetic_sentiment"
+LABEL_COLUMNS: tuple[str, ...] = (
+    "video_id",
+    "clip_id",
+    "text",
+    "label",
+    "label_T",
+    "label_A",
+    "label_V",
+    "annotation",
+    "mode",
+)
+SPLIT_NAMES: tuple[str, ...] = ("train", "valid", "test")
+SENTIMENT_RANGE = 3.0
+# Even frame widths below 256 that decord 0.6 cannot decode (wrong channel count / size
+# mismatch from its row-padding handling); PyAV decodes them fine. 16 and 24 are also
+# excluded by the minimum size of 32.
+DECORD_UNREADABLE_SIZES: tuple[int, ...] = (16, 24, 48, 72)
+CSV_DECIMALS = 4
+
+# Clips per video_id, inclusive bounds (reduced for tiny datasets, see _clips_per_video).
+MIN_CLIPS_PER_VIDEO = 4
+MAX_CLIPS_PER_VIDEO = 8
+
+# Visual cue: square colour at v = -3, 0, +3 (RGB, before the brightness nuisance).
+NEGATIVE_RGB = np.array([40.0, 90.0, 230.0])  # (3,) blue
+NEUTRAL_RGB = np.array([128.0, 128.0, 128.0])  # (3,) grey
+POSITIVE_RGB = np.array([240.0, 120.0, 20.0])  # (3,) orange
+
+# Audio cue: f0 = BASE_PITCH_HZ * 2 ** (a * OCTAVES_PER_UNIT) = 220 * 2 ** (a / 3) Hz.
+BASE_PITCH_HZ = 220.0
+OCTAVES_PER_UNIT = 1.0 / 3.0
+N_HARMONICS = 4
+
+# Adjectives by intensity level -3..+3 (index = level + 3).
+ADJECTIVES: tuple[tuple[str, ...], ...] = (
+    ("awful", "terrible", "horrible", "dreadful", "atrocious", "a complete disaster"),
+    ("bad", "poor", "disappointing", "boring", "pretty weak", "annoying"),
+    ("mediocre", "underwhelming", "a bit dull", "kind of flat", "not great", "forgettable"),
+    ("okay", "average", "alright", "so so", "fine i guess", "neither good nor bad"),
+    ("decent", "pleasant", "nice", "enjoyable", "pretty good", "watchable"),
+    ("great", "really good", "impressive", "very enjoyable", "delightful", "excellent"),
+    ("amazing", "wonderful", "brilliant", "fantastic", "incredible", "a masterpiece"),
+)
+TEMPLATES: tuple[str, ...] = (
+    "i thought the movie was {adj}",
+    "honestly the acting felt {adj} to me",
+    "the story was {adj}",
+    "overall i would say it was {adj}",
+    "the ending was kind of {adj}",
+    "i found the characters {adj}",
+    "the whole thing just seemed {adj}",
+    "to be honest the plot was {adj}",
+    "the music and the pacing were {adj}",
+    "my first impression was that it was {adj}",
+)
+OPENING_FILLERS: tuple[str, ...] = ("um", "uh", "so", "well", "i mean", "okay so", "and", "basically")
+CLOSING_FILLERS: tuple[str, ...] = ("you know", "i guess", "at least for me", "if that makes sense", "anyway")
+NEUTRAL_SENTENCES: tuple[str, ...] = (
+    "i saw it last weekend with a couple of friends",
+    "it is about two hours long",
+    "i went in without reading any reviews",
+    "it came out a few years ago",
+    "we watched it at home on a friday night",
+    "the theater was pretty full",
+    "it is based on a book that i have not read",
+)
+
+
+@dataclass(frozen=True)
+class SyntheticNoise:
+    """Standard deviations of the gaussian noises of the generative model.
+
+    ``text``, ``video`` and ``audio`` perturb the latent sentiment seen by each
+    modality's cue; ``label`` is the annotation noise on the label itself.
+    """
+
+    text: float = 0.8
+    video: float = 0.8
+    audio: float = 0.8
+    label: float = 0.15
+
+    def __post_init__(self) -> None:
+        for name in ("text", "video", "audio", "label"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"SyntheticNoise.{name} must be a finite value >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ClipLatents:
+    """Latent sentiment of one clip and the (rounded, clipped) values derived from it."""
+
+    sentiment: float
+    label: float
+    text_cue: float
+    video_cue: float
+    audio_cue: float
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _clean(value: float) -> float:
+    """Round to CSV_DECIMALS and turn -0.0 into 0.0."""
+    return float(round(float(value), CSV_DECIMALS)) + 0.0
+
+
+def quantize_label(value: float) -> float:
+    """Snap a noisy sentiment to the MOSI label grid: a multiple of 1/3 in [-3, 3].
+
+    The result is rounded to 4 decimals (``1/3 -> 0.3333``) and is exactly ``0.0``
+    (never ``-0.0``) for values in ``(-1/6, 1/6)``.
+    """
+    snapped = float(np.clip(np.round(value * 3.0) / 3.0, -SENTIMENT_RANGE, SENTIMENT_RANGE))
+    return _clean(snapped)
+
+
+def _cue(value: float) -> float:
+    """Clip a noisy sentiment to [-3, 3] and round it for the CSV."""
+    return _clean(float(np.clip(value, -SENTIMENT_RANGE, SENTIMENT_RANGE)))
+
+
+def annotation_for(label: float) -> str:
+    """MMSA ``annotation`` column: ``Negative``, ``Neutral`` or ``Positive`` from the sign of the label."""
+    if label > 0:
+        return "Positive"
+    if label < 0:
+        return "Negative"
+    return "Neutral"
+
+
+def sample_latents(rng: np.random.Generator, noise: SyntheticNoise) -> ClipLatents:
+    """Draw one clip's latent sentiment and its noisy label and per-modality cues."""
+    sentiment = float(rng.uniform(-SENTIMENT_RANGE, SENTIMENT_RANGE))
+    eps = rng.normal(0.0, 1.0, size=4)  # (4,) label, text, video, audio
+    return ClipLatents(
+        sentiment=sentiment,
+        label=quantize_label(sentiment + noise.label * eps[0]),
+        text_cue=_cue(sentiment + noise.text * eps[1]),
+        video_cue=_cue(sentiment + noise.video * eps[2]),
+        audio_cue=_cue(sentiment + noise.audio * eps[3]),
+    )
+
+
+# --------------------------------------------------------------------------- text
+
+
+def text_level(text_cue: float) -> int:
+    """Integer intensity level in [-3, 3] that the transcript expresses."""
+    return int(np.clip(np.round(text_cue), -SENTIMENT_RANGE, SENTIMENT_RANGE))
+
+
+def make_transcript(text_cue: float, rng: np.random.Generator) -> str:
+    """Lowercase spoken-style transcript whose adjective expresses ``round(text_cue)``."""
+    synonyms = ADJECTIVES[text_level(text_cue) + int(SENTIMENT_RANGE)]
+    words = [TEMPLATES[rng.integers(len(TEMPLATES))].format(adj=synonyms[rng.integers(len(synonyms))])]
+    if rng.random() < 0.5:
+        words.insert(0, OPENING_FILLERS[rng.integers(len(OPENING_FILLERS))])
+    if rng.random() < 0.3:
+        words.append(CLOSING_FILLERS[rng.integers(len(CLOSING_FILLERS))])
+    if rng.random() < 0.4:
+        sentence = NEUTRAL_SENTENCES[rng.integers(len(NEUTRAL_SENTENCES))]
+        words.insert(0 if rng.random() < 0.5 else len(words), sentence)
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------- video
+
+
+def cue_to_rgb(video_cue: float) -> np.ndarray:
+    """Square colour (float RGB in [0, 255]) for a visual cue: blue at -3, grey at 0, orange at +3."""
+    weight = min(abs(video_cue) / SENTIMENT_RANGE, 1.0)
+    target = POSITIVE_RGB if video_cue > 0 else NEGATIVE_RGB
+    return NEUTRAL_RGB + weight * (target - NEUTRAL_RGB)  # (3,)
+
+
+def _bounce(start: float, velocity: float, n_steps: int, span: float) -> np.ndarray:
+    """Positions in [0, span] of a point moving at constant velocity and reflecting off both ends."""
+    raw = start + velocity * np.arange(n_steps)  # (T,)
+    if span <= 0:
+        return np.zeros(n_steps)
+    folded = np.mod(raw, 2.0 * span)  # (T,) in [0, 2 span)
+    return np.where(folded > span, 2.0 * span - folded, folded)  # (T,) in [0, span]
+
+
+def _background(n_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Grey luminance background with two drifting sinusoidal gratings and pixel noise, float (T, H, W)."""
+    level = rng.uniform(70.0, 110.0)
+    grid = np.arange(size) / size  # (W,)
+    t = np.arange(n_frames)[:, None, None]  # (T, 1, 1)
+    y, x = grid[None, :, None], grid[None, None, :]  # (1, H, 1), (1, 1, W)
+    image = np.full((n_frames, size, size), level)  # (T, H, W)
+    for _ in range(2):
+        fy, fx = rng.uniform(-3.0, 3.0, size=2)
+        phase, drift, amplitude = rng.uniform(0, 2 * np.pi), rng.uniform(-0.5, 0.5), rng.uniform(4.0, 10.0)
+        image = image + amplitude * np.sin(2 * np.pi * (fy * y + fx * x) + phase + drift * t)  # (T, H, W)
+    return image + rng.normal(0.0, 3.0, size=image.shape)  # (T, H, W)
+
+
+def render_frames(video_cue: float, n_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Frames uint8 (T, size, size, 3) RGB of a bouncing square whose colour encodes ``video_cue``."""
+    side = max(2, size // 3)
+    span = float(size - side)
+    speed = rng.uniform(0.5, 1.5) * size / 16.0  # pixels per frame
+    angle = rng.uniform(0.0, 2 * np.pi)
+    top = np.round(_bounce(rng.uniform(0, span), speed * np.sin(angle), n_frames, span)).astype(int)  # (T,)
+    left = np.round(_bounce(rng.uniform(0, span), speed * np.cos(angle), n_frames, span)).astype(int)  # (T,)
+    brightness = rng.uniform(0.6, 1.05)  # nuisance, independent of the cue
+    color = np.clip(cue_to_rgb(video_cue) * brightness, 0.0, 255.0)  # (3,)
+
+    background = _background(n_frames, size, rng)[..., None]  # (T, H, W, 1)
+    rows = np.arange(size)  # (H,)
+    in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + side)  # (T, H)
+    in_cols = (rows[None, :] >= left[:, None]) & (rows[None, :] < left[:, None] + side)  # (T, W)
+    mask = in_rows[:, :, None] & in_cols[:, None, :]  # (T, H, W)
+    frames = np.where(mask[..., None], color, background)  # (T, H, W, 3)
+    return np.clip(np.round(frames), 0, 255).astype(np.uint8)  # (T, H, W, 3)
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def cue_to_pitch(audio_cue: float) -> float:
+    """Fundamental frequency in Hz for an audio cue: ``220 * 2 ** (a / 3)`` (110 Hz at -3, 440 Hz at +3)."""
+    return BASE_PITCH_HZ * 2.0 ** (audio_cue * OCTAVES_PER_UNIT)
+
+
+def render_audio(audio_cue: float, n_samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """Mono float32 (n,) in [-1, 1]: a harmonic tone whose pitch encodes ``audio_cue``."""
+    t = np.arange(n_samples) / sample_rate  # (n,)
+    f0 = cue_to_pitch(audio_cue)
+    harmonics = np.arange(1, N_HARMONICS + 1)  # (K,)
+    weights = np.concatenate([[1.0], rng.uniform(0.3, 0.9, N_HARMONICS - 1) / harmonics[1:]])  # (K,)
+    phases = rng.uniform(0, 2 * np.pi, N_HARMONICS)  # (K,)
+    tone = np.sin(2 * np.pi * f0 * harmonics[:, None] * t[None, :] + phases[:, None])  # (K, n)
+    tone = weights @ tone / weights.sum()  # (n,) in [-1, 1]
+
+    duration = n_samples / sample_rate
+    attack, release = min(0.05, duration / 4), min(0.1, duration / 4)
+    ramp = np.clip(np.minimum(t / attack, (duration - t) / release), 0.0, 1.0)  # (n,)
+    tremolo = 1.0 + 0.2 * np.sin(2 * np.pi * rng.uniform(2.0, 6.0) * t + rng.uniform(0, 2 * np.pi))  # (n,)
+    loudness = rng.uniform(0.15, 0.6)  # nuisance, independent of the cue
+    wave = loudness / 1.2 * ramp * tremolo * tone + rng.normal(0.0, 0.005, n_samples)  # (n,)
+    return np.clip(wave, -1.0, 1.0).astype(np.float32)  # (n,)
+
+
+# --------------------------------------------------------------------------- mp4
+
+
+def _check_media(frames: np.ndarray, audio: np.ndarray | None, fps: int, sample_rate: int) -> None:
+    """Raise ValueError when the arrays passed to write_mp4 are not encodable."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2 or height < 2 or width < 2:
+        raise ValueError(f"frame height and width must be even (yuv420p), got {height}x{width}")
+    if fps < 1:
+        raise ValueError(f"fps must be >= 1, got {fps}")
+    if audio is not None:
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError(f"audio must be a non-empty mono array (n,), got shape {audio.shape}")
+        if sample_rate < 1:
+            raise ValueError(f"sample_rate must be >= 1, got {sample_rate}")
+
+
+def _encode(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None, sample_rate: int) -> None:
+    """Encode frames (T, H, W, 3) uint8 and optional mono audio (n,) into an mp4 container at ``path``."""
+    height, width = frames.shape[1:3]
+    with av.open(str(path), mode="w", format="mp4") as container:
+        # mbtree=0: x264's macroblock-tree rate control made the bitstream (and the decoded
+        # frames) differ between runs on identical input; without it encoding is reproducible.
+        options = {"crf": "20", "preset": "veryfast", "x264-params": "mbtree=0"}
+        video = container.add_stream("libx264", rate=fps, options=options)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.thread_count = 1
+        sound = container.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
+
+        for index, image in enumerate(frames):  # image: (H, W, 3)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+
+        if sound is not None:
+            samples = np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)[None, :]  # (1, n)
+            chunk = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = sample_rate, 0, Fraction(1, sample_rate)
+            container.mux(sound.encode(chunk))  # the encoder re-chunks into AAC frames of 1024 samples
+            container.mux(sound.encode(None))
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int, audio: np.ndarray | None, sample_rate: int) -> None:
+    """Write an mp4 with H.264 (libx264, yuv420p) video and, if given, mono AAC audio, using PyAV.
+
+    Args:
+        path: destination file; its parent directory is created if needed.
+        frames: uint8 (T, H, W, 3) RGB, H and W even.
+        fps: frame rate of the video stream.
+        audio: float32 (n,) mono samples in [-1, 1], or None for a file without audio stream.
+        sample_rate: sample rate of ``audio`` in Hz (ignored when ``audio`` is None).
+
+    The file is written atomically: encoded to a temporary name in the same directory,
+    then moved into place with ``os.replace``. AAC pads the decoded audio to a whole
+    number of 1024-sample frames, so decoders return slightly more than ``n`` samples.
+    """
+    path = Path(path)
+    _check_media(frames, audio, fps, sample_rate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        _encode(tmp, frames, fps, audio, sample_rate)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def validate_splits(splits: dict[str, float]) -> dict[str, float]:
+    """Check that ``splits`` maps exactly train/valid/test to positive fractions summing to 1.
+
+    Returns the fractions ordered as train, valid, test. Raises ValueError otherwise.
+    """
+    if set(splits) != set(SPLIT_NAMES):
+        raise ValueError(f"splits must have exactly the keys {list(SPLIT_NAMES)}, got {dict(splits)}")
+    fractions = {name: float(splits[name]) for name in SPLIT_NAMES}
+    if any(not (math.isfinite(value) and 0.0 < value < 1.0) for value in fractions.values()):
+        raise ValueError(f"every split fraction must be in (0, 1), got {fractions}")
+    total = sum(fractions.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions} (sum {total:.6g})")
+    return fractions
+
+
+def _clips_per_video(n_clips: int, rng: np.random.Generator) -> list[int]:
+    """Number of clips of each video: 4..8, reduced so that there are always >= 3 videos."""
+    high = max(1, min(MAX_CLIPS_PER_VIDEO, n_clips // len(SPLIT_NAMES)))
+    low = min(MIN_CLIPS_PER_VIDEO, high)
+    sizes: list[int] = []
+    while sum(sizes) < n_clips:
+        sizes.append(int(min(rng.integers(low, high + 1), n_clips - sum(sizes))))
+    return sizes
+
+
+def _assign_splits(sizes: Sequence[int], fractions: dict[str, float], rng: np.random.Generator) -> list[str]:
+    """Split of each video: seeded shuffle, one video per split, then greedy on the largest clip deficit."""
+    total = sum(sizes)
+    targets = {name: fraction * total for name, fraction in fractions.items()}
+    counts = dict.fromkeys(fractions, 0)
+    modes = [""] * len(sizes)
+    for rank, video in enumerate(rng.permutation(len(sizes))):
+        if rank < len(SPLIT_NAMES):
+            name = SPLIT_NAMES[rank]
+        else:
+            name = max(SPLIT_NAMES, key=lambda split: targets[split] - counts[split])
+        modes[video] = name
+        counts[name] += sizes[video]
+    return modes
+
+
+def _clip_layout(n_clips: int, fractions: dict[str, float], rng: np.random.Generator) -> list[tuple[str, int, str]]:
+    """(video_id, clip_id, mode) of every clip, in clip order."""
+    sizes = _clips_per_video(n_clips, rng)
+    modes = _assign_splits(sizes, fractions, rng)
+    width = max(3, len(str(len(sizes) - 1)))
+    return [
+        (f"vid_{video:0{width}d}", clip, modes[video])
+        for video, size in enumerate(sizes)
+        for clip in range(size)
+    ]
+
+
+def clip_path(root: Path, video_id: str, clip_id: int | str) -> Path:
+    """Path of a clip in the MMSA layout: ``<root>/Raw/<video_id>/<clip_id>.mp4``."""
+    return Path(root) / "Raw" / str(video_id) / f"{clip_id}.mp4"
+
+
+def _clear_previous(root: Path) -> None:
+    """Remove a previous generation (label.csv and Raw/); the generator owns the folder."""
+    label_csv, raw = root / "label.csv", root / "Raw"
+    if label_csv.exists() or raw.exists():
+        logger.info("removing previous dataset files under %s", root)
+    if raw.exists():
+        shutil.rmtree(raw)
+    label_csv.unlink(missing_ok=True)
+
+
+def _check_generation_args(n_clips: int, seconds: float, fps: int, size: int, sample_rate: int) -> None:
+    """Raise ValueError on arguments that cannot produce a dataset."""
+    if n_clips < len(SPLIT_NAMES):
+        raise ValueError(
+            f"n_clips={n_clips} is too small: need at least {len(SPLIT_NAMES)} clips so that each split "
+            f"{list(SPLIT_NAMES)} gets one"
+        )
+    if size < 32 or size % 2 or size in DECORD_UNREADABLE_SIZES:
+        raise ValueError(
+            f"size must be an even number >= 32 (yuv420p) other than {list(DECORD_UNREADABLE_SIZES)} "
+            f"(frame widths decord 0.6 decodes to a wrong shape), got {size}"
+        )
+    if fps < 1 or sample_rate < 1:
+        raise ValueError(f"fps and sample_rate must be >= 1, got fps={fps}, sample_rate={sample_rate}")
+    if round(seconds * fps) < 1 or round(seconds * sample_rate) < 1:
+        raise ValueError(f"seconds={seconds} gives no frame or no audio sample at fps={fps}, sample_rate={sample_rate}")
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def generate_sentiment(
+    root: Path,
+    n_clips: int,
+    seed: int,
+    splits: dict[str, float],
+    seconds: float,
+    fps: int,
+    size: int,
+    sample_rate: int,
+    noise: SyntheticNoise,
+) -> pd.DataFrame:
+    """Write the ``synthetic_sentiment`` dataset under ``root`` (label.csv + Raw/...).
+
+    Args:
+        root: dataset folder; a previous label.csv and Raw/ tree in it are removed first.
+        n_clips: number of clips (>= 3; each split gets at least one video).
+        seed: seed of every random draw.
+        splits: fraction of clips per split, keys exactly train/valid/test, summing to 1.
+        seconds: clip duration; each clip has ``round(seconds * fps)`` frames and
+            ``round(seconds * sample_rate)`` audio samples.
+        fps: video frame rate.
+        size: frame height and width in pixels (even, >= 32, not 48 or 72: see
+            ``DECORD_UNREADABLE_SIZES``).
+        sample_rate: audio sample rate in Hz.
+        noise: noise levels of the generative model (see the module docstring).
+
+    Returns:
+        The label table, as written to ``label.csv`` (columns ``LABEL_COLUMNS``).
+
+    Deterministic from ``seed``: the same arguments give a byte-identical label.csv and
+    identical decoded frames. Shows a tqdm progress bar.
+    """
+    root = Path(root)
+    fractions = validate_splits(splits)
+    _check_generation_args(n_clips, seconds, fps, size, sample_rate)
+    n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * sample_rate))
+
+    layout_seq, *clip_seqs = np.random.SeedSequence(seed).spawn(n_clips + 1)
+    layout = _clip_layout(n_clips, fractions, np.random.default_rng(layout_seq))
+
+    _clear_previous(root)
+    logger.info("generating %s: %d clips of %.3g s under %s", DATASET_NAME, n_clips, seconds, root)
+    rows: list[tuple[object, ...]] = []
+    for (video_id, clip_id, mode), clip_seq in tqdm(
+        zip(layout, clip_seqs), total=n_clips, desc=DATASET_NAME, unit="clip"
+    ):
+        rng = np.random.default_rng(clip_seq)
+        latents = sample_latents(rng, noise)
+        text = make_transcript(latents.text_cue, rng)
+        frames = render_frames(latents.video_cue, n_frames, size, rng)  # (T, size, size, 3)
+        audio = render_audio(latents.audio_cue, n_samples, sample_rate, rng)  # (n,)
+        write_mp4(clip_path(root, video_id, clip_id), frames, fps, audio, sample_rate)
+        rows.append(
+            (video_id, clip_id, text, latents.label, latents.text_cue, latents.audio_cue,
+             latents.video_cue, annotation_for(latents.label), mode)
+        )
+
+    table = pd.DataFrame(rows, columns=list(LABEL_COLUMNS))
+    tmp = root / ".label.csv.tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, root / "label.csv")
+    logger.info("wrote %s (%s)", root / "label.csv", table["mode"].value_counts().to_dict())
+    return table

@@ -1,0 +1,76 @@
+"""The training loop shared by the teacher and the students.
+
+AdamW over mini-batches of a fixed-size training set, one validation pass per epoch,
+and model selection on the validation MAE (the best epoch's weights are restored at the
+end). Curves go through dvclive: one row per epoch with every loss term and the
+validation MAE, under `dvclive/<dataset>/<model>/plots/metrics/`, which dvc.yaml declares
+as plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from dvclive import Live
+from torch import nn
+from tqdm import tqdm
+
+from .config import TrainParams
+from .runtime import Throughput
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Iterable[torch.Tensor]:
+    """Index batches over n items, shuffled when a generator is given."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return order.split(batch_size)
+
+
+def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_batch: Callable[[torch.Tensor], Batch],
+        loss_fn: LossFn, valid_mae: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
+        curves: Path, desc: str) -> dict[str, float]:
+    """Train `parameters` of `model` for `epochs`; returns the best epoch and its validation MAE."""
+    optimizer = torch.optim.AdamW(list(parameters), lr=params.lr, weight_decay=params.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    best = {"epoch": -1, "valid_mae": float("inf")}
+    best_state = copy.deepcopy(model.state_dict())
+    speed = Throughput()
+    with Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None) as live:
+        for epoch in (bar := tqdm(range(epochs), desc=desc, unit="epoch")):
+            model.train()
+            sums: dict[str, float] = {}
+            n_batches = 0
+            for idx in batches(n_train, params.batch_size, generator):
+                loss, parts = loss_fn(model, get_batch(idx))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                speed.add(len(idx))
+                n_batches += 1
+                for k, v in {"loss": loss.item(), **parts}.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            model.eval()
+            mae = valid_mae(model)
+            for k, v in sums.items():
+                live.log_metric(f"train/{k}", v / n_batches)
+            live.log_metric("valid/mae", mae)
+            live.next_step()
+            if mae < best["valid_mae"]:
+                best = {"epoch": epoch, "valid_mae": mae}
+                best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", valid_mae=f"{mae:.3f}")
+            if epoch % 10 == 0 or epoch == epochs - 1:
+                log.info("%s epoch %d: loss %.4f, valid MAE %.4f, %.0f samples/s", desc, epoch,
+                         sums["loss"] / n_batches, mae, speed.rate())
+    model.load_state_dict(best_state)
+    model.eval()
+    log.info("%s: best epoch %d, valid MAE %.4f", desc, best["epoch"], best["valid_mae"])
+    return best

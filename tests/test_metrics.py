@@ -1,0 +1,263 @@
+"""Tests for pipeline.metrics: expected values are worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.metrics import METRIC_NAMES, main, metrics_from_csv, sentiment_metrics
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _m(pred, y):
+    # Any numpy / sklearn warning (RuntimeWarning, UndefinedMetricWarning) fails the test.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return sentiment_metrics(np.asarray(pred, dtype=float), np.asarray(y, dtype=float))
+
+
+def test_keys_order_and_plain_floats():
+    m = _m([1.0, -1.0, 0.5], [2.0, -2.0, 0.0])
+    assert tuple(m) == METRIC_NAMES
+    assert METRIC_NAMES == (
+        "mae", "corr", "acc7", "acc5", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0",
+    )
+    assert all(type(v) is float for v in m.values())
+
+
+def test_zero_labels_has0_vs_non0():
+    y = [0.0, 0.0, 1.0, -1.0, 2.0]
+    pred = [0.3, -0.2, 0.8, 0.4, 0.0]
+    m = _m(pred, y)
+    # has0, all 5 clips: truth y>=0   = [T, T, T, F, T]
+    #                    pred  p>=0   = [T, F, T, T, T]   (pred 0.0 -> positive)
+    # agree at 0, 2, 4 -> 3/5
+    assert m["acc2_has0"] == pytest.approx(0.6)
+    # weighted F1 (weights = label support):
+    #   class T: support 4, predicted T at {0,2,3,4}, TP {0,2,4}=3 -> P=3/4, R=3/4, F1=3/4
+    #   class F: support 1 (idx 3), predicted F at {1}, TP 0 -> F1=0
+    #   (4*3/4 + 1*0)/5 = 0.6
+    assert m["f1_has0"] == pytest.approx(0.6)
+    # non0: drop idx 0, 1 (y == 0) -> y=[1, -1, 2], pred=[0.8, 0.4, 0.0]
+    #   truth y>0 = [T, F, T]; pred p>0 = [T, T, F]   (pred 0.0 -> negative here!)
+    #   agree only at idx 0 -> 1/3
+    assert m["acc2_non0"] == pytest.approx(1 / 3)
+    #   class T: support 2, predicted T {0,1}, TP 1 -> P=1/2, R=1/2, F1=1/2
+    #   class F: support 1, predicted F {2}, TP 0 -> F1=0
+    #   (2*1/2 + 0)/3 = 1/3
+    assert m["f1_non0"] == pytest.approx(1 / 3)
+    # mae = (0.3 + 0.2 + 0.2 + 1.4 + 2.0)/5 = 4.1/5 = 0.82
+    assert m["mae"] == pytest.approx(0.82)
+    # acc7: round(pred) = [0, -0, 1, 0, 0]; round(y) = [0, 0, 1, -1, 2] -> agree 0,1,2 -> 3/5
+    assert m["acc7"] == pytest.approx(0.6)
+    assert m["acc5"] == pytest.approx(0.6)
+
+
+def test_round_half_to_even_and_clipping_in_acc7_acc5():
+    pred = [0.5, 1.5, 2.5, -0.5, -2.5, 2.5, 0.4]
+    y = [0.0, 2.0, 2.0, 0.0, -2.0, 3.0, -0.5]
+    m = _m(pred, y)
+    # acc7 (clip to [-3,3] changes nothing), numpy round half to even:
+    #   round(pred) = [0, 2, 2, -0, -2, 2, 0]
+    #   round(y)    = [0, 2, 2,  0, -2, 3, -0]     (label -0.5 -> -0 == 0)
+    #   agree everywhere but idx 5 (2 vs 3) -> 6/7
+    #   (round-half-away-from-zero would give [1,2,3,-1,-3,3,0] vs [0,2,2,0,-2,3,-1] -> 2/7)
+    assert m["acc7"] == pytest.approx(6 / 7)
+    # acc5, clip to [-2,2]: pred -> [0.5, 1.5, 2, -0.5, -2, 2, 0.4] -> round [0,2,2,-0,-2,2,0]
+    #                       y    -> [0, 2, 2, 0, -2, 2, -0.5]     -> round [0,2,2,0,-2,2,-0]
+    #   all 7 agree -> 1.0
+    assert m["acc5"] == 1.0
+
+
+def test_clipping_prediction_beyond_range_mae_unclipped():
+    pred = [5.0, -4.0, 1.0]
+    y = [3.0, -2.0, 1.0]
+    m = _m(pred, y)
+    # acc7: clip(pred) = [3, -3, 1] vs y [3, -2, 1] -> agree idx 0, 2 -> 2/3
+    assert m["acc7"] == pytest.approx(2 / 3)
+    # acc5: clip(pred) = [2, -2, 1] vs clip(y) = [2, -2, 1] -> 3/3
+    assert m["acc5"] == 1.0
+    # mae unclipped: (|5-3| + |-4+2| + 0)/3 = 4/3   (clipped to [-3,3] would be 1/3)
+    assert m["mae"] == pytest.approx(4 / 3)
+
+
+def test_perfect_prediction():
+    y = [-3.0, -1.2, 0.0, 0.4, 2.6]
+    m = _m(list(y), y)
+    assert m["mae"] == 0.0
+    assert m["corr"] == pytest.approx(1.0)
+    for name in ("acc7", "acc5", "acc2_has0", "f1_has0", "acc2_non0", "f1_non0"):
+        assert m[name] == 1.0, name
+
+
+def test_weighted_f1_unbalanced():
+    y = [1.0, 2.0, 3.0, 0.5, -1.0, -2.0]
+    pred = [1.0, 2.0, -1.0, 0.5, -1.0, -2.0]
+    m = _m(pred, y)
+    # no zeros anywhere, so has0 and non0 coincide:
+    #   truth = [T, T, T, T, F, F], preds = [T, T, F, T, F, F]; agree 5/6
+    assert m["acc2_has0"] == pytest.approx(5 / 6)
+    assert m["acc2_non0"] == pytest.approx(5 / 6)
+    # class T: support 4, predicted T {0,1,3} all correct -> P=1, R=3/4, F1=2*(3/4)/(7/4)=6/7
+    # class F: support 2, predicted F {2,4,5}, TP {4,5} -> P=2/3, R=1, F1=(4/3)/(5/3)=4/5
+    # weighted by label support: (4*6/7 + 2*4/5)/6 = (24/7 + 8/5)/6 = (176/35)/6 = 88/105
+    # (macro would be 29/35 ~ 0.8286, and weighting by *prediction* support -- truth and
+    #  preds swapped -- would be (3*6/7 + 3*4/5)/6 = 29/35 too; binary F1 would be 6/7)
+    assert m["f1_has0"] == pytest.approx(88 / 105)
+    assert m["f1_non0"] == pytest.approx(88 / 105)
+
+
+def test_pearson_corr_by_hand():
+    pred = [1.0, 2.0, 3.0, 4.0]
+    y = [1.0, 3.0, 2.0, 5.0]
+    m = _m(pred, y)
+    # means 2.5 and 2.75; deviations dp = [-1.5, -0.5, 0.5, 1.5], dy = [-1.75, 0.25, -0.75, 2.25]
+    # sum dp*dy = 2.625 - 0.125 - 0.375 + 3.375 = 5.5
+    # sum dp^2 = 5, sum dy^2 = 3.0625 + 0.0625 + 0.5625 + 5.0625 = 8.75
+    # r = 5.5 / sqrt(5 * 8.75) = 5.5 / sqrt(43.75) ~ 0.8315218
+    assert m["corr"] == pytest.approx(5.5 / math.sqrt(43.75), rel=1e-12)
+    assert m["corr"] == pytest.approx(0.8315218, abs=1e-7)
+
+
+def test_constant_prediction_corr_nan_and_single_predicted_class(caplog):
+    y = [1.0, -1.0, 2.0]
+    pred = [1.0, 1.0, 1.0]
+    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+        m = _m(pred, y)
+    assert math.isnan(m["corr"])
+    assert "constant" in caplog.text
+    # truth [T, F, T], preds [T, T, T] -> acc 2/3
+    # class T: support 2, P=2/3, R=1 -> F1 = (4/3)/(5/3) = 4/5
+    # class F: support 1, never predicted -> precision undefined -> 0 -> F1 = 0
+    # weighted: (2*4/5 + 0)/3 = 8/15
+    assert m["acc2_has0"] == pytest.approx(2 / 3)
+    assert m["f1_has0"] == pytest.approx(8 / 15)
+    assert m["f1_non0"] == pytest.approx(8 / 15)
+    # mae = (0 + 2 + 1)/3 = 1
+    assert m["mae"] == pytest.approx(1.0)
+
+
+def test_all_labels_zero_non0_nan(caplog):
+    y = [0.0, 0.0, 0.0]
+    pred = [0.1, -0.1, 0.0]
+    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+        m = _m(pred, y)
+    assert math.isnan(m["acc2_non0"])
+    assert math.isnan(m["f1_non0"])
+    assert math.isnan(m["corr"])  # y constant
+    # has0: truth [T, T, T], preds [T, F, T] -> acc 2/3
+    # class T: support 3, P=2/2=1, R=2/3 -> F1 = (4/3)/(5/3) = 4/5; class F support 0 -> weight 0
+    assert m["acc2_has0"] == pytest.approx(2 / 3)
+    assert m["f1_has0"] == pytest.approx(0.8)
+    # acc7: round(pred) = [0, -0, 0] == round(y) -> 1.0
+    assert m["acc7"] == 1.0
+    assert "non-zero" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("pred", "y", "match"),
+    [
+        (np.zeros(3), np.zeros(4), r"same length.*pred shape \(3,\) and y shape \(4,\)"),
+        (np.zeros(0), np.zeros(0), r"empty \(shapes \(0,\) and \(0,\)\)"),
+        (np.zeros((3, 1)), np.zeros(3), r"1-D.*pred shape \(3, 1\) and y shape \(3,\)"),
+        (np.zeros(3), np.zeros((1, 3)), r"1-D.*pred shape \(3,\) and y shape \(1, 3\)"),
+        (
+            np.array([0.0, np.nan, 1.0, np.nan]),
+            np.zeros(4),
+            r"pred has 2 non-finite value\(s\).*first at index 1",
+        ),
+        (
+            np.zeros(3),
+            np.array([0.0, 1.0, -np.inf]),
+            r"y has 1 non-finite value\(s\).*first at index 2",
+        ),
+    ],
+)
+def test_validation_errors(pred, y, match):
+    with pytest.raises(ValueError, match=match):
+        sentiment_metrics(pred, y)
+
+
+def _write_csv(path: Path, ids, labels, preds) -> Path:
+    pd.DataFrame({"id": ids, "label": labels, "pred": preds}).to_csv(path, index=False)
+    return path
+
+
+def test_csv_round_trip_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 50
+    labels = np.round(rng.uniform(-3, 3, n) * 3) / 3  # MOSI-like averaged labels
+    labels[:5] = 0.0
+    preds = rng.normal(0.0, 1.5, n)
+    ids = [f"clip{i:03d}_{i % 7}" for i in range(n)]
+    path = _write_csv(tmp_path / "preds.csv", ids, labels, preds)
+    from_csv = metrics_from_csv(path)
+    direct = sentiment_metrics(preds, labels)
+    assert from_csv == direct  # bit-exact, no nan in this case
+
+
+def test_csv_missing_columns(tmp_path):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"id": ["a"], "prediction": [0.1]}).to_csv(path, index=False)
+    with pytest.raises(ValueError) as excinfo:
+        metrics_from_csv(path)
+    msg = str(excinfo.value)
+    assert str(path) in msg
+    assert "missing column(s) ['label', 'pred']" in msg
+    assert "expected columns ['id', 'label', 'pred']" in msg
+
+
+def test_csv_invalid_values_name_the_file(tmp_path):
+    path = tmp_path / "holes.csv"
+    path.write_text("id,label,pred\na,1.0,0.5\nb,,0.2\n")
+    with pytest.raises(ValueError, match=r"holes\.csv: y has 1 non-finite.*first at index 1"):
+        metrics_from_csv(path)
+
+
+def test_main_prints_json(tmp_path, capsys):
+    # labels [1, -1, 0], preds [1, 1, -1]:
+    #   mae = (0 + 2 + 1)/3 = 1; has0 truth [T,F,T] preds [T,T,F] -> 1/3
+    #   non0: drop idx 2 -> truth [T,F], preds [T,T] -> 1/2
+    a = _write_csv(tmp_path / "a.csv", ["x", "y", "z"], [1.0, -1.0, 0.0], [1.0, 1.0, -1.0])
+    # all-zero labels -> non0 metrics and corr are nan -> JSON null
+    b = _write_csv(tmp_path / "b.csv", ["x", "y"], [0.0, 0.0], [0.5, -0.5])
+    assert main([str(a), str(b)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out) == [str(a), str(b)]
+    assert list(out[str(a)]) == list(METRIC_NAMES)
+    assert out[str(a)]["mae"] == pytest.approx(1.0)
+    assert out[str(a)]["acc2_has0"] == pytest.approx(1 / 3)
+    assert out[str(a)]["acc2_non0"] == pytest.approx(0.5)
+    assert out[str(b)]["acc2_non0"] is None
+    assert out[str(b)]["f1_non0"] is None
+    assert out[str(b)]["corr"] is None
+    assert out[str(b)]["mae"] == pytest.approx(0.5)
+
+
+def test_main_error_returns_1(tmp_path, capsys):
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"id": ["a"], "label": [0.1]}).to_csv(path, index=False)
+    assert main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "missing column(s) ['pred']" in err
+
+
+def test_module_entry_point(tmp_path):
+    a = _write_csv(tmp_path / "a.csv", ["x", "y"], [2.0, -1.0], [2.0, -1.0])
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.metrics", str(a)],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    )
+    out = json.loads(proc.stdout)
+    assert out[str(a)]["acc7"] == 1.0
+    assert out[str(a)]["mae"] == 0.0
