@@ -190,7 +190,7 @@ def metrics_from_csv(path: Path) -> dict[str, float]:
         raise ValueError(f"{path}: {exc}") from exc
 
 
-def _json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
+def json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
 
 
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float | None]] = {}
     for path in args.csv:
         try:
-            results[str(path)] = _json_safe(metrics_from_csv(path))
+            results[str(path)] = json_safe(metrics_from_csv(path))
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

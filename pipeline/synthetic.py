@@ -46,6 +46,16 @@ All cue values are rounded to 4 decimals before they are rendered, so ``label_T`
 modality sees ``s`` through its own independent noise: none determines the label
 alone, and combining them reduces the error.
 
+Media: H.264 via libx264 (CRF 20, preset veryfast, macroblock-tree rate control off so
+that encoding is bit-reproducible), yuv420p; AAC mono at ``sample_rate``. Decoders
+(decord or PyAV) return the audio aligned with the source and padded with near-silence
+to a multiple of 1024 samples (AAC frame size). ``size`` must be even, >= 32 and not 48
+or 72: decord 0.6 mis-decodes those frame widths.
+
+Regeneration: a previous ``label.csv`` and ``Raw/`` tree under ``root`` are deleted
+first (the generating stage owns the folder); ``label.csv`` is written last, atomically,
+so its presence marks a complete dataset.
+
 Determinism: everything is derived from ``np.random.SeedSequence(seed)`` (never the
 global random state): one child generator lays out the videos and splits, one child
 per clip draws its content. The same arguments give a byte-identical ``label.csv``
@@ -109,7 +119,7 @@ ADJECTIVES: tuple[tuple[str, ...], ...] = (
     ("awful", "terrible", "horrible", "dreadful", "atrocious", "a complete disaster"),
     ("bad", "poor", "disappointing", "boring", "pretty weak", "annoying"),
     ("mediocre", "underwhelming", "a bit dull", "kind of flat", "not great", "forgettable"),
-    ("okay", "average", "alright", "so so", "fine i guess", "neither good nor bad"),
+    ("okay", "average", "alright", "so so", "fine", "neither good nor bad"),
     ("decent", "pleasant", "nice", "enjoyable", "pretty good", "watchable"),
     ("great", "really good", "impressive", "very enjoyable", "delightful", "excellent"),
     ("amazing", "wonderful", "brilliant", "fantastic", "incredible", "a masterpiece"),
@@ -437,11 +447,7 @@ def _clip_layout(n_clips: int, fractions: dict[str, float], rng: np.random.Gener
     sizes = _clips_per_video(n_clips, rng)
     modes = _assign_splits(sizes, fractions, rng)
     width = max(3, len(str(len(sizes) - 1)))
-    return [
-        (f"vid_{video:0{width}d}", clip, modes[video])
-        for video, size in enumerate(sizes)
-        for clip in range(size)
-    ]
+    return [(f"vid_{video:0{width}d}", clip, modes[video]) for video, size in enumerate(sizes) for clip in range(size)]
 
 
 def clip_path(root: Path, video_id: str, clip_id: int | str) -> Path:
@@ -478,6 +484,21 @@ def _check_generation_args(n_clips: int, seconds: float, fps: int, size: int, sa
 
 
 # --------------------------------------------------------------------------- dataset
+
+
+def _label_row(video_id: str, clip_id: int, text: str, latents: ClipLatents, mode: str) -> dict[str, object]:
+    """One row of label.csv, keyed by LABEL_COLUMNS."""
+    return {
+        "video_id": video_id,
+        "clip_id": clip_id,
+        "text": text,
+        "label": latents.label,
+        "label_T": latents.text_cue,
+        "label_A": latents.audio_cue,
+        "label_V": latents.video_cue,
+        "annotation": annotation_for(latents.label),
+        "mode": mode,
+    }
 
 
 def generate_sentiment(
@@ -522,9 +543,9 @@ def generate_sentiment(
 
     _clear_previous(root)
     logger.info("generating %s: %d clips of %.3g s under %s", DATASET_NAME, n_clips, seconds, root)
-    rows: list[tuple[object, ...]] = []
+    rows: list[dict[str, object]] = []
     for (video_id, clip_id, mode), clip_seq in tqdm(
-        zip(layout, clip_seqs), total=n_clips, desc=DATASET_NAME, unit="clip"
+        zip(layout, clip_seqs, strict=True), total=n_clips, desc=DATASET_NAME, unit="clip"
     ):
         rng = np.random.default_rng(clip_seq)
         latents = sample_latents(rng, noise)
@@ -532,10 +553,7 @@ def generate_sentiment(
         frames = render_frames(latents.video_cue, n_frames, size, rng)  # (T, size, size, 3)
         audio = render_audio(latents.audio_cue, n_samples, sample_rate, rng)  # (n,)
         write_mp4(clip_path(root, video_id, clip_id), frames, fps, audio, sample_rate)
-        rows.append(
-            (video_id, clip_id, text, latents.label, latents.text_cue, latents.audio_cue,
-             latents.video_cue, annotation_for(latents.label), mode)
-        )
+        rows.append(_label_row(video_id, clip_id, text, latents, mode))
 
     table = pd.DataFrame(rows, columns=list(LABEL_COLUMNS))
     tmp = root / ".label.csv.tmp"

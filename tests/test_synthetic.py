@@ -31,8 +31,15 @@ N_CLIPS = 24
 
 def _generate(root: Path, n_clips: int = N_CLIPS, seed: int = 0, size: int = SIZE) -> pd.DataFrame:
     return generate_sentiment(
-        root, n_clips=n_clips, seed=seed, splits=SPLITS, seconds=SECONDS, fps=FPS, size=size,
-        sample_rate=SAMPLE_RATE, noise=SyntheticNoise(),
+        root,
+        n_clips=n_clips,
+        seed=seed,
+        splits=SPLITS,
+        seconds=SECONDS,
+        fps=FPS,
+        size=size,
+        sample_rate=SAMPLE_RATE,
+        noise=SyntheticNoise(),
     )
 
 
