@@ -1,0 +1,285 @@
+"""Tests of pipeline.config: typed, checked access to params.yaml and the name registries.
+
+Every test writes its own params file into tmp_path, starting from a copy of the project's
+params.yaml and editing the loaded YAML, so the real file is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    SECTIONS,
+    ConfigError,
+    DistillParams,
+    Registry,
+    TeacherParams,
+    TrainParams,
+    from_dict,
+    load_section,
+    load_value,
+    to_dict,
+)
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, Any]:
+    """The project's params.yaml as plain data (copied by each test before editing)."""
+    return yaml.safe_load(REPO_PARAMS.read_text())
+
+
+def write(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def edited(base: dict[str, Any], tmp_path: Path, **edits: Any) -> Path:
+    """Copy of `base` with dotted keys (`teacher__train__lr`) set, written to tmp_path."""
+    data = copy.deepcopy(base)
+    for dotted, value in edits.items():
+        *parents, leaf = dotted.split("__")
+        node = data
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return write(tmp_path, data)
+
+
+# --------------------------------------------------------------------------- valid files
+
+
+def test_full_params_file_loads_every_section(base, tmp_path):
+    path = write(tmp_path, copy.deepcopy(base))
+    for name, cls in SECTIONS.items():
+        assert isinstance(load_section(name, path), cls)
+    assert isinstance(load_value("seed", path), int)
+    assert isinstance(load_value("dataset", path), str)
+
+
+def test_values_are_typed_and_nested(base, tmp_path):
+    path = edited(base, tmp_path, seed=7, dataset="mosi", teacher__layers=3, teacher__train__lr=0.25,
+                  teacher__train__epochs=11, distill__videoadviser__weight=2, distill__methods=["none"])
+    assert load_value("seed", path) == 7
+    assert load_value("dataset", path) == "mosi"
+    teacher = load_section("teacher", path)
+    assert teacher.layers == 3
+    assert isinstance(teacher.train, TrainParams)
+    assert teacher.train.lr == 0.25 and teacher.train.epochs == 11
+    distill = load_section("distill", path)
+    assert isinstance(distill, DistillParams)
+    assert distill.methods == ["none"]
+    # an int given where a float is expected is widened to float
+    assert distill.videoadviser.weight == 2.0 and type(distill.videoadviser.weight) is float
+
+
+def test_generate_dict_field(base, tmp_path):
+    path = edited(base, tmp_path, generate__splits={"train": 1, "test": 0.5})
+    assert load_section("generate", path).splits == {"train": 1.0, "test": 0.5}
+    path = edited(base, tmp_path, generate__splits={"train": "lots"})
+    with pytest.raises(ConfigError, match=r"generate\.splits\.train: expected float, got 'lots'"):
+        load_section("generate", path)
+
+
+def test_to_dict_round_trip(base, tmp_path):
+    path = write(tmp_path, copy.deepcopy(base))
+    teacher = load_section("teacher", path)
+    assert from_dict(TeacherParams, to_dict(teacher), where="teacher") == teacher
+
+
+def test_yaml_1e_minus_3_string_is_accepted_as_float(base, tmp_path):
+    # YAML 1.1 (PyYAML) reads `1e-3` (no dot) as a string: the loader must accept it for a float.
+    text = yaml.safe_dump(copy.deepcopy(base), sort_keys=False)
+    assert "lr: 0.001" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("lr: 0.001", "lr: 1e-3"))
+    assert yaml.safe_load(path.read_text())["teacher"]["train"]["lr"] == "1e-3"  # the premise
+    lr = load_section("teacher", path).train.lr
+    assert type(lr) is float and lr == 0.001
+
+
+def test_non_numeric_string_rejected_for_float(base, tmp_path):
+    path = edited(base, tmp_path, teacher__train__lr="fast")
+    with pytest.raises(ConfigError, match=r"teacher\.train\.lr: expected float, got 'fast'"):
+        load_section("teacher", path)
+
+
+# --------------------------------------------------------------------------- key errors
+
+
+def test_unknown_key_rejected_listing_valid_keys(base, tmp_path):
+    path = edited(base, tmp_path, teacher__lrr=0.1)
+    with pytest.raises(ConfigError, match=r"teacher: unknown keys \['lrr'\]") as err:
+        load_section("teacher", path)
+    valid = sorted(f for f in TeacherParams.__dataclass_fields__)
+    assert f"Valid keys: {valid}" in str(err.value)
+    assert "'ce_weight'" in str(err.value) and "'step1_hidden'" in str(err.value)
+
+
+def test_unknown_nested_key_rejected_with_dotted_location(base, tmp_path):
+    path = edited(base, tmp_path, teacher__train__lrr=0.1)
+    with pytest.raises(ConfigError, match=r"teacher\.train: unknown keys \['lrr'\]\. Valid keys: "
+                                          r"\['batch_size', 'device', 'epochs', 'lr', 'weight_decay'\]"):
+        load_section("teacher", path)
+
+
+def test_missing_key_rejected_naming_it(base, tmp_path):
+    data = copy.deepcopy(base)
+    del data["teacher"]["ce_weight"]
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"teacher: missing keys \['ce_weight'\]"):
+        load_section("teacher", path)
+
+
+def test_missing_nested_key_rejected_naming_it(base, tmp_path):
+    data = copy.deepcopy(base)
+    del data["distill"]["videoadviser"]["distance"]
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"distill\.videoadviser: missing keys \['distance'\]"):
+        load_section("distill", path)
+
+
+def test_missing_section_and_top_level_value(base, tmp_path):
+    data = copy.deepcopy(base)
+    del data["evaluate"], data["seed"]
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"section 'evaluate' is missing"):
+        load_section("evaluate", path)
+    with pytest.raises(ConfigError, match=r"top-level key 'seed' is missing"):
+        load_value("seed", path)
+
+
+def test_section_that_is_not_a_mapping(base, tmp_path):
+    path = edited(base, tmp_path, evaluate=[1, 2])
+    with pytest.raises(ConfigError, match=r"evaluate: expected a mapping, got \[1, 2\]"):
+        load_section("evaluate", path)
+
+
+# --------------------------------------------------------------------------- type errors
+
+
+def test_string_where_int_expected(base, tmp_path):
+    path = edited(base, tmp_path, teacher__layers="two")
+    with pytest.raises(ConfigError, match=r"teacher\.layers: expected int, got 'two'"):
+        load_section("teacher", path)
+
+
+def test_bool_where_int_expected(base, tmp_path):
+    path = edited(base, tmp_path, teacher__train__epochs=True)
+    with pytest.raises(ConfigError, match=r"teacher\.train\.epochs: expected int, got True"):
+        load_section("teacher", path)
+
+
+def test_float_where_int_expected(base, tmp_path):
+    path = edited(base, tmp_path, distill__student__layers=2.5)
+    with pytest.raises(ConfigError, match=r"distill\.student\.layers: expected int, got 2\.5"):
+        load_section("distill", path)
+
+
+def test_bool_where_float_expected(base, tmp_path):
+    path = edited(base, tmp_path, teacher__dropout=False)
+    with pytest.raises(ConfigError, match=r"teacher\.dropout: expected float, got False"):
+        load_section("teacher", path)
+
+
+def test_wrong_list_items_name_their_index(base, tmp_path):
+    path = edited(base, tmp_path, distill__methods=["none", 3])
+    with pytest.raises(ConfigError, match=r"distill\.methods\[1\]: expected str, got 3"):
+        load_section("distill", path)
+    path = edited(base, tmp_path, distill__methods="none")
+    with pytest.raises(ConfigError, match=r"distill\.methods: expected a list, got 'none'"):
+        load_section("distill", path)
+
+
+def test_top_level_value_type(base, tmp_path):
+    path = edited(base, tmp_path, seed="zero")
+    with pytest.raises(ConfigError, match=r"seed: expected int, got 'zero'"):
+        load_value("seed", path)
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_unknown_top_level_key(base, tmp_path):
+    path = edited(base, tmp_path, teachr={"layers": 1})
+    with pytest.raises(ConfigError, match=r"unknown top-level keys \['teachr'\]\. Valid keys: ") as err:
+        load_section("teacher", path)
+    assert "'teacher'" in str(err.value) and "'seed'" in str(err.value)
+    with pytest.raises(ConfigError, match=r"unknown top-level keys \['teachr'\]"):
+        load_value("seed", path)
+
+
+def test_unknown_section_name(base, tmp_path):
+    path = write(tmp_path, copy.deepcopy(base))
+    with pytest.raises(ConfigError, match=r"unknown params section 'teachr'\. Available: ") as err:
+        load_section("teachr", path)
+    assert str(sorted(SECTIONS)) in str(err.value)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"not found"):
+        load_section("teacher", tmp_path / "nope.yaml")
+
+
+# --------------------------------------------------------------------------- choices
+
+
+@pytest.mark.parametrize(
+    ("section", "edit", "where", "choices"),
+    [
+        ("teacher", {"teacher__mask": "foo"}, "teacher.mask", "['zeros', 'learned']"),
+        ("teacher", {"teacher__schedule": "three_phase"}, "teacher.schedule", "['joint', 'two_phase']"),
+        ("distill", {"distill__videoadviser__distance": "cosine"}, "distill.videoadviser.distance",
+         "['mse', 'l1', 'smooth_l1']"),
+    ],
+)
+def test_invalid_choice_lists_choices(base, tmp_path, section, edit, where, choices):
+    path = edited(base, tmp_path, **edit)
+    value = next(iter(edit.values()))
+    with pytest.raises(ConfigError) as err:
+        load_section(section, path)
+    message = str(err.value)
+    assert message.startswith(f"{where}: unknown value {value!r}")
+    assert f"Available: {choices}" in message
+
+
+@pytest.mark.parametrize("mask", ["zeros", "learned"])
+def test_valid_choices_accepted(base, tmp_path, mask):
+    path = edited(base, tmp_path, teacher__mask=mask, teacher__schedule="two_phase")
+    teacher = load_section("teacher", path)
+    assert (teacher.mask, teacher.schedule) == (mask, "two_phase")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_get_unknown_lists_available_names():
+    reg: Registry[int] = Registry("widget")
+    reg.add("beta", 2)
+    reg.register("alpha")(1)
+    assert reg.get("alpha") == 1 and reg.get("beta") == 2
+    assert reg.names() == ["alpha", "beta"] and list(reg) == ["alpha", "beta"]
+    assert "alpha" in reg and "gamma" not in reg
+    with pytest.raises(ConfigError, match=r"unknown widget 'gamma'\. Available: \['alpha', 'beta'\]"):
+        reg.get("gamma")
+
+
+def test_registry_duplicate_raises():
+    reg: Registry[object] = Registry("widget")
+
+    @reg.register("a")
+    def a() -> None:  # pragma: no cover - never called
+        pass
+
+    with pytest.raises(ValueError, match=r"widget 'a' is registered twice"):
+        reg.add("a", object())
+    with pytest.raises(ValueError, match=r"widget 'a' is registered twice"):
+        reg.register("a")(object())
+    assert reg.get("a") is a  # the first registration survives

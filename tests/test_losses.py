@@ -1,0 +1,161 @@
+"""Tests of pipeline.losses: expected values are worked out by hand in the comments."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.config import ConfigError
+from pipeline.losses import (
+    DISTANCES,
+    classification_loss,
+    sentiment_bins,
+    task_loss,
+    teacher_loss,
+    videoadviser_loss,
+)
+
+K = 7
+
+
+def close(t: torch.Tensor, value: float, tol: float = 1e-6) -> None:
+    assert t.dim() == 0, "losses are scalars"
+    assert float(t) == pytest.approx(value, abs=tol)
+
+
+# --------------------------------------------------------------------------- task / bins
+
+
+def test_task_loss_by_hand():
+    pred = torch.tensor([1.0, -2.0, 0.5, 3.0])
+    y = torch.tensor([0.0, -1.0, 2.0, 3.0])
+    # |1-0| + |-2+1| + |0.5-2| + |3-3| = 1 + 1 + 1.5 + 0 = 3.5; mean = 3.5 / 4 = 0.875
+    close(task_loss(pred, y), 0.875)
+
+
+def test_sentiment_bins_half_to_even_and_clipping():
+    y = torch.tensor([0.5, 1.5, -2.5, 2.5, 7.0, -9.0, 0.49, -0.5, 2.6, -3.0, 3.0, 1.2])
+    # h = (7 - 1) / 2 = 3; bin = round(clip(y, -3, 3)) + 3, round half to even:
+    #   0.5 -> 0 -> 3     1.5 -> 2 -> 5     -2.5 -> -2 -> 1   2.5 -> 2 -> 5
+    #   7.0 -> 3 -> 6     -9 -> -3 -> 0     0.49 -> 0 -> 3    -0.5 -> -0 -> 3
+    #   2.6 -> 3 -> 6     -3 -> -3 -> 0     3.0 -> 3 -> 6     1.2 -> 1 -> 4
+    bins = sentiment_bins(y, K)
+    assert bins.dtype == torch.long
+    assert bins.tolist() == [3, 5, 1, 5, 6, 0, 3, 3, 6, 0, 6, 4]
+
+
+def test_sentiment_bins_five_classes():
+    # K = 5: h = 2; 2.7 -> clip 2 -> 4; -0.6 -> -1 -> 1; 0.5 -> 0 -> 2; -5 -> -2 -> 0
+    assert sentiment_bins(torch.tensor([2.7, -0.6, 0.5, -5.0]), 5).tolist() == [4, 1, 2, 0]
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def test_classification_loss_uniform_logits_is_log_k():
+    logits = torch.full((3, K), 2.5)  # equal logits: p_k = 1/7 for every class
+    y = torch.tensor([-3.0, 0.2, 2.9])
+    # CE = -log(1/7) = log 7 = 1.9459101 for every sample, whatever its bin
+    close(classification_loss(logits, y), 1.9459101)
+
+
+def test_classification_loss_by_hand():
+    # sample 1: logit 2 on its bin (y = 1 -> bin 4), 0 elsewhere:
+    #   CE = log(e^2 + 6) - 2 = log(7.3890561 + 6) - 2 = log(13.3890561) - 2 = 2.5944377 - 2 = 0.5944377
+    # sample 2: logit 2 on bin 4, label y = -3 -> bin 0 (logit 0):
+    #   CE = log(13.3890561) - 0 = 2.5944377
+    # mean = (0.5944377 + 2.5944377) / 2 = 1.5944377
+    logits = torch.zeros(2, K)
+    logits[:, 4] = 2.0
+    y = torch.tensor([1.0, -3.0])
+    close(classification_loss(logits, y), 1.5944377)
+
+
+def test_classification_loss_bins_follow_the_number_of_logits():
+    # K = 5 (h = 2): logits log([1, 1, 1, 1, 4]) -> p = [1/8, 1/8, 1/8, 1/8, 4/8]
+    #   y = 2.0 -> bin 4: CE = -log(4/8) = log 2 = 0.6931472
+    #   y = -1.2 -> round(-1.2) + 2 = 1: CE = -log(1/8) = log 8 = 2.0794415
+    # mean = (0.6931472 + 2.0794415) / 2 = 1.3862944 (= log 4)
+    logits = torch.log(torch.tensor([[1.0, 1.0, 1.0, 1.0, 4.0]] * 2))
+    close(classification_loss(logits, torch.tensor([2.0, -1.2])), 1.3862944)
+
+
+def test_teacher_loss_is_weighted_ce_plus_l1():
+    logits = torch.zeros(2, K)  # uniform: CE = log 7 = 1.9459101
+    reg = torch.tensor([0.5, -1.0])
+    y = torch.tensor([1.5, 0.0])
+    # L1 = (|0.5 - 1.5| + |-1 - 0|) / 2 = (1 + 1) / 2 = 1
+    # L = 0.5 * 1.9459101 + 1 = 0.97295505 + 1 = 1.97295505
+    close(teacher_loss(logits, reg, y, ce_weight=0.5), 1.97295505)
+    # ce_weight = 0 -> just the L1 term; ce_weight = 2 -> 2 * 1.9459101 + 1 = 4.8918202
+    close(teacher_loss(logits, reg, y, ce_weight=0.0), 1.0)
+    close(teacher_loss(logits, reg, y, ce_weight=2.0), 4.8918202)
+
+
+# --------------------------------------------------------------------------- videoadviser
+
+
+R_S = torch.tensor([0.5, -1.0, 2.0, 0.0])
+R_T = torch.tensor([0.0, 1.0, 2.5, -3.0])
+# d = r_S - r_T = [0.5, -2.0, -0.5, 3.0]
+
+
+def test_videoadviser_mse():
+    # d^2 = [0.25, 4, 0.25, 9], sum 13.5, mean 13.5 / 4 = 3.375
+    close(videoadviser_loss(R_S, R_T, "mse"), 3.375)
+
+
+def test_videoadviser_l1():
+    # |d| = [0.5, 2, 0.5, 3], sum 6, mean 1.5
+    close(videoadviser_loss(R_S, R_T, "l1"), 1.5)
+
+
+def test_videoadviser_smooth_l1_both_branches():
+    # |d| < 1: 0.5 d^2; |d| >= 1: |d| - 0.5
+    #   0.5 -> 0.125   -2 -> 1.5   -0.5 -> 0.125   3 -> 2.5; sum 4.25, mean 1.0625
+    close(videoadviser_loss(R_S, R_T, "smooth_l1"), 1.0625)
+    # only the quadratic branch: d = [0.2, -0.4] -> 0.5 * [0.04, 0.16] = [0.02, 0.08], mean 0.05
+    close(videoadviser_loss(torch.tensor([0.2, 0.0]), torch.tensor([0.0, 0.4]), "smooth_l1"), 0.05)
+    # only the linear branch: d = [1.5, -4] -> [1.0, 3.5], mean 2.25
+    close(videoadviser_loss(torch.tensor([1.5, -4.0]), torch.tensor([0.0, 0.0]), "smooth_l1"), 2.25)
+
+
+def test_videoadviser_zero_when_equal():
+    for name in ("mse", "l1", "smooth_l1"):
+        close(videoadviser_loss(R_T.clone(), R_T, name), 0.0)
+
+
+def test_videoadviser_unknown_distance_lists_available():
+    with pytest.raises(ConfigError, match=r"unknown distance 'cosine'\. Available: \['l1', 'mse', 'smooth_l1'\]"):
+        videoadviser_loss(R_S, R_T, "cosine")
+    assert DISTANCES.names() == ["l1", "mse", "smooth_l1"]
+
+
+@pytest.mark.parametrize("distance", ["mse", "l1", "smooth_l1"])
+def test_videoadviser_gradient_reaches_student_only(distance):
+    r_s = R_S.clone().requires_grad_(True)
+    r_t = R_T.clone().requires_grad_(True)  # the teacher's output, as if it still had a graph
+    videoadviser_loss(r_s, r_t, distance).backward()
+    assert r_t.grad is None, "no gradient may flow into the teacher target"
+    assert r_s.grad is not None and torch.isfinite(r_s.grad).all()
+    # dD/dr_S by hand, d = [0.5, -2, -0.5, 3], n = 4:
+    expected = {
+        "mse": [2 * 0.5 / 4, 2 * -2.0 / 4, 2 * -0.5 / 4, 2 * 3.0 / 4],  # 2 d / n
+        "l1": [1 / 4, -1 / 4, -1 / 4, 1 / 4],  # sign(d) / n
+        "smooth_l1": [0.5 / 4, -1 / 4, -0.5 / 4, 1 / 4],  # d / n if |d| < 1 else sign(d) / n
+    }[distance]
+    torch.testing.assert_close(r_s.grad, torch.tensor(expected))
+
+
+def test_teacher_loss_gradients_are_finite():
+    torch.manual_seed(0)
+    logits = torch.randn(5, K, requires_grad=True)
+    reg = torch.randn(5, requires_grad=True)
+    y = torch.tensor([-3.0, -1.5, 0.0, 0.5, 3.0])
+    teacher_loss(logits, reg, y, ce_weight=0.5).backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(reg.grad).all()
+    # CE gradient rows sum to zero (softmax - onehot), scaled by ce_weight / n
+    torch.testing.assert_close(logits.grad.sum(dim=1), torch.zeros(5), atol=1e-6, rtol=0)
+    assert math.isclose(float(reg.grad.abs().sum()), 1.0, abs_tol=1e-6)  # |sign| / n summed over 5 = 1
