@@ -67,10 +67,18 @@ class FrozenClip:
         return F.normalize(z.float(), dim=-1).cpu()
 
 
-def load_clip(model_name: str, pretrained: str, device: torch.device) -> FrozenClip:
-    """Build the open_clip model `model_name` with weights `pretrained` (tag, file, or "")."""
+SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip model sources that carry their own weights
+
+
+def check_clip_source(model_name: str, pretrained: str) -> None:
+    """Refuse an unknown model or tag before anything is built (and before any download)."""
+    if model_name.startswith(SCHEMAS):
+        if pretrained:
+            raise ValueError(f"clip.pretrained must be empty with clip.model {model_name!r}: "
+                             f"{model_name.split(':')[0]} models carry their own weights")
+        return
     available = open_clip.list_models()
-    if not model_name.startswith(("hf-hub:", "local-dir:")) and model_name not in available:
+    if model_name not in available:
         raise ValueError(f"clip.model {model_name!r} is not an open_clip model. Available: {available} "
                          "(or 'local-dir:/path/to/dir', 'hf-hub:org/repo')")
     if pretrained and not Path(pretrained).is_file():
@@ -78,9 +86,22 @@ def load_clip(model_name: str, pretrained: str, device: torch.device) -> FrozenC
         if pretrained not in tags:
             raise ValueError(f"clip.pretrained {pretrained!r} is neither a checkpoint file nor a pretrained tag "
                              f"of {model_name!r}. Tags: {tags}")
-    model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None, device=device)
-    if not pretrained:
-        log.info("clip %s: random weights (clip.pretrained is empty)", model_name)
+
+
+def load_clip(model_name: str, pretrained: str, device: torch.device, init_seed: int = 0) -> FrozenClip:
+    """Build the open_clip model `model_name` with weights `pretrained` (tag, file, or "").
+
+    With no weights (pretrained "" and a plain model name) the random init is drawn from
+    `init_seed`, so the embedding space is a function of the config alone.
+    """
+    model_name = model_name.replace("/", "-") if not model_name.startswith(SCHEMAS) else model_name
+    check_clip_source(model_name, pretrained)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(init_seed)
+        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
+                                                            device=device)
+    if not pretrained and not model_name.startswith(SCHEMAS):
+        log.info("clip %s: random weights from init_seed %d (clip.pretrained is empty)", model_name, init_seed)
     model.eval().requires_grad_(False)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -93,6 +114,7 @@ def load_clip(model_name: str, pretrained: str, device: torch.device) -> FrozenC
                       device=device)
 
 
-def clip_config(model_name: str, pretrained: str) -> dict[str, str]:
+def clip_config(model_name: str, pretrained: str, init_seed: int) -> dict[str, str | int]:
     """What identifies the embedding space, recorded in feature files and checked on read."""
-    return {"model": model_name, "pretrained": pretrained}
+    random_init = not pretrained and not model_name.startswith(SCHEMAS)
+    return {"model": model_name, "pretrained": pretrained, **({"init_seed": init_seed} if random_init else {})}

@@ -100,6 +100,7 @@ class ClipParams:
 
     model: str  # open_clip model name, e.g. ViT-B-32, or our tiny `mmdistill-tiny`
     pretrained: str  # open_clip tag (e.g. openai), a checkpoint path, or "" for random init
+    init_seed: int  # seeds the random init when pretrained is "" (apart from `seed`, so seeds share features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,8 @@ class ExtractParams:
 class TrainParams:
     epochs: int
     batch_size: int
-    lr: float
+    lr: float  # peak learning rate of AdamW
+    warmup: float  # fraction of the steps with a linear warm-up; then linear decay to 0
     weight_decay: float
     device: str
 
@@ -244,6 +246,8 @@ def load_section(name: str, path: Path = PARAMS_FILE) -> Any:
 
 def load_value(name: str, path: Path = PARAMS_FILE) -> Any:
     """A top-level scalar of params.yaml (seed, dataset)."""
+    if name not in TOP_LEVEL:
+        raise ConfigError(f"unknown top-level value {name!r}. Available: {sorted(TOP_LEVEL)}")
     data = read_params(path)
     if name not in data:
         raise ConfigError(f"{path}: top-level key {name!r} is missing")

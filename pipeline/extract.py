@@ -46,7 +46,7 @@ FAILURE_COLUMNS = ("id", "path", "reason")
 
 
 def video_config(clip: ClipParams, frames: int) -> dict[str, Any]:
-    return {"modality": "video", "clip": clip_config(clip.model, clip.pretrained), "frames": frames,
+    return {"modality": "video", "clip": clip_config(clip.model, clip.pretrained, clip.init_seed), "frames": frames,
             "sampling": "uniform", "normalized": True}
 
 
@@ -55,7 +55,7 @@ def audio_config(audio: AudioParams) -> dict[str, Any]:
 
 
 def text_config(clip: ClipParams, templates: list[str], classes: list[str]) -> dict[str, Any]:
-    return {"modality": "text", "clip": clip_config(clip.model, clip.pretrained), "templates": templates,
+    return {"modality": "text", "clip": clip_config(clip.model, clip.pretrained, clip.init_seed), "templates": templates,
             "classes": classes, "normalized": True}
 
 
@@ -153,7 +153,7 @@ def _todo(manifest: pd.DataFrame, writer: FeatureWriter) -> list[tuple[str, str]
 def extract_video(manifest: pd.DataFrame, writer: FeatureWriter, clip_params: ClipParams, frames: int,
                   batch_size: int, num_workers: int, device: torch.device, failures: Failures) -> None:
     """Encode F frames per clip with the frozen CLIP image tower; writes `frames` (F, D) per clip."""
-    clip = load_clip(clip_params.model, clip_params.pretrained, device)
+    clip = load_clip(clip_params.model, clip_params.pretrained, device, clip_params.init_seed)
     dataset = ClipDataset(_todo(manifest, writer), LoadFrames(frames, clip.preprocess))
     with tqdm(total=len(dataset), desc="extract video", unit="clip") as bar:
         for batch in iterate_decoded(dataset, batch_size, num_workers):
@@ -198,7 +198,7 @@ def prompt_embeddings(encode: Callable[[list[str]], torch.Tensor], templates: li
 def extract_text(manifest: pd.DataFrame, writer: FeatureWriter, clip_params: ClipParams, templates: list[str],
                  classes: list[str], batch_size: int, device: torch.device) -> None:
     """CLIP text embeddings of transcripts (`text` (D,)) and of the class prompts (extra/prompts)."""
-    clip = load_clip(clip_params.model, clip_params.pretrained, device)
+    clip = load_clip(clip_params.model, clip_params.pretrained, device, clip_params.init_seed)
     writer.write_extra("prompts", {"embeddings": prompt_embeddings(clip.encode_texts, templates, classes).numpy(),
                                    "classes": list(classes), "templates": list(templates)})
     done = writer.done_ids()

@@ -138,7 +138,7 @@ class PromptTeacher(nn.Module):
         frames = audio[present].flatten(0, 1)  # (N' * A, n_mels)
         if len(frames):
             self.audio_mean.copy_(frames.mean(0))
-            self.audio_std.copy_(frames.std(0).clamp_min(1e-3))
+            self.audio_std.copy_(frames.std(0, correction=int(len(frames) > 1)).clamp_min(1e-3))
 
     def classification_parameters(self) -> list[nn.Parameter]:
         """Everything but g (the two_phase schedule trains these first, then g alone)."""

@@ -158,7 +158,13 @@ class FeatureReader:
             hint = f" (an unfinished {partial.name} exists)" if partial.exists() else ""
             raise StoreError(f"feature file {self.path} not found{hint}: run `dvc repro {stage}`")
         self._file: h5py.File | None = None
-        f = self._handle()
+        try:
+            self._check(self._handle(), expected_config, stage)
+        except BaseException:
+            self.close()  # a refused file must not stay open (it would block a rewrite)
+            raise
+
+    def _check(self, f: h5py.File, expected_config: dict[str, Any] | None, stage: str) -> None:
         if f.attrs.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: schema version {f.attrs.get('schema_version')}, "
                              f"expected {SCHEMA_VERSION}: rebuild it with `dvc repro {stage}`")

@@ -1,6 +1,7 @@
 """The training loop shared by the teacher and the students.
 
-AdamW over mini-batches of a fixed-size training set, one validation pass per epoch,
+AdamW with a linear warm-up then linear decay of the learning rate (the schedule of
+RoBERTa/BERT fine-tuning), over mini-batches of a fixed-size training set, one validation pass per epoch,
 and model selection on the validation MAE (the best epoch's weights are restored at the
 end). Curves go through dvclive: one row per epoch with every loss term and the
 validation MAE, under `dvclive/<dataset>/<model>/plots/metrics/`, which dvc.yaml declares
@@ -34,11 +35,25 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> Itera
     return order.split(batch_size)
 
 
+def warmup_linear(total_steps: int, warmup: float) -> Callable[[int], float]:
+    """LR multiplier: 0 -> 1 over the first `warmup` fraction of steps, then 1 -> 0 linearly."""
+    warm = max(1, int(round(warmup * total_steps)))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return factor
+
+
 def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_batch: Callable[[torch.Tensor], Batch],
         loss_fn: LossFn, valid_mae: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
         curves: Path, desc: str) -> dict[str, float]:
     """Train `parameters` of `model` for `epochs`; returns the best epoch and its validation MAE."""
     optimizer = torch.optim.AdamW(list(parameters), lr=params.lr, weight_decay=params.weight_decay)
+    steps = epochs * -(-n_train // params.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(steps, params.warmup))
     generator = torch.Generator().manual_seed(seed)
     best = {"epoch": -1, "valid_mae": float("inf")}
     best_state = copy.deepcopy(model.state_dict())
@@ -53,6 +68,7 @@ def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                scheduler.step()
                 speed.add(len(idx))
                 n_batches += 1
                 for k, v in {"loss": loss.item(), **parts}.items():

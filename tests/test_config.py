@@ -126,7 +126,7 @@ def test_unknown_key_rejected_listing_valid_keys(base, tmp_path):
 def test_unknown_nested_key_rejected_with_dotted_location(base, tmp_path):
     path = edited(base, tmp_path, teacher__train__lrr=0.1)
     with pytest.raises(ConfigError, match=r"teacher\.train: unknown keys \['lrr'\]\. Valid keys: "
-                                          r"\['batch_size', 'device', 'epochs', 'lr', 'weight_decay'\]"):
+                                          r"\['batch_size', 'device', 'epochs', 'lr', 'warmup', 'weight_decay'\]"):
         load_section("teacher", path)
 
 

@@ -55,7 +55,7 @@ def test_read_mmsa_manifest(root: Path) -> None:
     manifest = read_mmsa(root, SPEC)
     assert tuple(manifest.columns) == MANIFEST_COLUMNS
     assert len(manifest) == N_CLIPS
-    assert manifest["id"].tolist() == [f"{v}$_${c}" for v, c in zip(labels["video_id"], labels["clip_id"])]
+    assert manifest["id"].tolist() == [f"{v}$_${c}" for v, c in zip(labels["video_id"], labels["clip_id"], strict=True)]
     assert manifest["split"].tolist() == labels["mode"].tolist()
     assert manifest["text"].tolist() == labels["text"].tolist()
     assert manifest["label"].tolist() == pytest.approx(labels["label"].astype(float).tolist())

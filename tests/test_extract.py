@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -26,6 +27,16 @@ TEMPLATES = ["a person talking with {} sentiment", "a video of someone expressin
 CLASSES = ["negative", "neutral", "positive"]
 BAD_ID = "broken$_$0"
 SEED = 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models on a 2-core machine: one intra-op thread avoids oversubscription (much faster
+    when anything else runs), and the results do not depend on it. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _params(max_failure_ratio: float = 0.1, batch_size: int = 5) -> ExtractParams:
@@ -98,23 +109,23 @@ def test_extract_video(workdir: Path, raw: Path) -> None:
     manifest = _clean_manifest(raw)
     torch.manual_seed(SEED)
     clip = load_clip(CLIP.model, CLIP.pretrained, torch.device("cpu"))
+    # reference: every clip's frames encoded in manifest order, independently of the stage's batching
+    decoded = torch.cat([clip.preprocess(torch.from_numpy(media.read_frames(Path(v), FRAMES)))
+                         for v in manifest["video"]])  # (N*F, 3, 64, 64)
+    reference = clip.encode_images(decoded).view(len(manifest), FRAMES, -1).numpy()  # (N, F, D)
     with FeatureReader(_features("video"), expected_config) as reader:
         assert reader.config == expected_config
         assert set(reader.versions) >= {"torch", "open_clip", "decord", "av", "librosa"}
         assert sorted(reader.ids()) == sorted(manifest["id"])
-        for row in manifest.itertuples():
-            frames = reader.read(row.id)["frames"]
+        for i, clip_id in enumerate(manifest["id"]):
+            frames = reader.read(clip_id)["frames"]
             assert frames.shape == (FRAMES, 64) and frames.dtype == np.float32
             np.testing.assert_allclose(np.linalg.norm(frames, axis=1), 1.0, atol=1e-5)
-            # each clip's row holds that clip's frames (batching must not shuffle clips)
-            alone = clip.encode_images(clip.preprocess(torch.from_numpy(media.read_frames(Path(row.video), FRAMES))))
-            np.testing.assert_allclose(frames, alone.numpy(), atol=1e-4)
+            # each clip's group holds that clip's frames, in order (batching must not shuffle clips)
+            np.testing.assert_allclose(frames, reference[i], atol=1e-4)
     failures = pd.read_csv(_failures("video"))
     assert list(failures.columns) == ["id", "path", "reason"] and failures.empty
-
-
-def test_video_file_refuses_another_config(workdir: Path) -> None:
-    _run("video")
+    # the recorded config guards readers that expect other features
     with pytest.raises(StoreError, match="frames: file has 4, requested 8"):
         FeatureReader(_features("video"), extract.video_config(CLIP, 8))
 
@@ -262,3 +273,18 @@ def test_missing_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="dvc repro prepare"):
         extract.run("audio", DS, _params(), CLIP)
+
+
+def test_video_with_decoding_workers_matches_in_process(workdir: Path) -> None:
+    """DataLoader workers (num_workers > 0) decode and preprocess: same features as in-process decoding."""
+    params = _params()
+    with_workers = dataclasses.replace(params, run=dataclasses.replace(params.run, num_workers=2, batch_size=3))
+    torch.manual_seed(SEED)
+    extract.run("video", DS, with_workers, CLIP)
+    with FeatureReader(_features("video")) as reader:
+        workers = {k: reader.read(k)["frames"] for k in reader.ids()}
+    _run("video")
+    with FeatureReader(_features("video")) as reader:
+        assert sorted(workers) == reader.ids()
+        for k, v in workers.items():
+            np.testing.assert_allclose(reader.read(k)["frames"], v, atol=1e-5)

@@ -123,6 +123,24 @@ def test_read_audio_without_audio_track_raises(tmp_path: Path) -> None:
     assert str(path) in str(err.value)
 
 
+def test_read_frames_without_video_stream_raises(tmp_path: Path) -> None:
+    """An audio-only mp4 (PyAV writes it directly; write_mp4 always has video)."""
+    from fractions import Fraction
+
+    path = tmp_path / "audio_only.mp4"
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+        samples = np.zeros((1, SAMPLE_RATE // 2), np.float32)
+        chunk = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        chunk.sample_rate, chunk.pts, chunk.time_base = SAMPLE_RATE, 0, Fraction(1, SAMPLE_RATE)
+        container.mux(stream.encode(chunk))
+        container.mux(stream.encode(None))
+    assert read_audio(path, SAMPLE_RATE).size >= SAMPLE_RATE // 2
+    with pytest.raises(DecodeError, match="cannot decode video frames") as err:
+        read_frames(path, 4)
+    assert str(path) in str(err.value)
+
+
 # --------------------------------------------------------------------------- broken files
 
 
