@@ -66,8 +66,7 @@ def pil_transform():
 
 
 def _load(seed: int, pretrained: str = "", model: str = MODEL) -> FrozenClip:
-    torch.manual_seed(seed)
-    return load_clip(model, pretrained, CPU)
+    return load_clip(model, pretrained, CPU, init_seed=seed)
 
 
 def _images(n: int = 4, seed: int = 0) -> torch.Tensor:
@@ -168,7 +167,26 @@ def test_local_dir_loads_config_and_weights_offline(clip0: FrozenClip, tmp_path:
     torch.testing.assert_close(loaded.encode_images(x), source.encode_images(x), rtol=0, atol=0)
     torch.testing.assert_close(loaded.encode_texts(TEXTS), source.encode_texts(TEXTS), rtol=0, atol=0)
     assert loaded.preprocess == source.preprocess
-    assert clip_config(f"local-dir:{folder}", "") == {"model": f"local-dir:{folder}", "pretrained": ""}
+    # a local dir carries its weights: no init_seed in the recorded config
+    assert clip_config(f"local-dir:{folder}", "", 5) == {"model": f"local-dir:{folder}", "pretrained": ""}
+    with pytest.raises(ValueError, match="must be empty"):
+        load_clip(f"local-dir:{folder}", "openai", CPU)
+
+
+def test_random_init_is_recorded_and_does_not_touch_the_global_rng() -> None:
+    assert clip_config(MODEL, "", 3) == {"model": MODEL, "pretrained": "", "init_seed": 3}
+    assert clip_config(MODEL, "/some/ckpt.pt", 3) == {"model": MODEL, "pretrained": "/some/ckpt.pt"}
+    torch.manual_seed(42)
+    expected = torch.rand(3)
+    torch.manual_seed(42)
+    _load(0)
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+
+
+def test_openai_style_model_name_with_slash_is_accepted() -> None:
+    x = _images()
+    torch.testing.assert_close(load_clip("mmdistill/tiny", "", CPU).encode_images(x),
+                               _load(0).encode_images(x), rtol=0, atol=0)
 
 
 def test_local_dir_preprocess_cfg_sets_normalisation(clip0: FrozenClip, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from pipeline.synthetic import SyntheticNoise, generate_sentiment
 
 DS = "synthetic_sentiment"
 N_CLIPS, FRAMES, N_MELS, SAMPLE_RATE, SECONDS = 12, 4, 32, 16000, 1.0
-CLIP = ClipParams("mmdistill-tiny", "")
+CLIP = ClipParams("mmdistill-tiny", "", 0)
 TEMPLATES = ["a person talking with {} sentiment", "a video of someone expressing a {} opinion"]
 CLASSES = ["negative", "neutral", "positive"]
 BAD_ID = "broken$_$0"
@@ -102,13 +102,13 @@ def _clean_manifest(raw: Path) -> pd.DataFrame:
 
 def test_extract_video(workdir: Path, raw: Path) -> None:
     _run("video")
-    expected_config = {"modality": "video", "clip": {"model": "mmdistill-tiny", "pretrained": ""},
+    expected_config = {"modality": "video", "clip": {"model": "mmdistill-tiny", "pretrained": "", "init_seed": 0},
                        "frames": FRAMES, "sampling": "uniform", "normalized": True}
     assert extract.video_config(CLIP, FRAMES) == expected_config
     assert not Path(str(_features("video")) + ".partial").exists()
     manifest = _clean_manifest(raw)
     torch.manual_seed(SEED)
-    clip = load_clip(CLIP.model, CLIP.pretrained, torch.device("cpu"))
+    clip = load_clip(CLIP.model, CLIP.pretrained, torch.device("cpu"), CLIP.init_seed)
     # reference: every clip's frames encoded in manifest order, independently of the stage's batching
     decoded = torch.cat([clip.preprocess(torch.from_numpy(media.read_frames(Path(v), FRAMES)))
                          for v in manifest["video"]])  # (N*F, 3, 64, 64)
@@ -239,11 +239,11 @@ def test_audio_track_missing_is_a_failure(workdir: Path, raw: Path) -> None:
 
 def test_extract_text(workdir: Path, raw: Path) -> None:
     _run("text", batch_size=5)
-    expected_config = {"modality": "text", "clip": {"model": "mmdistill-tiny", "pretrained": ""},
+    expected_config = {"modality": "text", "clip": {"model": "mmdistill-tiny", "pretrained": "", "init_seed": 0},
                        "templates": TEMPLATES, "classes": CLASSES, "normalized": True}
     manifest = _clean_manifest(raw)
     torch.manual_seed(SEED)
-    clip = load_clip(CLIP.model, CLIP.pretrained, torch.device("cpu"))
+    clip = load_clip(CLIP.model, CLIP.pretrained, torch.device("cpu"), CLIP.init_seed)
     with FeatureReader(_features("text"), extract.text_config(CLIP, TEMPLATES, CLASSES)) as reader:
         assert reader.config == expected_config
         assert sorted(reader.ids()) == sorted(manifest["id"])
