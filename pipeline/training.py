@@ -47,6 +47,17 @@ def warmup_linear(total_steps: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
+def open_live(curves: Path) -> Live:
+    """dvclive logger for one model's curves (no experiment saving: DVC runs the stage)."""
+    from scmrepo.exceptions import SCMError
+
+    try:
+        return Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None)
+    except SCMError as err:  # dvclive cannot start in a git repository without commits
+        raise RuntimeError(f"dvclive could not start ({err}): the project's git repository needs at least one "
+                           "commit; run `git add -A && git commit -m start` and rerun") from err
+
+
 def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_batch: Callable[[torch.Tensor], Batch],
         loss_fn: LossFn, valid_mae: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
         curves: Path, desc: str) -> dict[str, float]:
@@ -58,7 +69,7 @@ def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_
     best = {"epoch": -1, "valid_mae": float("inf")}
     best_state = copy.deepcopy(model.state_dict())
     speed = Throughput()
-    with Live(dir=str(curves), save_dvc_exp=False, dvcyaml=None) as live:
+    with open_live(curves) as live:
         for epoch in (bar := tqdm(range(epochs), desc=desc, unit="epoch")):
             model.train()
             sums: dict[str, float] = {}

@@ -1,0 +1,41 @@
+"""Shared fixtures: a small but complete project (params.yaml + dvc.yaml) in tmp_path."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_params() -> dict:
+    """The repository's params.yaml shrunk to a dataset and models that run in seconds."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["generate"].update(n_clips=36, seconds=1.0, fps=8, size=32)
+    params["extract"]["video"]["frames"] = 4
+    params["extract"]["audio"]["n_mels"] = 32
+    params["teacher"]["train"].update(epochs=3, batch_size=8)
+    params["distill"]["train"].update(epochs=2, batch_size=8)
+    params["distill"]["student"].update(hidden_size=32, intermediate_size=64, vocab_size=300, max_length=32)
+    return params
+
+
+def write_project(root: Path, params: dict, with_code: bool = False) -> Path:
+    """params.yaml (and, for DVC runs, dvc.yaml and the pipeline code its deps name) under root."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if with_code:
+        shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+        shutil.copytree(ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project directory with the small params.yaml, as the working directory."""
+    root = write_project(tmp_path / "project", small_params())
+    monkeypatch.chdir(root)
+    return root

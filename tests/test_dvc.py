@@ -1,0 +1,64 @@
+"""The DVC contract, run as a user would: `dvc repro` on a fresh small project, a second
+`dvc repro` that does nothing, an experiment on a distill parameter that re-runs only
+distill/evaluate, and `dvc metrics show` listing every model with the eight metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import small_params, write_project
+from pipeline.metrics import METRIC_NAMES
+
+
+def sh(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_project(tmp_path_factory.mktemp("dvc") / "project", small_params(), with_code=True)
+    (root / ".gitignore").write_text("/data/\n/models/\n/predictions/\n/dvclive/\n__pycache__/\n")
+    sh("git", "init", "-q", cwd=root)
+    sh("git", "config", "user.email", "test@example.com", cwd=root)
+    sh("git", "config", "user.name", "test", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "project", cwd=root)  # a clone has commits (dvclive needs one)
+    sh("dvc", "repro", cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "first repro", cwd=root)
+    return root
+
+
+def test_second_repro_does_nothing(repo: Path) -> None:
+    out = sh("dvc", "repro", cwd=repo)
+    assert "Data and pipelines are up to date." in out
+    assert "Running stage" not in out
+
+
+def test_metrics_show_lists_every_model_with_all_metrics(repo: Path) -> None:
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo))
+    files = next(iter(shown.values()))["data"]
+    names = {Path(path).stem: entry["data"] for path, entry in files.items()}
+    assert set(names) == {"teacher", "none", "videoadviser"}
+    for metrics in names.values():
+        assert list(metrics) == list(METRIC_NAMES)
+
+
+def test_distill_param_experiment_skips_upstream_stages(repo: Path) -> None:
+    out = sh("dvc", "exp", "run", "-S", "distill.train.lr=0.002", cwd=repo)
+    for stage in ("prepare", "extract@video", "extract@audio", "extract@text", "teacher"):
+        assert f"Stage '{stage}' didn't change, skipping" in out
+    for stage in ("distill@none", "distill@videoadviser", "evaluate@none", "evaluate@videoadviser"):
+        assert f"Running stage '{stage}'" in out
+    assert "Running stage 'teacher'" not in out
