@@ -254,6 +254,25 @@ def load_value(name: str, path: Path = PARAMS_FILE) -> Any:
     return _convert(TOP_LEVEL[name], data[name], where=name)
 
 
+def check_params(path: Path = PARAMS_FILE) -> None:
+    """Validate all of params.yaml before a stage does any work.
+
+    Every stage calls this first, so a typo anywhere (an unknown key, a dataset, method or
+    CLIP model name that does not exist) fails the first stage DVC runs, listing the valid
+    choices, instead of failing hours later in the stage that reads it.
+    """
+    from .clip import check_clip_source
+    from .datasets import DATASETS
+    from .distill import METHODS
+
+    sections = {name: load_section(name, path) for name in SECTIONS}
+    load_value("seed", path)
+    DATASETS.get(load_value("dataset", path))
+    for method in sections["distill"].methods:
+        METHODS.get(method)
+    check_clip_source(sections["clip"].model, sections["clip"].pretrained)
+
+
 def from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from a mapping, checking keys and value types recursively."""
     if not isinstance(data, Mapping):

@@ -76,11 +76,11 @@ def read_mmsa(root: Path, spec: DatasetSpec) -> pd.DataFrame:
         raise DatasetError(f"{label_csv}: missing columns {missing}; expected at least {list(MMSA_COLUMNS)}, "
                            f"found {list(table.columns)}")
     manifest = pd.DataFrame({
-        "id": [clip_key(v, c) for v, c in zip(table["video_id"], table["clip_id"])],
+        "id": [clip_key(v, c) for v, c in zip(table["video_id"], table["clip_id"], strict=True)],
         "split": table["mode"].astype(str),
         "label": pd.to_numeric(table["label"], errors="coerce"),
         "text": table["text"].astype(str),
-        "video": [str(root / "Raw" / v / f"{c}.mp4") for v, c in zip(table["video_id"], table["clip_id"])],
+        "video": [str(root / "Raw" / v / f"{c}.mp4") for v, c in zip(table["video_id"], table["clip_id"], strict=True)],
         "video_id": table["video_id"],
         "clip_id": table["clip_id"],
     })

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from . import paths
-from .config import DistillParams, Registry, StudentParams, load_section, load_value, to_dict
+from .config import DistillParams, Registry, StudentParams, check_params, load_section, load_value, to_dict
 from .datasets import read_manifest
 from .losses import task_loss, videoadviser_loss
 from .models import StudentConfig, TextStudent, save_student
@@ -187,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("method", help=f"one of {METHODS.names()}")
     args = parser.parse_args(argv)
     setup_logging()
+    check_params()
     seed = load_value("seed")
     seed_everything(seed)
     run(args.method, load_value("dataset"), load_section("distill"), seed)

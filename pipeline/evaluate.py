@@ -23,25 +23,15 @@ import numpy as np
 import pandas as pd
 
 from . import paths
-from .config import EvaluateParams, load_section, load_value
+from .config import EvaluateParams, check_params, load_section, load_value
 from .datasets import read_manifest
-from .distill import predict_student, tokenize
+from .distill import predict_student, teacher_targets, tokenize
 from .metrics import CSV_COLUMNS, json_safe, sentiment_metrics
 from .models import load_student
 from .runtime import resolve_device, setup_logging, stage
-from .store import read_table
 
 log = logging.getLogger(__name__)
 TEACHER = "teacher"
-
-
-def teacher_test_predictions(manifest: pd.DataFrame, preds_path: Path) -> np.ndarray:
-    columns, _ = read_table(preds_path, stage="teacher")
-    reg = pd.Series(np.asarray(columns["reg"], dtype=np.float64), index=columns["id"])
-    missing = manifest.loc[~manifest["id"].isin(reg.index), "id"].tolist()
-    if missing:
-        raise ValueError(f"{preds_path} lacks {len(missing)} test clips (e.g. {missing[:3]}): rerun `dvc repro teacher`")
-    return reg.loc[manifest["id"]].to_numpy()
 
 
 def student_test_predictions(manifest: pd.DataFrame, model_dir: Path, params: EvaluateParams) -> np.ndarray:
@@ -69,7 +59,7 @@ def run(name: str, dataset: str, params: EvaluateParams) -> dict[str, float]:
         manifest = read_manifest(paths.manifest(dataset))
         test = manifest[manifest["split"] == "test"].reset_index(drop=True)
         if name == TEACHER:
-            pred = teacher_test_predictions(test, source)
+            pred = teacher_targets(test, source)["reg"].double().numpy()
         else:
             pred = student_test_predictions(test, source, params)
         metrics = write_results(test, pred, metrics_path, csv_path)
@@ -82,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("name", help="`teacher` or a distillation method (a student trained by distill@<method>)")
     args = parser.parse_args(argv)
     setup_logging()
+    check_params()
     run(args.name, load_value("dataset"), load_section("evaluate"))
 
 

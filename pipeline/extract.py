@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from . import media, paths
 from .clip import ImagePreprocess, clip_config, load_clip
-from .config import AudioParams, ClipParams, ExtractParams, Registry, load_section, load_value
+from .config import AudioParams, ClipParams, ExtractParams, Registry, check_params, load_section, load_value
 from .datasets import read_manifest
 from .runtime import resolve_device, seed_everything, setup_logging, stage
 from .store import FeatureWriter
@@ -55,8 +55,8 @@ def audio_config(audio: AudioParams) -> dict[str, Any]:
 
 
 def text_config(clip: ClipParams, templates: list[str], classes: list[str]) -> dict[str, Any]:
-    return {"modality": "text", "clip": clip_config(clip.model, clip.pretrained, clip.init_seed), "templates": templates,
-            "classes": classes, "normalized": True}
+    return {"modality": "text", "clip": clip_config(clip.model, clip.pretrained, clip.init_seed),
+            "templates": templates, "classes": classes, "normalized": True}
 
 
 def versions() -> dict[str, str]:
@@ -144,7 +144,7 @@ class Failures:
 
 def _todo(manifest: pd.DataFrame, writer: FeatureWriter) -> list[tuple[str, str]]:
     done = writer.done_ids()
-    rows = [(i, v) for i, v in zip(manifest["id"], manifest["video"]) if i not in done]
+    rows = [(i, v) for i, v in zip(manifest["id"], manifest["video"], strict=True) if i not in done]
     if done:
         log.info("%d clips already in %s, %d to go", len(manifest) - len(rows), writer.partial, len(rows))
     return rows
@@ -164,7 +164,7 @@ def extract_video(manifest: pd.DataFrame, writer: FeatureWriter, clip_params: Cl
             if ok:
                 images = torch.cat([x for _, x in ok])  # (B*F, 3, S, S)
                 emb = clip.encode_images(images).view(len(ok), frames, -1)  # (B, F, D)
-                for (cid, _), e in zip(ok, emb):
+                for (cid, _), e in zip(ok, emb, strict=True):
                     writer.write(cid, {"frames": e.numpy()})
                 writer.flush()
             bar.update(len(batch))
@@ -206,7 +206,7 @@ def extract_text(manifest: pd.DataFrame, writer: FeatureWriter, clip_params: Cli
     for start in tqdm(range(0, len(todo), batch_size), desc="extract text", unit="batch"):
         chunk = todo.iloc[start : start + batch_size]
         emb = clip.encode_texts(chunk["text"].tolist())  # (B, D)
-        for cid, e in zip(chunk["id"], emb):
+        for cid, e in zip(chunk["id"], emb, strict=True):
             writer.write(cid, {"text": e.numpy()})
         writer.flush()
 
@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("modality", choices=MODALITIES.names())
     args = parser.parse_args(argv)
     setup_logging()
+    check_params()
     seed_everything(load_value("seed"))
     run(args.modality, load_value("dataset"), load_section("extract"), load_section("clip"))
 

@@ -14,8 +14,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .config import GenerateParams, Registry, load_section, load_value
 from . import paths
+from .config import GenerateParams, Registry, check_params, load_section, load_value
 from .runtime import setup_logging, stage
 from .synthetic import SyntheticNoise, generate_sentiment
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dataset", choices=GENERATORS.names())
     args = parser.parse_args(argv)
     setup_logging()
+    check_params()
     run(args.dataset, paths.raw_dir(args.dataset), load_section("generate"), load_value("seed"))
 
 

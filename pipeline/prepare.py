@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from . import paths
-from .config import load_value
+from .config import check_params, load_value
 from .datasets import read_dataset, write_manifest
 from .runtime import setup_logging, stage
 
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     setup_logging()
+    check_params()
     dataset = load_value("dataset")
     run(dataset, paths.raw_dir(dataset), paths.manifest(dataset))
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from . import paths
-from .config import ClipParams, ExtractParams, TeacherParams, load_section, load_value, to_dict
+from .config import ClipParams, ExtractParams, TeacherParams, check_params, load_section, load_value, to_dict
 from .datasets import read_manifest
 from .features import FeatureArrays, feature_files, load_features
 from .losses import classification_loss, task_loss, teacher_loss
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     setup_logging()
+    check_params()
     seed = load_value("seed")
     seed_everything(seed)
     run(load_value("dataset"), load_section("teacher"), load_section("clip"), load_section("extract"), seed)

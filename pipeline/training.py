@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from dvclive import Live
 from torch import nn
 from tqdm import tqdm
+
+from dvclive import Live
 
 from .config import TrainParams
 from .runtime import Throughput

@@ -20,6 +20,7 @@ from pipeline.config import (
     Registry,
     TeacherParams,
     TrainParams,
+    check_params,
     from_dict,
     load_section,
     load_value,
@@ -283,3 +284,28 @@ def test_registry_duplicate_raises():
     with pytest.raises(ValueError, match=r"widget 'a' is registered twice"):
         reg.register("a")(object())
     assert reg.get("a") is a  # the first registration survives
+
+
+# --------------------------------------------------------------------------- check_params
+
+
+def test_check_params_accepts_the_project_params() -> None:
+    check_params(REPO_PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("edits", "error", "message"),
+    [
+        ({"dataset": "nope"}, ConfigError,
+         r"unknown dataset 'nope'. Available: \['mosei', 'mosi', 'synthetic_sentiment'\]"),
+        ({"distill__methods": ["none", "fitnets"]}, ConfigError,
+         r"unknown distillation method 'fitnets'. Available: \['none', 'videoadviser'\]"),
+        ({"clip__model": "ViT-Z-99"}, ValueError, r"clip.model 'ViT-Z-99' is not an open_clip model. Available: \["),
+        ({"clip__pretrained": "no_such_tag"}, ValueError, r"neither a checkpoint file nor a pretrained tag"),
+        ({"teacher__train__epochs": "many"}, ConfigError, r"teacher.train.epochs: expected int"),
+    ],
+)
+def test_check_params_fails_on_any_bad_name(base, tmp_path, edits, error, message) -> None:
+    """A bad name anywhere fails whichever stage runs first, before it does any work."""
+    with pytest.raises(error, match=message):
+        check_params(edited(base, tmp_path, **edits))

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import small_params, write_project
+
 from pipeline.metrics import METRIC_NAMES
 
 
