@@ -1,0 +1,74 @@
+"""The student side of distill: tokenizer, pretrained loading from a local dir, method losses."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+from pipeline.config import DistillParams, StudentParams, TrainParams, VideoAdviserParams
+from pipeline.distill import METHODS, build_student, tokenize, train_bpe_tokenizer
+
+TEXTS = ["i thought the movie was great", "honestly the acting felt awful to me", "it was okay i guess"] * 4
+STUDENT = StudentParams(pretrained="", hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=300,
+                        max_length=24, head_hidden=16, dropout=0.0)
+
+
+def params(weight: float = 0.5, distance: str = "mse") -> DistillParams:
+    return DistillParams(methods=["none", "videoadviser"], student=STUDENT,
+                         train=TrainParams(epochs=1, batch_size=4, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu"),
+                         videoadviser=VideoAdviserParams(weight=weight, distance=distance))
+
+
+def test_bpe_tokenizer_is_roberta_shaped() -> None:
+    tok = train_bpe_tokenizer(TEXTS, vocab_size=300, max_length=24)
+    ids = tok("the movie was great")["input_ids"]
+    assert ids[0] == tok.bos_token_id == 0 and ids[-1] == tok.eos_token_id == 2 and tok.pad_token_id == 1
+    assert tok.decode(ids, skip_special_tokens=True) == "the movie was great"
+
+
+def test_tiny_student_from_scratch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, tok = build_student(STUDENT, TEXTS, num_classes=7)
+    assert isinstance(model.encoder, RobertaModel) and model.encoder.config.hidden_size == 32
+    out = model(**tokenize(tok, TEXTS[:3], STUDENT.max_length))
+    assert out["reg"].shape == (3,) and out["logits"].shape == (3, 7)
+
+
+def test_pretrained_student_loads_a_local_save_pretrained_dir(tmp_path: Path) -> None:
+    """The `from_pretrained` path users take with roberta-large, exercised on a tiny saved model."""
+    torch.manual_seed(1)
+    tok = train_bpe_tokenizer(TEXTS, vocab_size=300, max_length=24)
+    encoder = RobertaModel(RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=40,
+                                         pad_token_id=tok.pad_token_id))
+    encoder.save_pretrained(tmp_path / "my-roberta")
+    tok.save_pretrained(tmp_path / "my-roberta")
+
+    torch.manual_seed(2)  # another seed: only the saved weights can make them equal
+    model, loaded_tok = build_student(dataclasses.replace(STUDENT, pretrained=str(tmp_path / "my-roberta")),
+                                      TEXTS, num_classes=7)
+    assert loaded_tok("was great")["input_ids"] == tok("was great")["input_ids"]
+    for name, tensor in encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert isinstance(AutoTokenizer.from_pretrained(tmp_path / "my-roberta"), type(loaded_tok))
+
+
+def test_pretrained_student_missing_dir_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="no-such-model"):
+        build_student(dataclasses.replace(STUDENT, pretrained=str(tmp_path / "no-such-model")), TEXTS, 7)
+
+
+def test_method_losses_known_values() -> None:
+    out = {"reg": torch.tensor([1.0, -1.0]), "logits": torch.zeros(2, 7)}
+    batch = {"y": torch.tensor([0.0, 0.0]), "teacher_reg": torch.tensor([0.0, 1.0])}
+    loss, parts = METHODS.get("none")(out, batch, params())
+    assert loss.item() == pytest.approx(1.0)  # mean(|1 - 0|, |-1 - 0|)
+    loss, parts = METHODS.get("videoadviser")(out, batch, params(weight=0.5, distance="mse"))
+    # task 1.0 + 0.5 * mean((1 - 0)^2, (-1 - 1)^2) = 1.0 + 0.5 * 2.5
+    assert loss.item() == pytest.approx(2.25) and parts == pytest.approx({"task": 1.0, "distill": 2.5})
+    loss, _ = METHODS.get("videoadviser")(out, batch, params(weight=2.0, distance="l1"))
+    assert loss.item() == pytest.approx(1.0 + 2.0 * 1.5)  # l1: mean(1, 2)
