@@ -32,8 +32,9 @@ from tqdm import tqdm
 
 from . import media, paths
 from .clip import ImagePreprocess, clip_config, load_clip
-from .config import AudioParams, ClipParams, ExtractParams, Registry, check_params, load_section, load_value
+from .config import AudioParams, ClipParams, ConfigError, ExtractParams, check_params, load_section, load_value
 from .datasets import read_manifest
+from .models import MODALITIES
 from .runtime import resolve_device, seed_everything, setup_logging, stage
 from .store import FeatureWriter
 
@@ -214,11 +215,6 @@ def extract_text(manifest: pd.DataFrame, writer: FeatureWriter, clip_params: Cli
 # --------------------------------------------------------------------------- stage
 
 
-MODALITIES: Registry[str] = Registry("modality")
-for _m in ("video", "audio", "text"):
-    MODALITIES.add(_m, _m)
-
-
 def check_failures(failures: Failures, total: int, max_ratio: float, csv_path: Path, modality: str) -> None:
     ratio = len(failures.rows) / max(total, 1)
     if ratio > max_ratio:
@@ -231,13 +227,21 @@ def check_failures(failures: Failures, total: int, max_ratio: float, csv_path: P
         )
 
 
+def feature_config(modality: str, params: ExtractParams, clip_params: ClipParams) -> dict[str, Any]:
+    """The configuration recorded in (and required of) the feature file of `modality`."""
+    if modality == "video":
+        return video_config(clip_params, params.video.frames)
+    if modality == "audio":
+        return audio_config(params.audio)
+    if modality == "text":
+        return text_config(clip_params, params.text.templates, params.text.classes)
+    raise ConfigError(f"unknown modality {modality!r}. Available: {list(MODALITIES)}")
+
+
 def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipParams) -> None:
-    MODALITIES.get(modality)
+    config = feature_config(modality, params, clip_params)
     manifest = read_manifest(paths.manifest(dataset))
     out, fail_csv = paths.features(dataset, modality), paths.failures(dataset, modality)
-    config = {"video": lambda: video_config(clip_params, params.video.frames),
-              "audio": lambda: audio_config(params.audio),
-              "text": lambda: text_config(clip_params, params.text.templates, params.text.classes)}[modality]()
     device = resolve_device(params.run.device)
     failures = Failures()
     with stage(f"extract@{modality}", [paths.manifest(dataset)], [out, fail_csv]):
@@ -260,7 +264,7 @@ def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipPar
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("modality", choices=MODALITIES.names())
+    parser.add_argument("modality", choices=MODALITIES)
     args = parser.parse_args(argv)
     setup_logging()
     check_params()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from . import paths
 from .config import ClipParams, ExtractParams
-from .extract import audio_config, text_config, video_config
+from .extract import feature_config
 from .models import MODALITIES
 from .store import FeatureReader
 
@@ -64,11 +64,8 @@ def load_features(manifest: pd.DataFrame, dataset: str, clip: ClipParams, extrac
                   audio_tokens: int) -> FeatureArrays:
     """Read the three feature files for the manifest's clips, checking their recorded configs."""
     ids = manifest["id"].tolist()
-    video_r = FeatureReader(paths.features(dataset, "video"), video_config(clip, extract.video.frames),
-                            stage="extract@video")
-    audio_r = FeatureReader(paths.features(dataset, "audio"), audio_config(extract.audio), stage="extract@audio")
-    text_r = FeatureReader(paths.features(dataset, "text"),
-                           text_config(clip, extract.text.templates, extract.text.classes), stage="extract@text")
+    video_r, audio_r, text_r = (FeatureReader(paths.features(dataset, m), feature_config(m, extract, clip),
+                                              stage=f"extract@{m}") for m in MODALITIES)
     with video_r, audio_r, text_r:
         prompts = text_r.extra("prompts")
         dim = prompts["embeddings"].shape[1]

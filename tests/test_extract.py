@@ -265,7 +265,7 @@ def test_extract_text(workdir: Path, raw: Path) -> None:
 
 
 def test_unknown_modality(workdir: Path) -> None:
-    with pytest.raises(ValueError, match=r"unknown modality 'depth'.*\['audio', 'text', 'video'\]"):
+    with pytest.raises(ValueError, match=r"unknown modality 'depth'.*\['video', 'audio', 'text'\]"):
         extract.run("depth", DS, _params(), CLIP)
 
 
