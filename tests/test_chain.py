@@ -43,7 +43,6 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = write_project(tmp_path_factory.mktemp("chain"), small_params())
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        torch.set_num_threads(1)
         run_all()
     return root
 

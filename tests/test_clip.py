@@ -31,15 +31,6 @@ MAX_LEVELS = 2
 MAX_FRACTION_DIFFERENT = 0.02
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a 2-core machine: one intra-op thread avoids oversubscription (much faster
-    when anything else runs), and the results do not depend on it. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(autouse=True)
 def _no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:

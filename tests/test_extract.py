@@ -29,15 +29,6 @@ BAD_ID = "broken$_$0"
 SEED = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a 2-core machine: one intra-op thread avoids oversubscription (much faster
-    when anything else runs), and the results do not depend on it. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _params(max_failure_ratio: float = 0.1, batch_size: int = 5) -> ExtractParams:
     return from_dict(ExtractParams, {
