@@ -52,18 +52,26 @@ class FrozenClip:
     tokenizer: object
     preprocess: ImagePreprocess
     device: torch.device
+    precision: str = "fp32"  # fp16 | bf16: autocast on GPU; the CPU always computes in fp32
+
+    def _autocast(self) -> torch.autocast:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        enabled = self.device.type == "cuda" and dtype is not None
+        return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (N, 3, S, S) -> unit-norm embeddings (N, D) float32 on CPU."""
-        z = self.model.encode_image(images.to(self.device, non_blocking=True))  # (N, D)
+        with self._autocast():
+            z = self.model.encode_image(images.to(self.device, non_blocking=True))  # (N, D)
         return F.normalize(z.float(), dim=-1).cpu()
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Strings -> unit-norm embeddings (N, D) float32 on CPU (truncated to the context length)."""
         tokens = self.tokenizer(texts).to(self.device)  # (N, context_length)
-        z = self.model.encode_text(tokens)  # (N, D)
+        with self._autocast():
+            z = self.model.encode_text(tokens)  # (N, D)
         return F.normalize(z.float(), dim=-1).cpu()
 
 
@@ -88,7 +96,8 @@ def check_clip_source(model_name: str, pretrained: str) -> None:
                              f"of {model_name!r}. Tags: {tags}")
 
 
-def load_clip(model_name: str, pretrained: str, device: torch.device, init_seed: int = 0) -> FrozenClip:
+def load_clip(model_name: str, pretrained: str, device: torch.device, init_seed: int = 0,
+              precision: str = "fp32") -> FrozenClip:
     """Build the open_clip model `model_name` with weights `pretrained` (tag, file, or "").
 
     With no weights (pretrained "" and a plain model name) the random init is drawn from
@@ -111,7 +120,7 @@ def load_clip(model_name: str, pretrained: str, device: torch.device, init_seed:
         std=tuple(model.visual.image_std or open_clip.OPENAI_DATASET_STD),
     )
     return FrozenClip(model=model, tokenizer=open_clip.get_tokenizer(model_name), preprocess=preprocess,
-                      device=device)
+                      device=device, precision=precision)
 
 
 def clip_config(model_name: str, pretrained: str, init_seed: int) -> dict[str, str | int]:

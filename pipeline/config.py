@@ -108,13 +108,25 @@ class RunParams:
     """How a stage runs; does not change what it computes (up to float rounding)."""
 
     device: str  # auto | cpu | cuda | cuda:N
-    batch_size: int
-    num_workers: int
+    batch_size: int  # clips per encoder batch
+    num_workers: int  # DataLoader workers decoding clips while the main process encodes
+    precision: str  # fp32 | fp16 | bf16: autocast of the encoder on GPU (CPU always runs fp32)
+
+    def __post_init__(self) -> None:
+        check_choice("extract.run.precision", self.precision, ("fp32", "fp16", "bf16"))
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoParams:
-    frames: int  # frames sampled uniformly per clip
+    backend: str  # decord | pyav (for platforms without decord wheels)
+    sampling: str  # uniform: `frames` per clip | fps: `fps` frames per second | all: every frame
+    frames: int  # uniform sampling: frames per clip
+    fps: float  # fps sampling: frames per second of video
+    max_frames: int  # fps / all sampling: at most this many frames per clip (uniformly thinned beyond)
+
+    def __post_init__(self) -> None:
+        check_choice("extract.video.backend", self.backend, ("decord", "pyav"))
+        check_choice("extract.video.sampling", self.sampling, ("uniform", "fps", "all"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +169,8 @@ class TeacherParams:
     layers: int  # temporal / audio transformer layers
     heads: int
     dropout: float
-    audio_tokens: int  # log-mel frames are average-pooled to at most this many tokens
+    video_tokens: int  # frame embeddings are average-pooled over time to this many tokens
+    audio_tokens: int  # log-mel frames are average-pooled over time to this many tokens
     prompt_alpha: float  # initial residual weight a of the video-enhanced prompts
     mask: str  # zeros | learned: how a masked (missing or held-out) modality is filled
     schedule: str  # joint | two_phase (step 1: classification -> regression)

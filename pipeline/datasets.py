@@ -70,7 +70,9 @@ def read_mmsa(root: Path, spec: DatasetSpec) -> pd.DataFrame:
     label_csv = root / "label.csv"
     if not label_csv.is_file():
         raise DatasetError(f"{label_csv} not found: an MMSA-layout dataset has label.csv at its root")
-    table = pd.read_csv(label_csv, dtype={"video_id": str, "clip_id": str, "text": str}, keep_default_na=False)
+    # bytes that are not UTF-8 become U+FFFD: that clip's transcript is reported by extract@text, not the file
+    table = pd.read_csv(label_csv, dtype={"video_id": str, "clip_id": str, "text": str}, keep_default_na=False,
+                        encoding="utf-8", encoding_errors="replace")
     missing = [c for c in MMSA_COLUMNS if c not in table.columns]
     if missing:
         raise DatasetError(f"{label_csv}: missing columns {missing}; expected at least {list(MMSA_COLUMNS)}, "

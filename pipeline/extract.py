@@ -3,16 +3,27 @@
 Reads  data/prepared/<ds>/manifest.csv and the clips it names
 Writes data/features/<ds>/<modality>.h5 and data/features/<ds>/failures_<modality>.csv
 
-    video  F uniformly sampled frames -> frozen CLIP image embeddings, `frames` (F, D)
+    video  sampled frames -> frozen CLIP image embeddings, `frames` (F, D)
     audio  mono waveform -> librosa log-mel frames, `logmel` (T, n_mels)
     text   transcript -> frozen CLIP text embedding, `text` (D,); class prompts in extra/prompts
 
 Command: python -m pipeline.extract {video,audio,text}
+   or    torchrun --nproc-per-node N -m pipeline.extract {video,audio,text}
 
-DataLoader workers decode (and preprocess) clips while the main process encodes batches;
-features are written as they are computed, and an interrupted run resumes where it stopped
-(see store.py). A clip that fails to decode is listed in the failures CSV with its reason;
-the stage fails only when failures exceed `extract.max_failure_ratio`.
+Speed: DataLoader workers (`extract.run.num_workers`) decode and preprocess clips while the
+main process encodes batches; on a GPU, batches are pinned and the encoder runs under
+autocast (`extract.run.precision`).
+
+Faults: features are written in atomic chunks as they are computed (store.py), so a killed
+run resumes with only the missing clips. A clip that cannot be used (corrupt or empty file,
+no audio track, fewer frames than requested, empty or non-UTF-8 transcript) is listed in
+the failures CSV with its id, path and reason; the stage fails only when failures exceed
+`extract.max_failure_ratio`, keeping what it computed. Downstream, a clip missing from a
+modality's file has that modality masked.
+
+Scale: under torchrun each rank takes every WORLD_SIZE-th clip of the manifest, writes its
+own chunks into the shared `.partial` directory, and rank 0 merges them once all ranks are
+done; the merged file equals the single-process one.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +44,16 @@ from tqdm import tqdm
 
 from . import media, paths
 from .clip import ImagePreprocess, clip_config, load_clip
-from .config import AudioParams, ClipParams, ConfigError, ExtractParams, check_params, load_section, load_value
+from .config import (
+    AudioParams,
+    ClipParams,
+    ConfigError,
+    ExtractParams,
+    VideoParams,
+    check_params,
+    load_section,
+    load_value,
+)
 from .datasets import read_manifest
 from .models import MODALITIES
 from .runtime import resolve_device, seed_everything, setup_logging, stage
@@ -46,9 +67,14 @@ FAILURE_COLUMNS = ("id", "path", "reason")
 # --------------------------------------------------------------------------- configs
 
 
-def video_config(clip: ClipParams, frames: int) -> dict[str, Any]:
-    return {"modality": "video", "clip": clip_config(clip.model, clip.pretrained, clip.init_seed), "frames": frames,
-            "sampling": "uniform", "normalized": True}
+def video_config(clip: ClipParams, video: VideoParams) -> dict[str, Any]:
+    sampling = {"sampling": video.sampling}
+    if video.sampling == "uniform":
+        sampling["frames"] = video.frames
+    else:
+        sampling.update(max_frames=video.max_frames, **({"fps": video.fps} if video.sampling == "fps" else {}))
+    return {"modality": "video", "clip": clip_config(clip.model, clip.pretrained, clip.init_seed), **sampling,
+            "normalized": True}
 
 
 def audio_config(audio: AudioParams) -> dict[str, Any]:
@@ -60,6 +86,17 @@ def text_config(clip: ClipParams, templates: list[str], classes: list[str]) -> d
             "templates": templates, "classes": classes, "normalized": True}
 
 
+def feature_config(modality: str, params: ExtractParams, clip_params: ClipParams) -> dict[str, Any]:
+    """The configuration recorded in (and required of) the feature file of `modality`."""
+    if modality == "video":
+        return video_config(clip_params, params.video)
+    if modality == "audio":
+        return audio_config(params.audio)
+    if modality == "text":
+        return text_config(clip_params, params.text.templates, params.text.classes)
+    raise ConfigError(f"unknown modality {modality!r}. Available: {list(MODALITIES)}")
+
+
 def versions() -> dict[str, str]:
     import decord
     import librosa
@@ -67,6 +104,42 @@ def versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "open_clip": open_clip.__version__, "librosa": librosa.__version__,
             "decord": decord.__version__, "av": media.av.__version__}
+
+
+# --------------------------------------------------------------------------- ranks
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def tag(self) -> str:
+        return f"rank{self.rank}"
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def init_ranks() -> Ranks:
+    """Read torchrun's environment and join the process group (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return ranks
+
+
+def rank_device(name: str, ranks: Ranks) -> torch.device:
+    device = resolve_device(name)
+    return torch.device("cuda", ranks.local_rank) if device.type == "cuda" and ranks.world > 1 else device
 
 
 # --------------------------------------------------------------------------- decoding datasets
@@ -92,11 +165,13 @@ class ClipDataset(Dataset):
 
 @dataclasses.dataclass(frozen=True)
 class LoadFrames:
-    frames: int
+    sampler: media.FrameSampler
+    backend: str
     preprocess: ImagePreprocess
 
     def __call__(self, path: Path) -> torch.Tensor:
-        return self.preprocess(torch.from_numpy(media.read_frames(path, self.frames)))  # (F, 3, S, S)
+        frames = media.read_frames(path, self.sampler, self.backend)  # (F, H, W, 3) uint8
+        return self.preprocess(torch.from_numpy(frames))  # (F, 3, S, S)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,13 +194,23 @@ def log_mel(wave: np.ndarray, p: AudioParams) -> np.ndarray:
 
 
 def _keep_batch(batch: list) -> list:
-    return batch  # variable-size items: the main loop handles the list
+    return batch  # variable-size items (and failures): the main loop handles the list
 
 
-def iterate_decoded(dataset: ClipDataset, batch_size: int, num_workers: int) -> Iterator[list]:
+def iterate_decoded(dataset: ClipDataset, batch_size: int, num_workers: int, pin: bool) -> Iterator[list]:
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_batch,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                        pin_memory=pin, prefetch_factor=4 if num_workers else None)
     yield from loader
+
+
+def transcript_problem(text: str) -> str | None:
+    """Why a transcript cannot be embedded, or None. U+FFFD marks bytes that were not UTF-8
+    (the manifest reader decodes with errors='replace')."""
+    if not text.strip():
+        return "empty transcript"
+    if "\ufffd" in text:
+        return "transcript is not valid UTF-8 (fix the encoding of the dataset's label file)"
+    return None
 
 
 # --------------------------------------------------------------------------- extractors
@@ -142,41 +227,51 @@ class Failures:
     def write(self, path: Path) -> None:
         pd.DataFrame(self.rows, columns=list(FAILURE_COLUMNS)).to_csv(path, index=False)
 
+    @classmethod
+    def read(cls, path: Path) -> Failures:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return cls([tuple(r) for r in table.loc[:, list(FAILURE_COLUMNS)].itertuples(index=False)])
 
-def _todo(manifest: pd.DataFrame, writer: FeatureWriter) -> list[tuple[str, str]]:
+
+def _todo(manifest: pd.DataFrame, writer: FeatureWriter) -> pd.DataFrame:
     done = writer.done_ids()
-    rows = [(i, v) for i, v in zip(manifest["id"], manifest["video"], strict=True) if i not in done]
+    todo = manifest.loc[~manifest["id"].isin(done)]
     if done:
-        log.info("%d clips already in %s, %d to go", len(manifest) - len(rows), writer.partial, len(rows))
-    return rows
+        log.info("%d clips already in %s, %d to go", len(manifest) - len(todo), writer.partial, len(todo))
+    return todo
 
 
-def extract_video(manifest: pd.DataFrame, writer: FeatureWriter, clip_params: ClipParams, frames: int,
-                  batch_size: int, num_workers: int, device: torch.device, failures: Failures) -> None:
-    """Encode F frames per clip with the frozen CLIP image tower; writes `frames` (F, D) per clip."""
-    clip = load_clip(clip_params.model, clip_params.pretrained, device, clip_params.init_seed)
-    dataset = ClipDataset(_todo(manifest, writer), LoadFrames(frames, clip.preprocess))
+def _rows(todo: pd.DataFrame) -> list[tuple[str, str]]:
+    return list(zip(todo["id"], todo["video"], strict=True))
+
+
+def extract_video(todo: pd.DataFrame, writer: FeatureWriter, clip_params: ClipParams, video: VideoParams,
+                  batch_size: int, num_workers: int, device: torch.device, precision: str,
+                  failures: Failures) -> None:
+    """Encode each clip's sampled frames with the frozen CLIP image tower; writes `frames` (F, D)."""
+    clip = load_clip(clip_params.model, clip_params.pretrained, device, clip_params.init_seed, precision)
+    load = LoadFrames(media.FrameSampler.from_params(video), video.backend, clip.preprocess)
+    dataset = ClipDataset(_rows(todo), load)
     with tqdm(total=len(dataset), desc="extract video", unit="clip") as bar:
-        for batch in iterate_decoded(dataset, batch_size, num_workers):
-            ok = [(cid, x) for cid, path, x, err in batch if err is None]
+        for batch in iterate_decoded(dataset, batch_size, num_workers, pin=device.type == "cuda"):
+            ok = [(cid, x) for cid, _, x, err in batch if err is None]
             for cid, path, _, err in batch:
                 if err is not None:
                     failures.add(cid, path, err)
             if ok:
-                images = torch.cat([x for _, x in ok])  # (B*F, 3, S, S)
-                emb = clip.encode_images(images).view(len(ok), frames, -1)  # (B, F, D)
-                for (cid, _), e in zip(ok, emb, strict=True):
-                    writer.write(cid, {"frames": e.numpy()})
-                writer.flush()
+                emb = clip.encode_images(torch.cat([x for _, x in ok]))  # (sum F_i, D)
+                for (cid, _), e in zip(ok, emb.split([len(x) for _, x in ok]), strict=True):
+                    writer.write(cid, {"frames": e.numpy()})  # (F_i, D)
+            writer.flush()
             bar.update(len(batch))
 
 
-def extract_audio(manifest: pd.DataFrame, writer: FeatureWriter, params: AudioParams, batch_size: int,
+def extract_audio(todo: pd.DataFrame, writer: FeatureWriter, params: AudioParams, batch_size: int,
                   num_workers: int, failures: Failures) -> None:
     """Log-mel frames per clip, computed in the decoding workers; writes `logmel` (T, n_mels)."""
-    dataset = ClipDataset(_todo(manifest, writer), LoadLogMel(params))
+    dataset = ClipDataset(_rows(todo), LoadLogMel(params))
     with tqdm(total=len(dataset), desc="extract audio", unit="clip") as bar:
-        for batch in iterate_decoded(dataset, batch_size, num_workers):
+        for batch in iterate_decoded(dataset, batch_size, num_workers, pin=False):
             for cid, path, mel, err in batch:
                 if err is None:
                     writer.write(cid, {"logmel": mel})
@@ -196,16 +291,21 @@ def prompt_embeddings(encode: Callable[[list[str]], torch.Tensor], templates: li
     return torch.nn.functional.normalize(per_template.mean(dim=1), dim=-1)  # (K, D)
 
 
-def extract_text(manifest: pd.DataFrame, writer: FeatureWriter, clip_params: ClipParams, templates: list[str],
-                 classes: list[str], batch_size: int, device: torch.device) -> None:
+def extract_text(todo: pd.DataFrame, writer: FeatureWriter, clip_params: ClipParams, templates: list[str],
+                 classes: list[str], batch_size: int, device: torch.device, precision: str,
+                 failures: Failures, write_prompts: bool) -> None:
     """CLIP text embeddings of transcripts (`text` (D,)) and of the class prompts (extra/prompts)."""
-    clip = load_clip(clip_params.model, clip_params.pretrained, device, clip_params.init_seed)
-    writer.write_extra("prompts", {"embeddings": prompt_embeddings(clip.encode_texts, templates, classes).numpy(),
-                                   "classes": list(classes), "templates": list(templates)})
-    done = writer.done_ids()
-    todo = manifest.loc[~manifest["id"].isin(done), ["id", "text"]]
-    for start in tqdm(range(0, len(todo), batch_size), desc="extract text", unit="batch"):
-        chunk = todo.iloc[start : start + batch_size]
+    clip = load_clip(clip_params.model, clip_params.pretrained, device, clip_params.init_seed, precision)
+    if write_prompts:
+        writer.write_extra("prompts", {"embeddings": prompt_embeddings(clip.encode_texts, templates, classes).numpy(),
+                                       "classes": list(classes), "templates": list(templates)})
+    problems = [transcript_problem(t) for t in todo["text"]]
+    for cid, path, reason in zip(todo["id"], todo["video"], problems, strict=True):
+        if reason:
+            failures.add(cid, path, reason)
+    usable = todo.loc[[p is None for p in problems]]
+    for start in tqdm(range(0, len(usable), batch_size), desc="extract text", unit="batch"):
+        chunk = usable.iloc[start : start + batch_size]
         emb = clip.encode_texts(chunk["text"].tolist())  # (B, D)
         for cid, e in zip(chunk["id"], emb, strict=True):
             writer.write(cid, {"text": e.numpy()})
@@ -227,39 +327,46 @@ def check_failures(failures: Failures, total: int, max_ratio: float, csv_path: P
         )
 
 
-def feature_config(modality: str, params: ExtractParams, clip_params: ClipParams) -> dict[str, Any]:
-    """The configuration recorded in (and required of) the feature file of `modality`."""
+def extract_shard(modality: str, todo: pd.DataFrame, writer: FeatureWriter, params: ExtractParams,
+                  clip_params: ClipParams, device: torch.device, failures: Failures, write_extra: bool) -> None:
+    run = params.run
     if modality == "video":
-        return video_config(clip_params, params.video.frames)
-    if modality == "audio":
-        return audio_config(params.audio)
-    if modality == "text":
-        return text_config(clip_params, params.text.templates, params.text.classes)
-    raise ConfigError(f"unknown modality {modality!r}. Available: {list(MODALITIES)}")
+        extract_video(todo, writer, clip_params, params.video, run.batch_size, run.num_workers, device,
+                      run.precision, failures)
+    elif modality == "audio":
+        extract_audio(todo, writer, params.audio, run.batch_size, run.num_workers, failures)
+    else:
+        extract_text(todo, writer, clip_params, params.text.templates, params.text.classes, run.batch_size,
+                     device, run.precision, failures, write_prompts=write_extra)
 
 
-def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipParams) -> None:
+def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipParams,
+        ranks: Ranks = Ranks()) -> None:
+    """Extract one modality for every manifest clip (this rank's share under torchrun)."""
     config = feature_config(modality, params, clip_params)
     manifest = read_manifest(paths.manifest(dataset))
     out, fail_csv = paths.features(dataset, modality), paths.failures(dataset, modality)
-    device = resolve_device(params.run.device)
+    device = rank_device(params.run.device, ranks)
     failures = Failures()
-    with stage(f"extract@{modality}", [paths.manifest(dataset)], [out, fail_csv]):
-        with FeatureWriter(out, config, versions()) as writer:
-            if modality == "video":
-                extract_video(manifest, writer, clip_params, params.video.frames, params.run.batch_size,
-                              params.run.num_workers, device, failures)
-            elif modality == "audio":
-                extract_audio(manifest, writer, params.audio, params.run.batch_size, params.run.num_workers,
-                              failures)
-            else:
-                extract_text(manifest, writer, clip_params, params.text.templates, params.text.classes,
-                             params.run.batch_size, device)
-            failures.write(fail_csv)
-            check_failures(failures, len(manifest), params.max_failure_ratio, fail_csv, modality)
+    with stage(f"extract@{modality}" + (f" rank {ranks.rank}/{ranks.world}" if ranks.world > 1 else ""),
+               [paths.manifest(dataset)], [out, fail_csv]):
+        if ranks.rank == 0:  # rank 0 sets up (or resumes) the .partial directory before the others join
+            writer = FeatureWriter(out, config, versions(), tag=ranks.tag)
+        ranks.barrier()
+        if ranks.rank > 0:
+            writer = FeatureWriter(out, config, versions(), tag=ranks.tag, fresh=False)
+        with writer:
+            todo = _todo(manifest.iloc[ranks.rank :: ranks.world], writer)
+            extract_shard(modality, todo, writer, params, clip_params, device, failures, ranks.rank == 0)
+            failures.write(writer.partial / f"failures-{ranks.tag}.csv")
+        ranks.barrier()
+        if ranks.rank == 0:
+            shards = sorted(writer.partial.glob("failures-rank*.csv"))
+            every = Failures([row for shard in shards for row in Failures.read(shard).rows])
+            every.write(fail_csv)
+            check_failures(every, len(manifest), params.max_failure_ratio, fail_csv, modality)
             writer.finalize()
-        log.info("extract@%s: %d clips, %d failures", modality, len(manifest) - len(failures.rows),
-                 len(failures.rows))
+            log.info("extract@%s: %d clips, %d failures", modality, len(manifest) - len(every.rows), len(every.rows))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -269,7 +376,12 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     check_params()
     seed_everything(load_value("seed"))
-    run(args.modality, load_value("dataset"), load_section("extract"), load_section("clip"))
+    ranks = init_ranks()
+    try:
+        run(args.modality, load_value("dataset"), load_section("extract"), load_section("clip"), ranks)
+    finally:
+        if ranks.world > 1:
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

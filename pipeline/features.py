@@ -1,10 +1,11 @@
 """Model inputs assembled from the feature store: one in-memory tensor per modality.
 
-Audio log-mel frames (T, n_mels) are average-pooled over time to a fixed A tokens
-(adaptive pooling, so clips of any length give the same shape); video keeps its F frame
-embeddings. A clip missing from a modality's file (it failed to decode; see the failures
-CSV of extract) gets zeros there and `present[:, m] = False`, which the models treat as a
-masked modality.
+Video frame embeddings (F_i, D) and audio log-mel frames (T_i, n_mels) are average-pooled
+over time to a fixed number of tokens (adaptive pooling, so clips of any length give the
+same shape; with uniform sampling and as many tokens as frames, video is left as it is).
+A clip missing from a modality's file (it failed to decode; see the failures CSV of
+extract) gets zeros there and `present[:, m] = False`, which the models treat as a masked
+modality.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _stack(reader: FeatureReader, ids: list[str], key: str, shape: tuple[int, ..
 
 
 def load_features(manifest: pd.DataFrame, dataset: str, clip: ClipParams, extract: ExtractParams,
-                  audio_tokens: int) -> FeatureArrays:
+                  video_tokens: int, audio_tokens: int) -> FeatureArrays:
     """Read the three feature files for the manifest's clips, checking their recorded configs."""
     ids = manifest["id"].tolist()
     video_r, audio_r, text_r = (FeatureReader(paths.features(dataset, m), feature_config(m, extract, clip),
@@ -69,7 +70,8 @@ def load_features(manifest: pd.DataFrame, dataset: str, clip: ClipParams, extrac
     with video_r, audio_r, text_r:
         prompts = text_r.extra("prompts")
         dim = prompts["embeddings"].shape[1]
-        video, v_ok = _stack(video_r, ids, "frames", (extract.video.frames, dim))
+        video, v_ok = _stack(video_r, ids, "frames", (video_tokens, dim),
+                             transform=lambda x: pool_time(x, video_tokens))
         audio, a_ok = _stack(audio_r, ids, "logmel", (audio_tokens, extract.audio.n_mels),
                              transform=lambda x: pool_time(x, audio_tokens))
         text, t_ok = _stack(text_r, ids, "text", (dim,))

@@ -124,7 +124,7 @@ def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractP
     manifest = read_manifest(paths.manifest(dataset))
     ckpt, preds_path = paths.teacher_checkpoint(dataset), paths.teacher_predictions(dataset)
     with stage("teacher", [paths.manifest(dataset), *feature_files(dataset)], [ckpt, preds_path]):
-        data = load_features(manifest, dataset, clip, extract, params.audio_tokens)
+        data = load_features(manifest, dataset, clip, extract, params.video_tokens, params.audio_tokens)
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
         splits = manifest["split"].to_numpy()
         model, best = train_teacher(data, labels, splits, params, seed, dataset)

@@ -27,6 +27,7 @@ def small_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["generate"].update(n_clips=36, seconds=1.0, fps=8, size=32)
     params["extract"]["video"]["frames"] = 4
+    params["teacher"]["video_tokens"] = 4
     params["extract"]["audio"]["n_mels"] = 32
     params["teacher"]["train"].update(epochs=3, batch_size=8)
     params["distill"]["train"].update(epochs=2, batch_size=8)

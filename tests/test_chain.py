@@ -79,7 +79,7 @@ def test_teacher_checkpoint_rebuilds_the_predictions(chain: Path) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(chain)
         data = load_features(manifest, DS, load_section("clip", params), load_section("extract", params),
-                             model.config.audio_tokens)
+                             model.config.frames, model.config.audio_tokens)
     reg = teacher.predict(model, data, torch.arange(len(data.ids)))["reg"].numpy()
     columns, _ = read_table(chain / paths.teacher_predictions(DS), stage="teacher")
     np.testing.assert_allclose(reg, columns["reg"], rtol=1e-5, atol=1e-5)

@@ -32,9 +32,9 @@ SEED = 0
 
 def _params(max_failure_ratio: float = 0.1, batch_size: int = 5) -> ExtractParams:
     return from_dict(ExtractParams, {
-        "run": {"device": "cpu", "batch_size": batch_size, "num_workers": 0},
+        "run": {"device": "cpu", "batch_size": batch_size, "num_workers": 0, "precision": "fp32"},
         "max_failure_ratio": max_failure_ratio,
-        "video": {"frames": FRAMES},
+        "video": {"backend": "decord", "sampling": "uniform", "frames": FRAMES, "fps": 1.0, "max_frames": 16},
         "audio": {"sample_rate": SAMPLE_RATE, "n_mels": N_MELS, "win_ms": 25.0, "hop_ms": 10.0,
                   "fmin": 0.0, "fmax": 8000.0},
         "text": {"templates": TEMPLATES, "classes": CLASSES},
@@ -95,13 +95,14 @@ def test_extract_video(workdir: Path, raw: Path) -> None:
     _run("video")
     expected_config = {"modality": "video", "clip": {"model": "mmdistill-tiny", "pretrained": "", "init_seed": 0},
                        "frames": FRAMES, "sampling": "uniform", "normalized": True}
-    assert extract.video_config(CLIP, FRAMES) == expected_config
+    assert extract.video_config(CLIP, _params().video) == expected_config
     assert not Path(str(_features("video")) + ".partial").exists()
     manifest = _clean_manifest(raw)
     torch.manual_seed(SEED)
     clip = load_clip(CLIP.model, CLIP.pretrained, torch.device("cpu"), CLIP.init_seed)
     # reference: every clip's frames encoded in manifest order, independently of the stage's batching
-    decoded = torch.cat([clip.preprocess(torch.from_numpy(media.read_frames(Path(v), FRAMES)))
+    sampler = media.FrameSampler.from_params(_params().video)
+    decoded = torch.cat([clip.preprocess(torch.from_numpy(media.read_frames(Path(v), sampler)))
                          for v in manifest["video"]])  # (N*F, 3, 64, 64)
     reference = clip.encode_images(decoded).view(len(manifest), FRAMES, -1).numpy()  # (N, F, D)
     with FeatureReader(_features("video"), expected_config) as reader:
@@ -118,7 +119,7 @@ def test_extract_video(workdir: Path, raw: Path) -> None:
     assert list(failures.columns) == ["id", "path", "reason"] and failures.empty
     # the recorded config guards readers that expect other features
     with pytest.raises(StoreError, match="frames: file has 4, requested 8"):
-        FeatureReader(_features("video"), extract.video_config(CLIP, 8))
+        FeatureReader(_features("video"), extract.video_config(CLIP, dataclasses.replace(_params().video, frames=8)))
 
 
 def test_video_failure_over_ratio_keeps_partial_then_resumes(
@@ -128,9 +129,9 @@ def test_video_failure_over_ratio_keeps_partial_then_resumes(
     calls: list[str] = []
     real_read_frames = media.read_frames
 
-    def counting_read_frames(path: Path, count: int) -> np.ndarray:
+    def counting_read_frames(path: Path, *args, **kwargs) -> np.ndarray:
         calls.append(Path(path).name if Path(path) == with_broken_clip else str(path))
-        return real_read_frames(path, count)
+        return real_read_frames(path, *args, **kwargs)
 
     monkeypatch.setattr(media, "read_frames", counting_read_frames)
     good_ids = set(_clean_manifest(raw)["id"])
@@ -147,17 +148,18 @@ def test_video_failure_over_ratio_keeps_partial_then_resumes(
     assert failures["path"].tolist() == [str(with_broken_clip)]
     assert str(with_broken_clip) in failures["reason"].iloc[0] and len(failures["reason"].iloc[0]) > 20
 
-    # nothing computed is lost: the partial file holds every good clip, and no finished file exists
+    # nothing computed is lost: the partial chunks hold every good clip, and no finished file exists
     assert not _features("video").exists()
     partial = Path(str(_features("video")) + ".partial")
-    with h5py.File(partial, "r") as f:
-        assert set(f["clips"].keys()) == good_ids
-        assert all(f["clips"][k].attrs["done"] for k in f["clips"])
-        first = {k: f["clips"][k]["frames"][()] for k in f["clips"]}
+    first = {}
+    for chunk in partial.glob("rank0-*.h5"):  # the atomically written chunks of the interrupted run
+        with h5py.File(chunk, "r") as f:
+            first.update({k: f["clips"][k]["frames"][()] for k in f["clips"]})
+    assert set(first) == good_ids
     with pytest.raises(StoreError, match="unfinished"):
         FeatureReader(_features("video"))
 
-    # rerun with a higher ratio: resumes, decoding only the clip that is not in the partial file
+    # rerun with a higher ratio: resumes, decoding only the clip that is not in the partial chunks
     calls.clear()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pipeline"):
@@ -165,7 +167,7 @@ def test_video_failure_over_ratio_keeps_partial_then_resumes(
     assert calls == ["broken.mp4"]
     assert any(f"{N_CLIPS} clips already in" in r.getMessage() for r in caplog.records)
     assert not partial.exists()
-    with FeatureReader(_features("video"), extract.video_config(CLIP, FRAMES)) as reader:
+    with FeatureReader(_features("video"), extract.video_config(CLIP, _params().video)) as reader:
         assert set(reader.ids()) == good_ids
         for k, v in first.items():
             np.testing.assert_array_equal(reader.read(k)["frames"], v)
@@ -205,8 +207,11 @@ def test_extract_audio_over_ratio_fails(workdir: Path, with_broken_clip: Path) -
         _run("audio", max_failure_ratio=0.05)
     assert "failures_audio.csv" in str(err.value)
     assert not _features("audio").exists()
-    with h5py.File(Path(str(_features("audio")) + ".partial"), "r") as f:
-        assert len(f["clips"]) == N_CLIPS
+    kept = 0
+    for chunk in Path(str(_features("audio")) + ".partial").glob("rank0-*.h5"):
+        with h5py.File(chunk, "r") as f:
+            kept += len(f["clips"])
+    assert kept == N_CLIPS
 
 
 def test_audio_track_missing_is_a_failure(workdir: Path, raw: Path) -> None:

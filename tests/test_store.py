@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 
 import h5py
@@ -135,10 +134,9 @@ def test_reader_refuses_missing_file_without_partial(tmp_path):
 
 def test_reader_refuses_file_marked_incomplete(tmp_path):
     path = tmp_path / "f.h5"
-    write_file(path, [0], finalize=False)
-    os.replace(tmp_path / "f.h5.partial", path)  # in place, but `complete` was never set
-    with h5py.File(path, "r") as f:
-        assert not f.attrs["complete"]
+    write_file(path, [0])
+    with h5py.File(path, "a") as f:  # e.g. a file written by another tool, not finished
+        f.attrs["complete"] = False
     with pytest.raises(StoreError, match=r"is incomplete"):
         FeatureReader(path, CONFIG)
 
@@ -173,15 +171,17 @@ def test_resume_keeps_written_clips(tmp_path):
         np.testing.assert_array_equal(r.read(f"clip{i:02d}")["frames"], clip_arrays(i)["frames"])
 
 
-def test_resume_drops_a_clip_cut_off_mid_write(tmp_path):
+def test_resume_drops_a_chunk_cut_off_mid_write(tmp_path):
     path = tmp_path / "f.h5"
     write_file(path, [0, 1], finalize=False)
-    with h5py.File(tmp_path / "f.h5.partial", "a") as f:  # a crash after create_group, before `done`
-        g = f["clips"].create_group("clip02")
-        g.create_dataset("frames", data=np.zeros((1, 6), np.float32))
+    partial = tmp_path / "f.h5.partial"
+    # a crash (SIGKILL) while the next chunk was being written leaves only its temporary name
+    with h5py.File(partial / "rank0-000099.tmp", "w") as f:
+        f.create_group("clips").create_group("clip02").create_dataset("frames", data=np.zeros((1, 6)))
 
     with FeatureWriter(path, CONFIG) as w:
         assert w.done_ids() == {"clip00", "clip01"}
+        assert not list(partial.glob("*.tmp"))
         w.write("clip02", clip_arrays(2))  # rewritable: the stale group is gone
         w.finalize()
     np.testing.assert_array_equal(FeatureReader(path, CONFIG).read("clip02")["frames"], clip_arrays(2)["frames"])
@@ -199,6 +199,40 @@ def test_resume_with_other_config_starts_over(tmp_path):
     assert r.ids() == ["clip05"] and r.config["fps"] == 30
 
 
+def test_buffered_clips_are_written_in_atomic_chunks(tmp_path):
+    path = tmp_path / "f.h5"
+    with FeatureWriter(path, CONFIG) as w:
+        w.write("clip00", clip_arrays(0))
+        w.write("clip01", clip_arrays(1))
+        assert not list((tmp_path / "f.h5.partial").glob("*-*.h5"))  # buffered only
+        w.flush()
+        w.write("clip02", clip_arrays(2))
+        w.flush()
+        chunks = sorted(p.name for p in (tmp_path / "f.h5.partial").glob("*-*.h5"))
+        assert chunks == ["rank0-000000.h5", "rank0-000001.h5"]
+        with pytest.raises(ValueError, match="clip01.*already"):
+            w.write("clip01", clip_arrays(1))
+
+
+def test_writers_with_different_tags_merge_into_one_file(tmp_path):
+    """torchrun: one writer per rank fills the same .partial directory; one finalize merges."""
+    path = tmp_path / "f.h5"
+    single = tmp_path / "single.h5"
+    write_file(single, range(6))
+    rank0 = FeatureWriter(path, CONFIG, tag="rank0")
+    rank1 = FeatureWriter(path, CONFIG, tag="rank1", fresh=False)
+    for i in range(6):
+        (rank0 if i % 2 == 0 else rank1).write(f"clip{i:02d}", clip_arrays(i))
+    rank1.close()
+    rank0.finalize()
+    merged, reference = FeatureReader(path, CONFIG), FeatureReader(single, CONFIG)
+    assert merged.ids() == reference.ids()
+    for clip_id in reference.ids():
+        for name, array in reference.read(clip_id).items():
+            np.testing.assert_array_equal(merged.read(clip_id)[name], array)
+    assert not (tmp_path / "f.h5.partial").exists()
+
+
 def test_writer_rebuilds_a_finished_file(tmp_path):
     path = tmp_path / "f.h5"
     write_file(path, [0, 1])
@@ -212,7 +246,7 @@ def test_writer_rebuilds_a_finished_file(tmp_path):
 
 def test_unreadable_partial_starts_over(tmp_path):
     path = tmp_path / "f.h5"
-    (tmp_path / "f.h5.partial").write_bytes(b"not an hdf5 file")
+    (tmp_path / "f.h5.partial").write_bytes(b"not a chunk directory")
     with FeatureWriter(path, CONFIG) as w:
         assert w.done_ids() == set()
         w.write("clip00", clip_arrays(0))
