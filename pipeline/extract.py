@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -168,9 +169,10 @@ class LoadFrames:
     sampler: media.FrameSampler
     backend: str
     preprocess: ImagePreprocess
+    threads: int  # decoder threads: 1 per worker process, 0 (automatic) without workers
 
     def __call__(self, path: Path) -> torch.Tensor:
-        frames = media.read_frames(path, self.sampler, self.backend)  # (F, H, W, 3) uint8
+        frames = media.read_frames(path, self.sampler, self.backend, self.threads)  # (F, H, W, 3) uint8
         return self.preprocess(torch.from_numpy(frames))  # (F, 3, S, S)
 
 
@@ -193,14 +195,21 @@ def log_mel(wave: np.ndarray, p: AudioParams) -> np.ndarray:
     return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None).T.astype(np.float32)  # (T, n_mels)
 
 
-def _keep_batch(batch: list) -> list:
-    return batch  # variable-size items (and failures): the main loop handles the list
+def _keep(item: Any) -> Any:
+    return item  # variable-size items (and failures): the main loop batches them itself
 
 
-def iterate_decoded(dataset: ClipDataset, batch_size: int, num_workers: int, pin: bool) -> Iterator[list]:
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_batch,
-                        pin_memory=pin, prefetch_factor=4 if num_workers else None)
-    yield from loader
+def iterate_decoded(dataset: ClipDataset, batch_size: int, num_workers: int) -> Iterator[list]:
+    """Lists of up to `batch_size` decoded clips, in manifest order.
+
+    Workers decode one clip at a time and the main process groups them, so every worker stays
+    busy until the end (a worker handed whole batches leaves the others idle at the tail).
+    """
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_keep,
+                        prefetch_factor=max(2, 2 * batch_size // num_workers) if num_workers else None)
+    items = iter(loader)
+    while batch := list(itertools.islice(items, batch_size)):
+        yield batch
 
 
 def transcript_problem(text: str) -> str | None:
@@ -250,16 +259,20 @@ def extract_video(todo: pd.DataFrame, writer: FeatureWriter, clip_params: ClipPa
                   failures: Failures) -> None:
     """Encode each clip's sampled frames with the frozen CLIP image tower; writes `frames` (F, D)."""
     clip = load_clip(clip_params.model, clip_params.pretrained, device, clip_params.init_seed, precision)
-    load = LoadFrames(media.FrameSampler.from_params(video), video.backend, clip.preprocess)
+    load = LoadFrames(media.FrameSampler.from_params(video), video.backend, clip.preprocess,
+                      threads=1 if num_workers else 0)
     dataset = ClipDataset(_rows(todo), load)
     with tqdm(total=len(dataset), desc="extract video", unit="clip") as bar:
-        for batch in iterate_decoded(dataset, batch_size, num_workers, pin=device.type == "cuda"):
+        for batch in iterate_decoded(dataset, batch_size, num_workers):
             ok = [(cid, x) for cid, _, x, err in batch if err is None]
             for cid, path, _, err in batch:
                 if err is not None:
                     failures.add(cid, path, err)
             if ok:
-                emb = clip.encode_images(torch.cat([x for _, x in ok]))  # (sum F_i, D)
+                images = torch.cat([x for _, x in ok])  # (sum F_i, 3, S, S)
+                if device.type == "cuda":
+                    images = images.pin_memory()  # so that the copy to the GPU is asynchronous
+                emb = clip.encode_images(images)  # (sum F_i, D)
                 for (cid, _), e in zip(ok, emb.split([len(x) for _, x in ok]), strict=True):
                     writer.write(cid, {"frames": e.numpy()})  # (F_i, D)
             writer.flush()
@@ -271,7 +284,7 @@ def extract_audio(todo: pd.DataFrame, writer: FeatureWriter, params: AudioParams
     """Log-mel frames per clip, computed in the decoding workers; writes `logmel` (T, n_mels)."""
     dataset = ClipDataset(_rows(todo), LoadLogMel(params))
     with tqdm(total=len(dataset), desc="extract audio", unit="clip") as bar:
-        for batch in iterate_decoded(dataset, batch_size, num_workers, pin=False):
+        for batch in iterate_decoded(dataset, batch_size, num_workers):
             for cid, path, mel, err in batch:
                 if err is None:
                     writer.write(cid, {"logmel": mel})

@@ -135,11 +135,11 @@ class FrameSampler:
 # --------------------------------------------------------------------------- decord backend
 
 
-def _decord_open(path: Path) -> Any:
-    """A decord VideoReader (single-threaded: decoding runs in parallel worker processes)."""
+def _decord_open(path: Path, threads: int = 1) -> Any:
+    """A decord VideoReader; `threads` decoder threads (0: FFmpeg's choice)."""
     import decord  # imported here: decord's import is slow and only the decoding workers need it
 
-    return decord.VideoReader(str(path), num_threads=1)
+    return decord.VideoReader(str(path), num_threads=threads)
 
 
 def _decord_info(reader: Any) -> tuple[int, float]:
@@ -151,8 +151,8 @@ def _decord_video_info(path: Path) -> tuple[int, float]:
     return _decord_info(_decord_open(path))
 
 
-def _decord_read(path: Path, sampler: FrameSampler) -> np.ndarray:
-    reader = _decord_open(path)
+def _decord_read(path: Path, sampler: FrameSampler, threads: int) -> np.ndarray:
+    reader = _decord_open(path, threads)
     indices = sampler.indices(*_decord_info(reader))
     return reader.get_batch(indices.tolist()).asnumpy()  # (F, H, W, 3)
 
@@ -190,7 +190,7 @@ def _pyav_video_info(path: Path) -> tuple[int, float]:
         return _pyav_info(path, container)
 
 
-def _pyav_read(path: Path, sampler: FrameSampler) -> np.ndarray:
+def _pyav_read(path: Path, sampler: FrameSampler, threads: int) -> np.ndarray:
     """Decode from the start, keeping the sampled frames and stopping after the last one."""
     with av.open(str(path)) as container:
         indices = sampler.indices(*_pyav_info(path, container))
@@ -198,7 +198,7 @@ def _pyav_read(path: Path, sampler: FrameSampler) -> np.ndarray:
         kept: dict[int, np.ndarray] = {}
         decoded = 0
         stream = container.streams.video[0]
-        stream.codec_context.thread_count = 1  # like decord's num_threads=1: clips are decoded in parallel workers
+        stream.codec_context.thread_count = threads
         for position, frame in enumerate(container.decode(stream)):
             decoded = position + 1
             if position in wanted:
@@ -218,7 +218,7 @@ def _pyav_errors() -> tuple[type[BaseException], ...]:
 
 
 _INFO: dict[str, Callable[[Path], tuple[int, float]]] = {"decord": _decord_video_info, "pyav": _pyav_video_info}
-_READ: dict[str, Callable[[Path, FrameSampler], np.ndarray]] = {"decord": _decord_read, "pyav": _pyav_read}
+_READ: dict[str, Callable[[Path, FrameSampler, int], np.ndarray]] = {"decord": _decord_read, "pyav": _pyav_read}
 _ERRORS: dict[str, Callable[[], tuple[type[BaseException], ...]]] = {"decord": _decord_errors, "pyav": _pyav_errors}
 
 
@@ -246,13 +246,15 @@ def video_info(path: Path, backend: str = "decord") -> tuple[int, float]:
     return _decode(path, backend, "video info", lambda: _INFO[backend](Path(path)))
 
 
-def read_frames(path: Path, sampler: FrameSampler, backend: str = "decord") -> np.ndarray:
+def read_frames(path: Path, sampler: FrameSampler, backend: str = "decord", threads: int = 1) -> np.ndarray:
     """The frames `sampler` selects, RGB uint8 (F, H, W, 3), decoded by `backend` (decord | pyav).
 
-    Raises DecodeError naming `path` for an unreadable file, a file without video, or a bad clip
-    (see `FrameSampler.indices`); ValueError for an unknown backend.
+    `threads` decoder threads: 1 when clips are decoded in parallel worker processes, 0 (the
+    decoder's choice) when one process decodes. Raises DecodeError naming `path` for an
+    unreadable file, a file without video, or a bad clip (see `FrameSampler.indices`);
+    ValueError for an unknown backend.
     """
-    frames = _decode(path, backend, "video frames", lambda: _READ[backend](Path(path), sampler))
+    frames = _decode(path, backend, "video frames", lambda: _READ[backend](Path(path), sampler, threads))
     log.debug("decoded %d frames of %s with %s", len(frames), path, backend)
     return frames
 
