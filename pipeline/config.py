@@ -206,10 +206,17 @@ class VideoAdviserParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class KDParams:
+    weight: float  # alpha of the KD term
+    temperature: float  # T of the softened distributions
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillParams:
     methods: list[str]
     student: StudentParams
     train: TrainParams
+    kd: KDParams
     videoadviser: VideoAdviserParams
 
 

@@ -9,6 +9,7 @@ Command: python -m pipeline.distill <method>
 
 Methods (distill.methods):
     none          L = |r_S - y|
+    kd            L = |r_S - y| + alpha * T^2 KL(p_T^T || p_S^T)      (Hinton KD on the K bin logits)
     videoadviser  L = |r_S - y| + lambda * D(r_S, r_T)     (VideoAdviser step 2, losses.py)
 
 The student sees only the transcript. With `distill.student.pretrained` empty it is a tiny
@@ -31,7 +32,7 @@ from torch import nn
 from . import paths
 from .config import DistillParams, Registry, StudentParams, check_params, load_section, load_value, to_dict
 from .datasets import read_manifest
-from .losses import task_loss, videoadviser_loss
+from .losses import kd_loss, task_loss, videoadviser_loss
 from .models import StudentConfig, TextStudent, save_student
 from .runtime import resolve_device, seed_everything, setup_logging, stage
 from .store import read_table
@@ -109,6 +110,13 @@ METHODS: Registry[MethodLoss] = Registry("distillation method")
 @METHODS.register("none")
 def _none(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
     return task_loss(out["reg"], batch["y"]), {}
+
+
+@METHODS.register("kd")
+def _kd(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
+    task = task_loss(out["reg"], batch["y"])
+    kd = kd_loss(out["logits"], batch["teacher_logits"], params.kd.temperature)
+    return task + params.kd.weight * kd, {"task": task.item(), "distill": kd.item()}
 
 
 @METHODS.register("videoadviser")

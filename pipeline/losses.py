@@ -66,3 +66,19 @@ def videoadviser_loss(r_s: torch.Tensor, r_t: torch.Tensor, distance: str) -> to
     The teacher's output is a constant target (no gradient flows into the teacher).
     """
     return DISTANCES.get(distance)(r_s, r_t.detach())
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al., "Distilling the Knowledge in a Neural Network" (2015), on the K bin logits:
+
+        L_KD = T^2 * KL(softmax(c_T / T) || softmax(c_S / T)),  averaged over the batch
+
+    The T^2 factor keeps the gradient scale independent of T (the soft targets' gradients
+    shrink as 1/T^2). The teacher's logits are a constant target.
+    """
+    if temperature <= 0:
+        raise ValueError(f"distill.kd.temperature must be > 0, got {temperature}")
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)  # (B, K)
+    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)  # (B, K)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+

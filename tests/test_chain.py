@@ -21,7 +21,7 @@ from pipeline.models import MODALITIES, load_student, load_teacher
 from pipeline.store import FeatureReader, read_table
 
 DS = "synthetic_sentiment"
-METHODS = ("none", "videoadviser")
+METHODS = ("none", "kd", "videoadviser")
 
 
 def run_all() -> None:
@@ -125,5 +125,6 @@ def test_same_params_same_metrics(chain: Path, tmp_path: Path, monkeypatch: pyte
 def test_unknown_method_fails_before_work(project: Path) -> None:
     from pipeline.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"unknown distillation method 'nope'. Available: \['none', 'videoadviser'\]"):
+    expected = r"unknown distillation method 'nope'. Available: \['kd', 'none', 'videoadviser'\]"
+    with pytest.raises(ConfigError, match=expected):
         distill.main(["nope"])

@@ -299,7 +299,7 @@ def test_check_params_accepts_the_project_params() -> None:
         ({"dataset": "nope"}, ConfigError,
          r"unknown dataset 'nope'. Available: \['mosei', 'mosi', 'synthetic_sentiment'\]"),
         ({"distill__methods": ["none", "fitnets"]}, ConfigError,
-         r"unknown distillation method 'fitnets'. Available: \['none', 'videoadviser'\]"),
+         r"unknown distillation method 'fitnets'. Available: \['kd', 'none', 'videoadviser'\]"),
         ({"clip__model": "ViT-Z-99"}, ValueError, r"clip.model 'ViT-Z-99' is not an open_clip model. Available: \["),
         ({"clip__pretrained": "no_such_tag"}, ValueError, r"neither a checkpoint file nor a pretrained tag"),
         ({"teacher__train__epochs": "many"}, ConfigError, r"teacher.train.epochs: expected int"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-from pipeline.config import DistillParams, StudentParams, TrainParams, VideoAdviserParams
+from pipeline.config import DistillParams, KDParams, StudentParams, TrainParams, VideoAdviserParams
 from pipeline.distill import METHODS, build_student, tokenize, train_bpe_tokenizer
 
 TEXTS = ["i thought the movie was great", "honestly the acting felt awful to me", "it was okay i guess"] * 4
@@ -18,7 +18,8 @@ STUDENT = StudentParams(pretrained="", hidden_size=32, layers=1, heads=2, interm
 
 
 def params(weight: float = 0.5, distance: str = "mse") -> DistillParams:
-    return DistillParams(methods=["none", "videoadviser"], student=STUDENT,
+    return DistillParams(methods=["none", "kd", "videoadviser"], student=STUDENT,
+                         kd=KDParams(weight=0.5, temperature=2.0),
                          train=TrainParams(epochs=1, batch_size=4, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu"),
                          videoadviser=VideoAdviserParams(weight=weight, distance=distance))
 
@@ -72,3 +73,14 @@ def test_method_losses_known_values() -> None:
     assert loss.item() == pytest.approx(2.25) and parts == pytest.approx({"task": 1.0, "distill": 2.5})
     loss, _ = METHODS.get("videoadviser")(out, batch, params(weight=2.0, distance="l1"))
     assert loss.item() == pytest.approx(1.0 + 2.0 * 1.5)  # l1: mean(1, 2)
+
+
+def test_kd_method_known_value() -> None:
+    """Uniform teacher over K = 2 vs a student sure of class 0: KL computed by hand at T = 2."""
+    out = {"reg": torch.tensor([0.0]), "logits": torch.tensor([[4.0, 0.0]])}
+    batch = {"y": torch.tensor([0.0]), "teacher_logits": torch.tensor([[0.0, 0.0]])}
+    loss, parts = METHODS.get("kd")(out, batch, params())
+    # p_S = softmax([2, 0]) = [0.880797, 0.119203]; KL(u || p_S) = 0.5 ln(0.5/0.880797) + 0.5 ln(0.5/0.119203)
+    #     = 0.5 * (-0.566219) + 0.5 * (1.433781) = 0.433781; times T^2 = 4 -> 1.735124; task 0; weight 0.5
+    assert parts["distill"] == pytest.approx(1.735124, abs=1e-5)
+    assert loss.item() == pytest.approx(0.5 * 1.735124, abs=1e-5)

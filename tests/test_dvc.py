@@ -50,7 +50,7 @@ def test_metrics_show_lists_every_model_with_all_metrics(repo: Path) -> None:
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo))
     files = next(iter(shown.values()))["data"]
     names = {Path(path).stem: entry["data"] for path, entry in files.items()}
-    assert set(names) == {"teacher", "none", "videoadviser"}
+    assert set(names) == {"teacher", "none", "kd", "videoadviser"}
     for metrics in names.values():
         assert list(metrics) == list(METRIC_NAMES)
 
@@ -59,6 +59,7 @@ def test_distill_param_experiment_skips_upstream_stages(repo: Path) -> None:
     out = sh("dvc", "exp", "run", "-S", "distill.train.lr=0.002", cwd=repo)
     for stage in ("prepare", "extract@video", "extract@audio", "extract@text", "teacher"):
         assert f"Stage '{stage}' didn't change, skipping" in out
-    for stage in ("distill@none", "distill@videoadviser", "evaluate@none", "evaluate@videoadviser"):
+    for stage in ("distill@none", "distill@kd", "distill@videoadviser", "evaluate@none", "evaluate@kd",
+                  "evaluate@videoadviser"):
         assert f"Running stage '{stage}'" in out
     assert "Running stage 'teacher'" not in out

@@ -159,3 +159,16 @@ def test_teacher_loss_gradients_are_finite():
     # CE gradient rows sum to zero (softmax - onehot), scaled by ce_weight / n
     torch.testing.assert_close(logits.grad.sum(dim=1), torch.zeros(5), atol=1e-6, rtol=0)
     assert math.isclose(float(reg.grad.abs().sum()), 1.0, abs_tol=1e-6)  # |sign| / n summed over 5 = 1
+
+
+def test_kd_loss_zero_when_equal_and_teacher_gets_no_gradient() -> None:
+    from pipeline.losses import kd_loss
+
+    teacher = torch.tensor([[1.0, -2.0, 0.5]], requires_grad=True)
+    student = torch.tensor([[1.0, -2.0, 0.5]], requires_grad=True)
+    loss = kd_loss(student, teacher, temperature=3.0)
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    kd_loss(student + torch.tensor([[1.0, 0.0, 0.0]]), teacher, 3.0).backward()
+    assert teacher.grad is None and torch.isfinite(student.grad).all()
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        kd_loss(student, teacher, 0.0)
