@@ -171,7 +171,7 @@ def train_student(method: str, manifest: pd.DataFrame, teacher: dict[str, torch.
         return task_loss(predict_student(m, valid_tokens, params.train.batch_size), labels[valid_idx]).item()
 
     best = fit(model, model.parameters(), n_train=len(train_idx), get_batch=get_batch, loss_fn=loss_fn,
-               valid_mae=valid_mae, params=params.train, epochs=params.train.epochs, seed=seed, curves=curves,
+               validate=valid_mae, params=params.train, epochs=params.train.epochs, seed=seed, curves=curves,
                desc=f"student_{method}")
     return model.cpu(), tokenizer, best
 

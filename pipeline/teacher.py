@@ -78,6 +78,9 @@ def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
     def valid_mae(m: PromptTeacher) -> float:
         return task_loss(predict(m, data, valid_idx)["reg"], labels[valid_idx]).item()
 
+    def valid_ce(m: PromptTeacher) -> float:  # phase 1 of two_phase: g is not trained yet
+        return classification_loss(predict(m, data, valid_idx)["logits"], labels[valid_idx]).item()
+
     def joint(m: PromptTeacher, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         y = b.pop("y")
         out = m(**b)
@@ -91,19 +94,21 @@ def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
         y = b.pop("y")
         return task_loss(m(**b)["reg"], y), {}
 
-    common = dict(n_train=len(train_idx), get_batch=get_batch, valid_mae=valid_mae, params=params.train,
-                  epochs=params.train.epochs, seed=seed)
+    common = dict(n_train=len(train_idx), get_batch=get_batch, params=params.train, epochs=params.train.epochs,
+                  seed=seed)
     if params.schedule == "joint":
-        best = fit(model, model.parameters(), loss_fn=joint, curves=paths.curves(dataset, "teacher"),
-                   desc="teacher", **common)
-    else:  # two_phase: classifier first, then g alone on the frozen logits
-        fit(model, model.classification_parameters(), loss_fn=classify,
+        best = fit(model, model.parameters(), loss_fn=joint, validate=valid_mae,
+                   curves=paths.curves(dataset, "teacher"), desc="teacher", **common)
+    else:  # two_phase: classifier first (selected on validation CE), then g alone on the frozen logits
+        fit(model, model.classification_parameters(), loss_fn=classify, validate=valid_ce, valid_metric="ce",
             curves=paths.curves(dataset, "teacher") / "phase1", desc="teacher/classify", **common)
+        trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         model.requires_grad_(False)
         model.step1.requires_grad_(True)
-        best = fit(model, model.step1.parameters(), loss_fn=regress, curves=paths.curves(dataset, "teacher"),
-                   desc="teacher/regress", **common)
-        model.requires_grad_(True)
+        best = fit(model, model.step1.parameters(), loss_fn=regress, validate=valid_mae,
+                   curves=paths.curves(dataset, "teacher"), desc="teacher/regress", **common)
+        for name, p in model.named_parameters():
+            p.requires_grad_(trainable[name])
     return model.cpu(), best
 
 

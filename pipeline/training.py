@@ -2,8 +2,8 @@
 
 AdamW with a linear warm-up then linear decay of the learning rate (the schedule of
 RoBERTa/BERT fine-tuning), over mini-batches of a fixed-size training set, one validation pass per epoch,
-and model selection on the validation MAE (the best epoch's weights are restored at the
-end). Curves go through dvclive: one row per epoch with every loss term and the
+and model selection on a validation loss (MAE unless said otherwise; the best epoch's
+weights are restored at the end). Curves go through dvclive: one row per epoch with every loss term and the
 validation MAE, under `dvclive/<dataset>/<model>/plots/metrics/`, which dvc.yaml declares
 as plots.
 """
@@ -60,14 +60,16 @@ def open_live(curves: Path) -> Live:
 
 
 def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_batch: Callable[[torch.Tensor], Batch],
-        loss_fn: LossFn, valid_mae: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
-        curves: Path, desc: str) -> dict[str, float]:
-    """Train `parameters` of `model` for `epochs`; returns the best epoch and its validation MAE."""
+        loss_fn: LossFn, validate: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
+        curves: Path, desc: str, valid_metric: str = "mae") -> dict[str, float]:
+    """Train `parameters` of `model` for `epochs`, keeping the weights of the epoch with the lowest
+    `validate(model)` (named `valid_metric`); returns that epoch and its value."""
     optimizer = torch.optim.AdamW(list(parameters), lr=params.lr, weight_decay=params.weight_decay)
     steps = epochs * -(-n_train // params.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(steps, params.warmup))
     generator = torch.Generator().manual_seed(seed)
-    best = {"epoch": -1, "valid_mae": float("inf")}
+    key = f"valid_{valid_metric}"
+    best = {"epoch": -1, key: float("inf")}
     best_state = copy.deepcopy(model.state_dict())
     speed = Throughput()
     with open_live(curves) as live:
@@ -86,19 +88,19 @@ def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_
                 for k, v in {"loss": loss.item(), **parts}.items():
                     sums[k] = sums.get(k, 0.0) + v
             model.eval()
-            mae = valid_mae(model)
+            value = validate(model)
             for k, v in sums.items():
                 live.log_metric(f"train/{k}", v / n_batches)
-            live.log_metric("valid/mae", mae)
+            live.log_metric(f"valid/{valid_metric}", value)
             live.next_step()
-            if mae < best["valid_mae"]:
-                best = {"epoch": epoch, "valid_mae": mae}
+            if value < best[key]:
+                best = {"epoch": epoch, key: value}
                 best_state = copy.deepcopy(model.state_dict())
-            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", valid_mae=f"{mae:.3f}")
+            bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}", **{key: f"{value:.3f}"})
             if epoch % 10 == 0 or epoch == epochs - 1:
-                log.info("%s epoch %d: loss %.4f, valid MAE %.4f, %.0f samples/s", desc, epoch,
-                         sums["loss"] / n_batches, mae, speed.rate())
+                log.info("%s epoch %d: loss %.4f, valid %s %.4f, %.0f samples/s", desc, epoch,
+                         sums["loss"] / n_batches, valid_metric, value, speed.rate())
     model.load_state_dict(best_state)
     model.eval()
-    log.info("%s: best epoch %d, valid MAE %.4f", desc, best["epoch"], best["valid_mae"])
+    log.info("%s: best epoch %d, valid %s %.4f", desc, best["epoch"], valid_metric, best[key])
     return best

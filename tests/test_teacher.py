@@ -1,0 +1,70 @@
+"""The teacher's training schedules on small random features (no files needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import teacher as teacher_stage
+from pipeline.config import TeacherParams, TrainParams
+from pipeline.features import FeatureArrays
+
+N, F, D, A, M, K = 40, 4, 16, 5, 8, 7
+
+
+def data() -> tuple[FeatureArrays, torch.Tensor, np.ndarray]:
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(N, generator=g) * 6 - 3).round(decimals=1)
+    text = torch.randn(N, D, generator=g) + labels[:, None]  # the label is learnable from text
+    arrays = FeatureArrays(ids=[f"c{i}" for i in range(N)], video=torch.randn(N, F, D, generator=g),
+                           audio=torch.randn(N, A, M, generator=g), text=text,
+                           present=torch.ones(N, 3, dtype=torch.bool), prompts=torch.randn(K, D, generator=g),
+                           classes=[str(k) for k in range(K)])
+    splits = np.array(["train"] * 30 + ["valid"] * 5 + ["test"] * 5)
+    return arrays, labels, splits
+
+
+PARAMS = TeacherParams(layers=1, heads=2, dropout=0.0, video_tokens=F, audio_tokens=A, prompt_alpha=0.1,
+                       mask="zeros", schedule="joint", ce_weight=0.5, step1_hidden=8,
+                       train=TrainParams(epochs=3, batch_size=8, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu"))
+
+
+@pytest.mark.parametrize("schedule", ["joint", "two_phase"])
+def test_schedules_train_and_select_on_validation(schedule: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    arrays, labels, splits = data()
+    torch.manual_seed(0)
+    model, best = teacher_stage.train_teacher(arrays, labels, splits, dataclasses.replace(PARAMS, schedule=schedule),
+                                              seed=0, dataset="toy")
+    assert 0 <= best["epoch"] < 3 and np.isfinite(best["valid_mae"])
+    out = teacher_stage.predict(model, arrays, torch.arange(N))
+    assert out["logits"].shape == (N, K) and torch.isfinite(out["reg"]).all()
+    curves = tmp_path / "dvclive" / "toy" / "teacher"
+    assert (curves / "plots" / "metrics" / "valid" / "mae.tsv").is_file()
+    if schedule == "two_phase":  # phase 1 is selected on the classification loss
+        assert (curves / "phase1" / "plots" / "metrics" / "valid" / "ce.tsv").is_file()
+
+
+def test_two_phase_second_phase_trains_only_g(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    arrays, labels, splits = data()
+    snapshots = []
+    real_fit = teacher_stage.fit
+
+    def spy(model, parameters, **kwargs):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        result = real_fit(model, parameters, **kwargs)
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return result
+
+    monkeypatch.setattr(teacher_stage, "fit", spy)
+    torch.manual_seed(0)
+    model, _ = teacher_stage.train_teacher(arrays, labels, splits, dataclasses.replace(PARAMS, schedule="two_phase"),
+                                           seed=0, dataset="toy")
+    before, after = snapshots[2], snapshots[3]  # around the second phase
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("step1.") for k in changed)
+    assert all(p.requires_grad for n, p in model.named_parameters() if n != "mask_tokens")  # restored
