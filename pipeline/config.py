@@ -125,8 +125,10 @@ class VideoParams:
     max_frames: int  # fps / all sampling: at most this many frames per clip (uniformly thinned beyond)
 
     def __post_init__(self) -> None:
-        check_choice("extract.video.backend", self.backend, ("decord", "pyav"))
-        check_choice("extract.video.sampling", self.sampling, ("uniform", "fps", "all"))
+        from .media import BACKENDS, SAMPLINGS  # the decoder's own lists
+
+        check_choice("extract.video.backend", self.backend, BACKENDS)
+        check_choice("extract.video.sampling", self.sampling, SAMPLINGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +204,9 @@ class VideoAdviserParams:
     distance: str  # mse | l1 | smooth_l1
 
     def __post_init__(self) -> None:
-        check_choice("distill.videoadviser.distance", self.distance, ("mse", "l1", "smooth_l1"))
+        from .losses import DISTANCES
+
+        check_choice("distill.videoadviser.distance", self.distance, tuple(DISTANCES.names()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,7 @@ from .datasets import read_manifest
 from .losses import kd_loss, task_loss, videoadviser_loss
 from .models import StudentConfig, TextStudent, save_student
 from .runtime import resolve_device, seed_everything, setup_logging, stage
-from .store import read_table
+from .teacher import read_teacher_predictions
 from .training import fit
 
 log = logging.getLogger(__name__)
@@ -130,19 +130,6 @@ def _videoadviser(out: dict[str, torch.Tensor], batch: Batch,
 # --------------------------------------------------------------------------- stage
 
 
-def teacher_targets(manifest: pd.DataFrame, preds_path: Path) -> dict[str, torch.Tensor]:
-    """The teacher's regression logit r_T (N,) and logits c (N, K) for every manifest clip, in manifest order."""
-    columns, _ = read_table(preds_path, stage="teacher")
-    row = pd.Series(np.arange(len(columns["id"])), index=columns["id"])
-    missing = manifest.loc[~manifest["id"].isin(row.index), "id"].tolist()
-    if missing:
-        raise ValueError(f"{preds_path} has no prediction for {len(missing)} clips (e.g. {missing[:3]}): "
-                         "rerun `dvc repro teacher`")
-    order = row.loc[manifest["id"]].to_numpy()
-    return {"reg": torch.from_numpy(np.asarray(columns["reg"], dtype=np.float32)[order]),
-            "logits": torch.from_numpy(np.asarray(columns["logits"], dtype=np.float32)[order])}
-
-
 def train_student(method: str, manifest: pd.DataFrame, teacher: dict[str, torch.Tensor], params: DistillParams,
                   seed: int, curves: Path) -> tuple[TextStudent, object, dict[str, float]]:
     loss_of = METHODS.get(method)
@@ -182,7 +169,7 @@ def run(method: str, dataset: str, params: DistillParams, seed: int) -> None:
     preds = paths.teacher_predictions(dataset)
     with stage(f"distill@{method}", [paths.manifest(dataset), preds], [out_dir]):
         manifest = read_manifest(paths.manifest(dataset))
-        teacher = teacher_targets(manifest, preds)
+        teacher = read_teacher_predictions(manifest, preds)
         model, tokenizer, best = train_student(method, manifest, teacher, params, seed,
                                                paths.curves(dataset, f"student_{method}"))
         save_student(out_dir, model, tokenizer, {"method": method, "params": to_dict(params), "seed": seed,

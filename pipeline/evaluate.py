@@ -25,10 +25,11 @@ import pandas as pd
 from . import paths
 from .config import EvaluateParams, check_params, load_section, load_value
 from .datasets import read_manifest
-from .distill import predict_student, teacher_targets, tokenize
+from .distill import predict_student, tokenize
 from .metrics import CSV_COLUMNS, json_safe, sentiment_metrics
 from .models import load_student
 from .runtime import resolve_device, setup_logging, stage
+from .teacher import read_teacher_predictions
 
 log = logging.getLogger(__name__)
 TEACHER = "teacher"
@@ -59,7 +60,7 @@ def run(name: str, dataset: str, params: EvaluateParams) -> dict[str, float]:
         manifest = read_manifest(paths.manifest(dataset))
         test = manifest[manifest["split"] == "test"].reset_index(drop=True)
         if name == TEACHER:
-            pred = teacher_targets(test, source)["reg"].double().numpy()
+            pred = read_teacher_predictions(test, source)["reg"].double().numpy()
         else:
             pred = student_test_predictions(test, source, params)
         metrics = write_results(test, pred, metrics_path, csv_path)

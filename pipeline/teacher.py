@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import paths
@@ -33,7 +35,7 @@ from .features import FeatureArrays, feature_files, load_features
 from .losses import classification_loss, task_loss, teacher_loss
 from .models import MODALITIES, PromptTeacher, TeacherConfig, save_teacher
 from .runtime import resolve_device, seed_everything, setup_logging, stage
-from .store import write_table
+from .store import read_table, write_table
 from .training import fit
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,19 @@ def modality_predictions(model: PromptTeacher, data: FeatureArrays, full_reg: to
     return out
 
 
+def read_teacher_predictions(manifest: pd.DataFrame, preds_path: Path) -> dict[str, torch.Tensor]:
+    """The teacher's regression logit r_T (N,) and logits c (N, K) for every manifest clip, in manifest order."""
+    columns, _ = read_table(preds_path, stage="teacher")
+    row = pd.Series(np.arange(len(columns["id"])), index=columns["id"])
+    missing = manifest.loc[~manifest["id"].isin(row.index), "id"].tolist()
+    if missing:
+        raise ValueError(f"{preds_path} has no prediction for {len(missing)} clips (e.g. {missing[:3]}): "
+                         "rerun `dvc repro teacher`")
+    order = row.loc[manifest["id"]].to_numpy()
+    return {"reg": torch.from_numpy(np.asarray(columns["reg"], dtype=np.float32)[order]),
+            "logits": torch.from_numpy(np.asarray(columns["logits"], dtype=np.float32)[order])}
+
+
 def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractParams, seed: int) -> None:
     manifest = read_manifest(paths.manifest(dataset))
     ckpt, preds_path = paths.teacher_checkpoint(dataset), paths.teacher_predictions(dataset)
@@ -141,10 +156,9 @@ def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractP
                                  "logits": full["logits"].numpy(), "reg": full["reg"].numpy(),
                                  **modality_predictions(model, data, full["reg"])},
                     config={"teacher": to_dict(params), "seed": seed, "classes": data.classes})
-        test = splits == "test"
-        log.info("teacher test MAE %.4f (valid %.4f at epoch %d)",
-                 float(np.abs(full["reg"].numpy()[test] - labels.numpy()[test]).mean()), best["valid_mae"],
-                 best["epoch"])
+        test = torch.from_numpy(splits == "test")
+        log.info("teacher test MAE %.4f (valid %.4f at epoch %d)", task_loss(full["reg"][test], labels[test]).item(),
+                 best["valid_mae"], best["epoch"])
 
 
 def main(argv: list[str] | None = None) -> None:

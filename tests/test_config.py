@@ -166,28 +166,20 @@ def test_section_that_is_not_a_mapping(base, tmp_path):
 # --------------------------------------------------------------------------- type errors
 
 
-def test_string_where_int_expected(base, tmp_path):
-    path = edited(base, tmp_path, teacher__layers="two")
-    with pytest.raises(ConfigError, match=r"teacher\.layers: expected int, got 'two'"):
-        load_section("teacher", path)
-
-
-def test_bool_where_int_expected(base, tmp_path):
-    path = edited(base, tmp_path, teacher__train__epochs=True)
-    with pytest.raises(ConfigError, match=r"teacher\.train\.epochs: expected int, got True"):
-        load_section("teacher", path)
-
-
-def test_float_where_int_expected(base, tmp_path):
-    path = edited(base, tmp_path, distill__student__layers=2.5)
-    with pytest.raises(ConfigError, match=r"distill\.student\.layers: expected int, got 2\.5"):
-        load_section("distill", path)
-
-
-def test_bool_where_float_expected(base, tmp_path):
-    path = edited(base, tmp_path, teacher__dropout=False)
-    with pytest.raises(ConfigError, match=r"teacher\.dropout: expected float, got False"):
-        load_section("teacher", path)
+@pytest.mark.parametrize(
+    ("section", "edit", "message"),
+    [
+        ("teacher", {"teacher__layers": "two"}, r"teacher\.layers: expected int, got 'two'"),
+        ("teacher", {"teacher__train__epochs": True}, r"teacher\.train\.epochs: expected int, got True"),
+        ("distill", {"distill__student__layers": 2.5}, r"distill\.student\.layers: expected int, got 2\.5"),
+        ("teacher", {"teacher__dropout": False}, r"teacher\.dropout: expected float, got False"),
+    ],
+    ids=["string-for-int", "bool-for-int", "float-for-int", "bool-for-float"],
+)
+def test_wrong_type_names_the_dotted_key(base, tmp_path, section, edit, message):
+    path = edited(base, tmp_path, **edit)
+    with pytest.raises(ConfigError, match=message):
+        load_section(section, path)
 
 
 def test_wrong_list_items_name_their_index(base, tmp_path):
@@ -238,7 +230,7 @@ def test_missing_params_file(tmp_path):
         ("teacher", {"teacher__mask": "foo"}, "teacher.mask", "['zeros', 'learned']"),
         ("teacher", {"teacher__schedule": "three_phase"}, "teacher.schedule", "['joint', 'two_phase']"),
         ("distill", {"distill__videoadviser__distance": "cosine"}, "distill.videoadviser.distance",
-         "['mse', 'l1', 'smooth_l1']"),
+         "['l1', 'mse', 'smooth_l1']"),
     ],
 )
 def test_invalid_choice_lists_choices(base, tmp_path, section, edit, where, choices):
