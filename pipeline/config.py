@@ -85,6 +85,7 @@ class NoiseParams:
 class GenerateParams:
     """Synthetic dataset generation (stage `generate`)."""
 
+    seed: int  # every random draw of the dataset (apart from `seeds`: all training seeds share the data)
     n_clips: int
     splits: dict[str, float]
     seconds: float
@@ -103,6 +104,9 @@ class ClipParams:
     init_seed: int  # seeds the random init when pretrained is "" (apart from `seed`, so seeds share features)
 
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunParams:
     """How a stage runs; does not change what it computes (up to float rounding)."""
@@ -113,7 +117,7 @@ class RunParams:
     precision: str  # fp32 | fp16 | bf16: autocast of the encoder on GPU (CPU always runs fp32)
 
     def __post_init__(self) -> None:
-        check_choice("extract.run.precision", self.precision, ("fp32", "fp16", "bf16"))
+        check_choice("extract.run.precision", self.precision, PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +163,22 @@ class ExtractParams:
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
     epochs: int
-    batch_size: int
+    batch_size: int  # global batch per optimizer step (all processes and accumulation steps together)
     lr: float  # peak learning rate of AdamW
     warmup: float  # fraction of the steps with a linear warm-up; then linear decay to 0
     weight_decay: float
-    device: str
+    device: str  # auto | cpu | cuda | cuda:N (under torchrun each rank takes cuda:LOCAL_RANK)
+    precision: str  # fp32 | fp16 | bf16: autocast on GPU (fp16 with a gradient scaler); CPU runs fp32
+    grad_accum: int  # micro-batches per optimizer step (the global batch is split, not multiplied)
+    checkpoint_every: int  # optimizer steps between resumable checkpoints; 0 = only at the end of an epoch
+
+    def __post_init__(self) -> None:
+        check_choice("train.precision", self.precision, PRECISIONS)
+        if self.grad_accum < 1 or self.batch_size < self.grad_accum:
+            raise ConfigError(f"train: need 1 <= grad_accum <= batch_size, got grad_accum={self.grad_accum}, "
+                              f"batch_size={self.batch_size}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,15 +193,18 @@ class TeacherParams:
     schedule: str  # joint | two_phase (step 1: classification -> regression)
     ce_weight: float
     step1_hidden: int  # hidden width of g, the logits -> regression MLP
+    saliency: str  # prediction: |r_T(x) - r_T(x without m)| | loss: |y - r_T(x without m)| - |y - r_T(x)|
     train: TrainParams
 
     def __post_init__(self) -> None:
         check_choice("teacher.mask", self.mask, ("zeros", "learned"))
         check_choice("teacher.schedule", self.schedule, ("joint", "two_phase"))
+        check_choice("teacher.saliency", self.saliency, ("prediction", "loss"))
 
 
 @dataclasses.dataclass(frozen=True)
 class StudentParams:
+    kind: str  # text (transcript only, VideoAdviser's student) | multimodal (+ cached video/audio features)
     pretrained: str  # HF hub id or local dir; "" builds a tiny random RoBERTa
     hidden_size: int
     layers: int
@@ -196,6 +214,11 @@ class StudentParams:
     max_length: int
     head_hidden: int
     dropout: float
+    video_tokens: int  # multimodal student: frame embeddings pooled over time to this many tokens
+    audio_tokens: int  # multimodal student: log-mel frames pooled over time to this many tokens
+
+    def __post_init__(self) -> None:
+        check_choice("distill.student.kind", self.kind, ("text", "multimodal"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,18 +239,49 @@ class KDParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class MSDParams:
+    kd_weight: float  # alpha of the KD term on the full-input logits
+    temperature: float  # T of that KD term
+    distance: str  # D between S(x_m) and T(x_m): mse | l1 | smooth_l1
+    instance_temperature: float  # tau of the per-clip softmax over saliencies (`instance`)
+    meta_lr: float  # step size of the look-ahead SGD step and of the weight update (`learned`)
+
+    def __post_init__(self) -> None:
+        from .losses import DISTANCES
+
+        check_choice("distill.msd.distance", self.distance, tuple(DISTANCES.names()))
+        if self.instance_temperature <= 0:
+            raise ConfigError(f"distill.msd.instance_temperature must be > 0, got {self.instance_temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillParams:
     methods: list[str]
     student: StudentParams
     train: TrainParams
     kd: KDParams
     videoadviser: VideoAdviserParams
+    msd: MSDParams
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyParams:
+    clips: int  # test clips timed end to end (decode -> prediction)
+    batch_size: int  # the batched measurement (the other is batch 1)
+    repeats: int  # timed passes over the clips; the median pass is reported
+    warmup: int  # untimed passes first (allocator, cuDNN autotune, caches)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int
     device: str
+    latency: LatencyParams
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportParams:
+    dpi: int  # resolution of the PNG figures
 
 
 SECTIONS: dict[str, type] = {
@@ -237,8 +291,9 @@ SECTIONS: dict[str, type] = {
     "teacher": TeacherParams,
     "distill": DistillParams,
     "evaluate": EvaluateParams,
+    "report": ReportParams,
 }
-TOP_LEVEL: dict[str, type] = {"seed": int, "dataset": str}
+TOP_LEVEL: dict[str, Any] = {"seeds": list[int], "dataset": str}
 
 
 # --------------------------------------------------------------------------- loading
@@ -269,7 +324,7 @@ def load_section(name: str, path: Path = PARAMS_FILE) -> Any:
 
 
 def load_value(name: str, path: Path = PARAMS_FILE) -> Any:
-    """A top-level scalar of params.yaml (seed, dataset)."""
+    """A top-level value of params.yaml (seeds, dataset)."""
     if name not in TOP_LEVEL:
         raise ConfigError(f"unknown top-level value {name!r}. Available: {sorted(TOP_LEVEL)}")
     data = read_params(path)
@@ -290,7 +345,9 @@ def check_params(path: Path = PARAMS_FILE) -> None:
     from .distill import METHODS
 
     sections = {name: load_section(name, path) for name in SECTIONS}
-    load_value("seed", path)
+    seeds = load_value("seeds", path)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds}")
     DATASETS.get(load_value("dataset", path))
     for method in sections["distill"].methods:
         METHODS.get(method)

@@ -13,6 +13,8 @@ MODELS = Path("models")
 METRICS = Path("metrics")
 PREDICTIONS = Path("predictions")
 CURVES = Path("dvclive")
+CHECKPOINTS = Path("checkpoints")  # resumable training state; not a DVC output (DVC clears outputs before a run)
+REPORTS = Path("reports")
 
 
 def raw_dir(dataset: str) -> Path:
@@ -31,25 +33,54 @@ def failures(dataset: str, modality: str) -> Path:
     return FEATURES / dataset / f"failures_{modality}.csv"
 
 
-def teacher_checkpoint(dataset: str) -> Path:
-    return MODELS / dataset / "teacher.pt"
+def teacher_dir(dataset: str) -> Path:
+    """All seeds of the teacher (one DVC output)."""
+    return MODELS / dataset / "teacher"
 
 
-def teacher_predictions(dataset: str) -> Path:
-    return MODELS / dataset / "teacher_preds.h5"
+def teacher_checkpoint(dataset: str, seed: int) -> Path:
+    return teacher_dir(dataset) / f"seed_{seed}" / "teacher.pt"
 
 
-def student_dir(dataset: str, method: str) -> Path:
+def teacher_predictions(dataset: str, seed: int) -> Path:
+    return teacher_dir(dataset) / f"seed_{seed}" / "preds.h5"
+
+
+def student_root(dataset: str, method: str) -> Path:
+    """All seeds of one method's student (one DVC output)."""
     return MODELS / dataset / f"student_{method}"
 
 
+def student_dir(dataset: str, method: str, seed: int) -> Path:
+    return student_root(dataset, method) / f"seed_{seed}"
+
+
 def metrics(dataset: str, name: str) -> Path:
+    """One model's test metrics: mean and std over seeds, each seed, and its efficiency."""
     return METRICS / dataset / f"{name}.json"
 
 
-def predictions(dataset: str, name: str) -> Path:
-    return PREDICTIONS / dataset / f"{name}.csv"
+def predictions_dir(dataset: str, name: str) -> Path:
+    return PREDICTIONS / dataset / name
 
 
-def curves(dataset: str, name: str) -> Path:
+def predictions(dataset: str, name: str, seed: int) -> Path:
+    return predictions_dir(dataset, name) / f"seed_{seed}.csv"
+
+
+def curves_dir(dataset: str, name: str) -> Path:
+    """dvclive curves of one model, every seed (one DVC plots output)."""
     return CURVES / dataset / name
+
+
+def curves(dataset: str, name: str, seed: int) -> Path:
+    return curves_dir(dataset, name) / f"seed_{seed}"
+
+
+def training_state(dataset: str, name: str, seed: int) -> Path:
+    """The last resumable checkpoint of one training run (deleted when the run finishes)."""
+    return CHECKPOINTS / dataset / name / f"seed_{seed}.pt"
+
+
+def report_dir(dataset: str) -> Path:
+    return REPORTS / dataset
