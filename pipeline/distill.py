@@ -1,40 +1,60 @@
-"""Stage distill@<method>: train a text-only student, optionally distilled from the teacher.
+"""Stage distill@<method>: train a student, optionally distilled from the teacher, once per seed.
 
-Reads  data/prepared/<ds>/manifest.csv, models/<ds>/teacher_preds.h5
-Writes models/<ds>/student_<method>/   HF save_pretrained dir (encoder + tokenizer),
-                                       student_head.pt, student.json (config + provenance)
-       dvclive/<ds>/student_<method>/  training curves
+Reads  data/prepared/<ds>/manifest.csv, models/<ds>/teacher/seed_<s>/preds.h5,
+       data/features/<ds>/{video,audio,text}.h5 (multimodal student only)
+Writes models/<ds>/student_<method>/seed_<s>/  HF save_pretrained dir (encoder + tokenizer),
+                                               student_head.pt, student.json (config + provenance)
+       dvclive/<ds>/student_<method>/seed_<s>/ training curves
+for every seed in `seeds`; the student of seed s learns from the teacher of seed s.
 
 Command: python -m pipeline.distill <method>
+   or    torchrun --nproc-per-node N -m pipeline.distill <method>    (DDP; rank 0 writes)
 
-Methods (distill.methods):
-    none          L = |r_S - y|
-    kd            L = |r_S - y| + alpha * T^2 KL(p_T^T || p_S^T)      (Hinton KD on the K bin logits)
-    videoadviser  L = |r_S - y| + lambda * D(r_S, r_T)     (VideoAdviser step 2, losses.py)
+Methods (distill.methods), with y the label, r the regression output, c the K bin logits:
+    none            L = |r_S - y|
+    kd              L = |r_S - y| + alpha T^2 KL(p_T^T || p_S^T)          Hinton KD on the bin logits
+    videoadviser    L = |r_S - y| + lambda D(r_S, r_T)                    VideoAdviser step 2
+    msd-<weighting> L = |r_S - y| + alpha KD(c_S, c_T) + sum_m w_m D(S(x_m), r_T^m)
+                    MSD (Jin et al. 2021), weighting uniform | population | instance | learned
+(formulas and sources: losses.py, msd.py).
 
-The student sees only the transcript. With `distill.student.pretrained` empty it is a tiny
-random RoBERTa with a byte-level BPE tokenizer trained on the train transcripts (offline);
-otherwise tokenizer and encoder load with `from_pretrained` (hub id or local dir).
+Students (`distill.student.kind`): `text` sees only the transcript (VideoAdviser's setting); its
+only MSD term is the text one, S(x_text) = S(x). `multimodal` also sees the cached video and
+audio features, and S(x_m) is its output with the other modalities masked. With
+`distill.student.pretrained` empty the text encoder is a tiny random RoBERTa with a
+byte-level BPE tokenizer trained on the train transcripts (offline); otherwise tokenizer and
+encoder load with `from_pretrained` (hub id or local dir).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from . import paths
-from .config import DistillParams, Registry, StudentParams, check_params, load_section, load_value, to_dict
+from .config import (
+    ClipParams,
+    DistillParams,
+    ExtractParams,
+    Registry,
+    StudentParams,
+    check_params,
+    load_section,
+    load_value,
+    to_dict,
+)
 from .datasets import read_manifest
-from .losses import kd_loss, task_loss, videoadviser_loss
-from .models import StudentConfig, TextStudent, save_student
-from .runtime import resolve_device, seed_everything, setup_logging, stage
+from .features import FeatureArrays, load_features
+from .losses import kd_loss, msd_loss, task_loss, videoadviser_loss
+from .models import MODALITIES, STUDENTS, StudentConfig, TextStudent, only_modality, save_student
+from .msd import WEIGHTINGS, MetaWeights, build_weighting, functional_forward, student_columns
+from .runtime import is_main_process, process_group, seed_everything, setup_logging, stage, train_device
 from .teacher import read_teacher_predictions
 from .training import fit
 
@@ -60,12 +80,19 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int):
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, model_max_length=max_length, **SPECIAL_TOKENS)
 
 
-def build_student(params: StudentParams, train_texts: list[str], num_classes: int) -> tuple[TextStudent, object]:
-    """Tokenizer + student: pretrained via from_pretrained, or a tiny random RoBERTa."""
+def build_student(params: StudentParams, train_texts: list[str], num_classes: int,
+                  features: FeatureArrays | None = None) -> tuple[TextStudent, object]:
+    """Tokenizer + student of `params.kind`: text encoder via from_pretrained, or a tiny random RoBERTa.
+    A multimodal student takes its feature sizes from `features`."""
     from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel
 
     config = StudentConfig(num_classes=num_classes, head_hidden=params.head_hidden, dropout=params.dropout,
-                           max_length=params.max_length)
+                           max_length=params.max_length, kind=params.kind)
+    if params.kind == "multimodal":
+        if features is None:
+            raise ValueError("a multimodal student needs the cached features")
+        config = dataclasses.replace(config, video_dim=features.video.shape[2], audio_dim=features.audio.shape[2],
+                                     video_tokens=features.video.shape[1], audio_tokens=features.audio.shape[1])
     if params.pretrained:
         tokenizer = AutoTokenizer.from_pretrained(params.pretrained)
         encoder = AutoModel.from_pretrained(params.pretrained)
@@ -81,7 +108,7 @@ def build_student(params: StudentParams, train_texts: list[str], num_classes: in
             eos_token_id=tokenizer.eos_token_id))
         log.info("student encoder: tiny random RoBERTa (%d params), BPE vocab %d",
                  sum(p.numel() for p in encoder.parameters()), len(tokenizer))
-    return TextStudent(encoder, config), tokenizer
+    return STUDENTS[params.kind](encoder, config), tokenizer
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -89,15 +116,32 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Te
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+def student_inputs(tokens: dict[str, torch.Tensor], features: FeatureArrays | None) -> dict[str, torch.Tensor]:
+    """Every input a student may take, one row per clip: tokens, and the cached features if any."""
+    if features is None:
+        return dict(tokens)
+    return {**tokens, "video": features.video, "audio": features.audio, "present": features.present}
+
+
 @torch.no_grad()
-def predict_student(model: TextStudent, tokens: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
-    """Regression outputs r_S (N,) for pre-tokenized texts."""
+def predict_student(model: TextStudent, inputs: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Regression outputs r_S (N,) for the rows of `inputs` (see `student_inputs`)."""
     model.eval()
     device = next(model.parameters()).device
-    n = tokens["input_ids"].shape[0]
-    outs = [model(**{k: v[i : i + batch_size].to(device) for k, v in tokens.items()})["reg"].cpu()
+    n = inputs["input_ids"].shape[0]
+    outs = [model(**{k: v[i : i + batch_size].to(device) for k, v in inputs.items()})["reg"].cpu()
             for i in range(0, n, batch_size)]
     return torch.cat(outs) if outs else torch.empty(0)
+
+
+def modality_outputs(model: nn.Module, batch: Batch, modalities: tuple[str, ...]) -> torch.Tensor:
+    """S(x_m) for each modality m the student sees, (B, M_S): its output with the others masked.
+    A text-only student sees one modality, so S(x_text) = S(x) is its ordinary output."""
+    if modalities == ("text",):
+        return model(**batch)["reg"].unsqueeze(1)  # (B, 1)
+    outs = [model(**{**batch, "present": only_modality(batch["present"], MODALITIES.index(m))})["reg"]
+            for m in modalities]
+    return torch.stack(outs, dim=1)  # (B, M_S)
 
 
 # --------------------------------------------------------------------------- methods
@@ -105,6 +149,7 @@ def predict_student(model: TextStudent, tokens: dict[str, torch.Tensor], batch_s
 Batch = dict[str, torch.Tensor]
 MethodLoss = Callable[[dict[str, torch.Tensor], Batch, DistillParams], tuple[torch.Tensor, dict[str, float]]]
 METHODS: Registry[MethodLoss] = Registry("distillation method")
+MSD_PREFIX = "msd-"
 
 
 @METHODS.register("none")
@@ -127,53 +172,139 @@ def _videoadviser(out: dict[str, torch.Tensor], batch: Batch,
     return task + params.videoadviser.weight * kd, {"task": task.item(), "distill": kd.item()}
 
 
+def _msd(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
+    """out["mod"] (B, M_S) = S(x_m); batch["teacher_mod"] (B, M_S) = r_T^m; batch["weights"] (B, M_S) = w_m(x)."""
+    task = task_loss(out["reg"], batch["y"])
+    kd = kd_loss(out["logits"], batch["teacher_logits"], params.msd.temperature)
+    aux = msd_loss(out["mod"], batch["teacher_mod"], batch["weights"], params.msd.distance)
+    return task + params.msd.kd_weight * kd + aux, {"task": task.item(), "distill": kd.item(), "msd": aux.item()}
+
+
+for _weighting in WEIGHTINGS:
+    METHODS.add(MSD_PREFIX + _weighting, _msd)
+
+
+def msd_weighting(method: str) -> str | None:
+    """`population` for `msd-population`; None for a method without modality-specific terms."""
+    return method[len(MSD_PREFIX):] if method.startswith(MSD_PREFIX) else None
+
+
 # --------------------------------------------------------------------------- stage
 
 
-def train_student(method: str, manifest: pd.DataFrame, teacher: dict[str, torch.Tensor], params: DistillParams,
-                  seed: int, curves: Path) -> tuple[TextStudent, object, dict[str, float]]:
+@dataclasses.dataclass
+class LearnedState:
+    """What `msd-learned` adds to a resumable training state: the weights' logits phi and the
+    generator that draws the validation batch of each look-ahead step."""
+
+    meta: MetaWeights
+    valid_draw: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"meta": self.meta.state_dict(), "valid_draw": self.valid_draw.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.meta.load_state_dict(state["meta"])
+        self.valid_draw.set_state(state["valid_draw"])
+
+
+def train_student(method: str, texts: list[str], labels: torch.Tensor, splits: np.ndarray,
+                  teacher: dict[str, torch.Tensor], features: FeatureArrays | None, params: DistillParams,
+                  seed: int, dataset: str) -> tuple[TextStudent, object, dict[str, float]]:
+    """Train one student with `method` on the train split, selecting the epoch on validation MAE.
+
+    texts, labels, splits, teacher outputs and features: one row per manifest clip."""
     loss_of = METHODS.get(method)
-    splits = manifest["split"].to_numpy()
+    weighting = msd_weighting(method)
     train_idx = torch.from_numpy(np.flatnonzero(splits == "train"))
     valid_idx = torch.from_numpy(np.flatnonzero(splits == "valid"))
-    texts = manifest["text"].tolist()
-    labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
-    num_classes = teacher["logits"].shape[1]
-    model, tokenizer = build_student(params.student, [texts[i] for i in train_idx], num_classes)
-    device = resolve_device(params.train.device)
+    model, tokenizer = build_student(params.student, [texts[i] for i in train_idx], teacher["logits"].shape[1],
+                                     features)
+    if features is not None:
+        model.set_audio_stats(features.audio[train_idx], features.present[train_idx, MODALITIES.index("audio")])
+    inputs = student_inputs(tokenize(tokenizer, texts, params.student.max_length), features)
+    device = train_device(params.train.device)
     model.to(device)
-    tokens = tokenize(tokenizer, texts, params.student.max_length)
-    valid_tokens = {k: v[valid_idx] for k, v in tokens.items()}
+    modalities = model.modalities
+    columns = [MODALITIES.index(m) for m in modalities]
+    weights = (build_weighting(weighting, teacher["saliency"][train_idx],
+                               instance_temperature=params.msd.instance_temperature, meta_lr=params.msd.meta_lr,
+                               lookahead_lr=params.train.lr) if weighting else None)
+    meta = weights if isinstance(weights, MetaWeights) else None
+    learned_state = LearnedState(meta, torch.Generator().manual_seed(seed + 1)) if meta is not None else None
+    valid_inputs = {k: v[valid_idx] for k, v in inputs.items()}
 
     def get_batch(i: torch.Tensor) -> Batch:
         j = train_idx[i]
-        return {**{k: v[j].to(device) for k, v in tokens.items()}, "y": labels[j].to(device),
-                "teacher_reg": teacher["reg"][j].to(device), "teacher_logits": teacher["logits"][j].to(device)}
+        batch = {**{k: v[j] for k, v in inputs.items()}, "y": labels[j],
+                 "teacher_reg": teacher["reg"][j], "teacher_logits": teacher["logits"][j],
+                 "teacher_mod": teacher["reg_only"][j][:, columns], "saliency": teacher["saliency"][j]}
+        return {k: v.to(device) for k, v in batch.items()}
 
-    def loss_fn(m: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        out = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    def model_inputs(batch: Batch) -> Batch:
+        return {k: batch[k] for k in inputs}
+
+    def method_loss(m: nn.Module, batch: Batch, w: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = model_inputs(batch)
+        out = m(**inputs)
+        if w is not None:
+            out = {**out, "mod": modality_outputs(m, inputs, modalities)}
+            batch = {**batch, "weights": w}
         return loss_of(out, batch, params)
 
-    def valid_mae(m: nn.Module) -> float:
-        return task_loss(predict_student(m, valid_tokens, params.train.batch_size), labels[valid_idx]).item()
+    def valid_batch() -> Batch:  # the validation loss of the `learned` look-ahead step
+        j = valid_idx[torch.randperm(len(valid_idx), generator=learned_state.valid_draw)[: params.train.batch_size]]
+        return {**{k: v[j].to(device) for k, v in inputs.items()}, "y": labels[j].to(device)}
 
+    def loss_fn(m: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        if weights is None:
+            return method_loss(m, batch, None)
+        parts: dict[str, float] = {}
+        if meta is not None:  # learned: one look-ahead meta step on the weights first
+            vb = valid_batch()
+            parts = meta.step(
+                m, train_loss=lambda p, w: method_loss(lambda **x: functional_forward(m, p, **x), batch,
+                                                       student_columns(w, modalities).expand(len(batch["y"]), -1))[0],
+                valid_loss=lambda p: task_loss(functional_forward(m, p, **model_inputs(vb))["reg"], vb["y"]))
+        w = weights(batch["saliency"])  # (M_T,) or (B, M_T)
+        w = w.expand(len(batch["y"]), -1) if w.dim() == 1 else w  # (B, M_T)
+        loss, more = method_loss(m, batch, student_columns(w, modalities))
+        return loss, {**parts, **more, **{f"w_{name}": w[:, k].mean().item() for k, name in enumerate(MODALITIES)}}
+
+    def valid_mae(m: nn.Module) -> float:
+        return task_loss(predict_student(m, valid_inputs, params.train.batch_size), labels[valid_idx]).item()
+
+    fingerprint = {"method": method, "distill": to_dict(params), "seed": seed, "dataset": dataset,
+                   "n_train": len(train_idx)}
     best = fit(model, model.parameters(), n_train=len(train_idx), get_batch=get_batch, loss_fn=loss_fn,
-               validate=valid_mae, params=params.train, epochs=params.train.epochs, seed=seed, curves=curves,
-               desc=f"student_{method}")
+               validate=valid_mae, params=params.train, epochs=params.train.epochs, seed=seed,
+               curves=paths.curves(dataset, f"student_{method}", seed), desc=f"student_{method} seed {seed}",
+               state_path=paths.training_state(dataset, f"student_{method}", seed), fingerprint=fingerprint,
+               extra_state=learned_state)
     return model.cpu(), tokenizer, best
 
 
-def run(method: str, dataset: str, params: DistillParams, seed: int) -> None:
+def run(method: str, dataset: str, params: DistillParams, seeds: list[int], clip: ClipParams,
+        extract: ExtractParams) -> None:
     METHODS.get(method)  # unknown method: fail before any work
-    out_dir = paths.student_dir(dataset, method)
-    preds = paths.teacher_predictions(dataset)
-    with stage(f"distill@{method}", [paths.manifest(dataset), preds], [out_dir]):
+    out_root = paths.student_root(dataset, method)
+    preds = [paths.teacher_predictions(dataset, s) for s in seeds]
+    with stage(f"distill@{method}", [paths.manifest(dataset), *preds], [out_root]):
         manifest = read_manifest(paths.manifest(dataset))
-        teacher = read_teacher_predictions(manifest, preds)
-        model, tokenizer, best = train_student(method, manifest, teacher, params, seed,
-                                               paths.curves(dataset, f"student_{method}"))
-        save_student(out_dir, model, tokenizer, {"method": method, "params": to_dict(params), "seed": seed,
-                                                 "dataset": dataset, "best": best})
+        texts = manifest["text"].tolist()
+        features = (load_features(manifest, dataset, clip, extract, params.student.video_tokens,
+                                  params.student.audio_tokens) if params.student.kind == "multimodal" else None)
+        splits = manifest["split"].to_numpy()
+        labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
+        for seed, preds_path in zip(seeds, preds, strict=True):
+            seed_everything(seed)
+            teacher = read_teacher_predictions(manifest, preds_path)
+            model, tokenizer, best = train_student(method, texts, labels, splits, teacher, features, params, seed,
+                                                   dataset)
+            if is_main_process():
+                save_student(paths.student_dir(dataset, method, seed), model, tokenizer,
+                             {"method": method, "params": to_dict(params), "seed": seed, "dataset": dataset,
+                              "best": best})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -182,9 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     check_params()
-    seed = load_value("seed")
-    seed_everything(seed)
-    run(args.method, load_value("dataset"), load_section("distill"), seed)
+    with process_group():
+        run(args.method, load_value("dataset"), load_section("distill"), load_value("seeds"), load_section("clip"),
+            load_section("extract"))
 
 
 if __name__ == "__main__":

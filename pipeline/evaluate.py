@@ -1,15 +1,26 @@
-"""Stage evaluate@<method> / evaluate_teacher: test-split metrics and per-clip predictions.
+"""Stage evaluate@<method> / evaluate_teacher: test metrics over seeds, per-clip predictions, and the
+model's size and measured end-to-end inference latency.
 
-Reads  models/<ds>/student_<method>/ (or models/<ds>/teacher_preds.h5 for `teacher`),
-       data/prepared/<ds>/manifest.csv
-Writes metrics/<ds>/<name>.json       mae, corr, acc7, acc5, acc2_has0, f1_has0, acc2_non0, f1_non0
-       predictions/<ds>/<name>.csv    id, label, pred (test split)
+Reads  models/<ds>/student_<method>/seed_<s>/ (or models/<ds>/teacher/seed_<s>/ for `teacher`),
+       data/prepared/<ds>/manifest.csv; for latency the raw test clips (teacher, multimodal student)
+Writes metrics/<ds>/<name>.json             {"mean": {...}, "std": {...}, "seeds": {"<s>": {...}},
+                                             "efficiency": {...}} with the eight MMSA metrics
+       predictions/<ds>/<name>/seed_<s>.csv  id, label, pred (test split)
 
 Command: python -m pipeline.evaluate {teacher,<method>}
 
-The metrics follow the MMSA conventions (pipeline/metrics.py). The JSON is recomputable
-from the CSV: `python -m pipeline.metrics predictions/<ds>/<name>.csv` gives the same numbers.
-The student is rebuilt from its saved directory, not from today's params.
+The metrics follow the MMSA conventions (pipeline/metrics.py); mean and std (ddof = 1) are over
+`seeds`. Each seed's numbers are recomputable from its CSV: `python -m pipeline.metrics
+predictions/<ds>/<name>/seed_<s>.csv`. A student is rebuilt from its saved directory, not
+from today's params.
+
+Efficiency (the models of the first seed; latency does not depend on the seed): `params` counts
+every parameter inference needs (the teacher includes the frozen CLIP; a multimodal student
+too, since it needs CLIP frame embeddings), and latency is wall time per clip from the raw
+inputs to the prediction (latency.py): the teacher decodes frames, encodes them with CLIP,
+computes log-mel audio features and the transcript's CLIP embedding, then runs its forward;
+the text student tokenizes and runs its forward. Both at batch 1 and batched
+(`evaluate.latency.batch_size`), on the machine at hand (`device` is recorded).
 """
 
 from __future__ import annotations
@@ -18,16 +29,28 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import paths
-from .config import EvaluateParams, check_params, load_section, load_value
+from .clip import load_clip
+from .config import ClipParams, EvaluateParams, ExtractParams, check_params, load_section, load_value
 from .datasets import read_manifest
-from .distill import predict_student, tokenize
-from .metrics import CSV_COLUMNS, json_safe, sentiment_metrics
-from .models import load_student
+from .distill import predict_student, student_inputs, tokenize
+from .features import load_features
+from .latency import (
+    MediaInputs,
+    MultimodalStudentPipeline,
+    TeacherPipeline,
+    TextStudentPipeline,
+    count_parameters,
+    manifest_rows,
+    measure_latency,
+)
+from .metrics import CSV_COLUMNS, json_safe, sentiment_metrics, summarize_seeds
+from .models import MODALITIES, load_student, load_teacher
 from .runtime import resolve_device, setup_logging, stage
 from .teacher import read_teacher_predictions
 
@@ -35,37 +58,89 @@ log = logging.getLogger(__name__)
 TEACHER = "teacher"
 
 
-def student_test_predictions(manifest: pd.DataFrame, model_dir: Path, params: EvaluateParams) -> np.ndarray:
+def student_test_predictions(test: pd.DataFrame, model_dir: Path, params: EvaluateParams, dataset: str,
+                             clip: ClipParams, extract: ExtractParams) -> np.ndarray:
+    """r_S (float64) for the test clips, from the student saved in `model_dir`."""
     model, tokenizer, meta = load_student(model_dir)
     model.to(resolve_device(params.device))
-    tokens = tokenize(tokenizer, manifest["text"].tolist(), meta["config"]["max_length"])
-    return predict_student(model, tokens, params.batch_size).double().numpy()
+    config = meta["config"]
+    features = (load_features(test, dataset, clip, extract, config["video_tokens"], config["audio_tokens"])
+                if config["kind"] == "multimodal" else None)
+    inputs = student_inputs(tokenize(tokenizer, test["text"].tolist(), config["max_length"]), features)
+    return predict_student(model, inputs, params.batch_size).double().numpy()
 
 
-def write_results(test: pd.DataFrame, pred: np.ndarray, metrics_path: Path, csv_path: Path) -> dict[str, float]:
-    """Metrics from exactly the values written to the CSV (float64, full precision)."""
+def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path) -> dict[str, float]:
+    """Write id, label, pred and return the metrics of exactly those values (float64, full precision)."""
     table = pd.DataFrame({"id": test["id"].to_numpy(), "label": test["label"].to_numpy(np.float64), "pred": pred})
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     table.loc[:, list(CSV_COLUMNS)].to_csv(csv_path, index=False)
-    metrics = sentiment_metrics(table["pred"].to_numpy(), table["label"].to_numpy())
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(json_safe(metrics), indent=2) + "\n")  # nan -> null
-    return metrics
+    return sentiment_metrics(table["pred"].to_numpy(), table["label"].to_numpy())
 
 
-def run(name: str, dataset: str, params: EvaluateParams) -> dict[str, float]:
-    source = paths.teacher_predictions(dataset) if name == TEACHER else paths.student_dir(dataset, name)
-    metrics_path, csv_path = paths.metrics(dataset, name), paths.predictions(dataset, name)
-    with stage(f"evaluate@{name}", [paths.manifest(dataset), source], [metrics_path, csv_path]):
+def inference_pipeline(name: str, dataset: str, seed: int, clip: ClipParams, extract: ExtractParams,
+                       device) -> tuple[object, str]:
+    """The model of `name` (its `seed`) wrapped end to end, from raw clip to prediction, and its inputs."""
+    def frozen_clip():
+        return load_clip(clip.model, clip.pretrained, device, clip.init_seed, extract.run.precision)
+
+    if name == TEACHER:
+        teacher, _ = load_teacher(paths.teacher_checkpoint(dataset, seed))
+        return TeacherPipeline.build(teacher.to(device), frozen_clip(), extract.video, extract.audio), "+".join(
+            MODALITIES)
+    model, tokenizer, meta = load_student(paths.student_dir(dataset, name, seed))
+    model.to(device)
+    config = meta["config"]
+    if config["kind"] == "multimodal":
+        media = MediaInputs(frozen_clip(), extract.video, extract.audio, config["video_tokens"],
+                            config["audio_tokens"])
+        return MultimodalStudentPipeline(model, tokenizer, config["max_length"], media), "+".join(MODALITIES)
+    return TextStudentPipeline(model, tokenizer, config["max_length"]), "text"
+
+
+def efficiency(name: str, dataset: str, test: pd.DataFrame, params: EvaluateParams, clip: ClipParams,
+               extract: ExtractParams, seed: int) -> dict[str, Any]:
+    """Parameters needed at inference and measured latency per clip, raw inputs to prediction."""
+    device = resolve_device(params.device)
+    pipeline, inputs = inference_pipeline(name, dataset, seed, clip, extract, device)
+    result = {"params": count_parameters(*pipeline.modules()), "inputs": inputs,
+              **measure_latency(pipeline, manifest_rows(test, params.latency.clips), params.latency, device)}
+    log.info("%s: %d parameters at inference (%s); %.2f ms per clip at batch 1, %.2f at batch %d (%s)", name,
+             result["params"], inputs, result["latency_ms_b1"], result["latency_ms_batched"], result["batch_size"],
+             result["device"])
+    return result
+
+
+def model_source(dataset: str, name: str, seed: int) -> Path:
+    return paths.teacher_predictions(dataset, seed) if name == TEACHER else paths.student_dir(dataset, name, seed)
+
+
+def run(name: str, dataset: str, params: EvaluateParams, seeds: list[int], clip: ClipParams,
+        extract: ExtractParams) -> dict[str, Any]:
+    sources = [model_source(dataset, name, s) for s in seeds]
+    metrics_path = paths.metrics(dataset, name)
+    with stage(f"evaluate@{name}", [paths.manifest(dataset), *sources], [metrics_path,
+                                                                          paths.predictions_dir(dataset, name)]):
         manifest = read_manifest(paths.manifest(dataset))
         test = manifest[manifest["split"] == "test"].reset_index(drop=True)
-        if name == TEACHER:
-            pred = read_teacher_predictions(test, source)["reg"].double().numpy()
-        else:
-            pred = student_test_predictions(test, source, params)
-        metrics = write_results(test, pred, metrics_path, csv_path)
-        log.info("%s on %d test clips: %s", name, len(test), ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    return metrics
+        per_seed: dict[str, dict[str, float]] = {}
+        for seed, source in zip(seeds, sources, strict=True):
+            if name == TEACHER:
+                pred = read_teacher_predictions(test, source)["reg"].double().numpy()
+            else:
+                pred = student_test_predictions(test, source, params, dataset, clip, extract)
+            per_seed[str(seed)] = write_predictions(test, pred, paths.predictions(dataset, name, seed))
+            log.info("%s seed %d on %d test clips: %s", name, seed, len(test),
+                     ", ".join(f"{k} {v:.4f}" for k, v in per_seed[str(seed)].items()))
+        summary = summarize_seeds(per_seed)
+        result = {"mean": json_safe(summary["mean"]), "std": json_safe(summary["std"]),
+                  "seeds": {s: json_safe(m) for s, m in per_seed.items()},
+                  "efficiency": efficiency(name, dataset, test, params, clip, extract, seeds[0])}
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text(json.dumps(result, indent=2) + "\n")  # nan -> null
+        log.info("%s over %d seeds: mae %.4f ± %.4f", name, len(seeds), summary["mean"]["mae"],
+                 summary["std"]["mae"])
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     check_params()
-    run(args.name, load_value("dataset"), load_section("evaluate"))
+    run(args.name, load_value("dataset"), load_section("evaluate"), load_value("seeds"), load_section("clip"),
+        load_section("extract"))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import argparse
 import dataclasses
 import itertools
 import logging
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ from .config import (
 )
 from .datasets import read_manifest
 from .models import MODALITIES
-from .runtime import resolve_device, seed_everything, setup_logging, stage
+from .runtime import Ranks, process_group, rank_device, seed_everything, setup_logging, stage
 from .store import FeatureWriter
 
 log = logging.getLogger(__name__)
@@ -105,42 +104,6 @@ def versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "open_clip": open_clip.__version__, "librosa": librosa.__version__,
             "decord": decord.__version__, "av": media.av.__version__}
-
-
-# --------------------------------------------------------------------------- ranks
-
-
-@dataclasses.dataclass(frozen=True)
-class Ranks:
-    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def tag(self) -> str:
-        return f"rank{self.rank}"
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-
-def init_ranks() -> Ranks:
-    """Read torchrun's environment and join the process group (gloo on CPU, nccl on GPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Ranks()
-    ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return ranks
-
-
-def rank_device(name: str, ranks: Ranks) -> torch.device:
-    device = resolve_device(name)
-    return torch.device("cuda", ranks.local_rank) if device.type == "cuda" and ranks.world > 1 else device
 
 
 # --------------------------------------------------------------------------- decoding datasets
@@ -354,8 +317,10 @@ def extract_shard(modality: str, todo: pd.DataFrame, writer: FeatureWriter, para
 
 
 def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipParams,
-        ranks: Ranks = Ranks()) -> None:
-    """Extract one modality for every manifest clip (this rank's share under torchrun)."""
+        ranks: Ranks | None = None) -> None:
+    """Extract one modality for every manifest clip (this rank's share under torchrun; all of them
+    when `ranks` is None, a single process)."""
+    ranks = ranks or Ranks()
     config = feature_config(modality, params, clip_params)
     manifest = read_manifest(paths.manifest(dataset))
     out, fail_csv = paths.features(dataset, modality), paths.failures(dataset, modality)
@@ -388,13 +353,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     check_params()
-    seed_everything(load_value("seed"))
-    ranks = init_ranks()
-    try:
-        run(args.modality, load_value("dataset"), load_section("extract"), load_section("clip"), ranks)
-    finally:
-        if ranks.world > 1:
-            torch.distributed.destroy_process_group()
+    clip = load_section("clip")
+    seed_everything(clip.init_seed)
+    with process_group() as ranks:
+        run(args.modality, load_value("dataset"), load_section("extract"), clip, ranks)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 Notation: y the label in [-3, 3], r_T / r_S the teacher's / student's regression logit,
 c the K-way logits over the sentiment bins -3..3.
+
+Distances (DISTANCES: mse | l1 | smooth_l1) are called as D(a, b, reduction=...): "mean" (the
+default) averages over all elements, "none" keeps them element-wise (MSD weighs each modality's
+term separately), "sum" adds them up.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +49,17 @@ def teacher_loss(logits: torch.Tensor, reg: torch.Tensor, y: torch.Tensor, ce_we
     return ce_weight * classification_loss(logits, y) + task_loss(reg, y)
 
 
-def _smooth_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.smooth_l1_loss(a, b, beta=1.0)
+class Distance(Protocol):
+    """D(a, b) between same-shaped tensors; reduction "mean" (default) | "sum" | "none" (element-wise)."""
+
+    def __call__(self, input: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor: ...
 
 
-DISTANCES: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("distance")
+def _smooth_l1(a: torch.Tensor, b: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
+    return F.smooth_l1_loss(a, b, reduction=reduction, beta=1.0)
+
+
+DISTANCES: Registry[Distance] = Registry("distance")
 DISTANCES.add("mse", F.mse_loss)
 DISTANCES.add("l1", F.l1_loss)
 DISTANCES.add("smooth_l1", _smooth_l1)
@@ -82,3 +92,28 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)  # (B, K)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
 
+
+
+def msd_loss(student_mod: torch.Tensor, teacher_mod: torch.Tensor, weights: torch.Tensor,
+             distance: str) -> torch.Tensor:
+    """MSD's modality-specific distillation term (Jin et al., "MSD: Saliency-aware Knowledge
+    Distillation for Multimodal Understanding", Findings of EMNLP 2021, arXiv 2101.01881):
+
+        L_MSD = 1/B sum_b sum_m w_bm * D(S(x_b,m), T(x_b,m))
+
+    student_mod (B, M): the student's regression output with only modality m kept, S(x_m);
+    teacher_mod (B, M): the teacher's, r_T^m (a constant target, no gradient flows into it);
+    weights (B, M) per clip (`instance`) or (M,) shared by the batch (`uniform`, `population`,
+    `learned`); D = DISTANCES[distance] element-wise (mse: d^2, l1: |d|, smooth_l1: Huber with
+    beta = 1, d = S - T). The weights are NOT detached: the `learned` weighting differentiates
+    the loss through them (msd.MetaWeights); pass detached weights for the model's own update.
+    The columns are the student's modalities M_S (see msd.student_columns).
+    """
+    if student_mod.dim() != 2 or student_mod.shape != teacher_mod.shape:
+        raise ValueError(f"msd_loss expects student and teacher outputs of the same shape (B, M), "
+                         f"got {tuple(student_mod.shape)} and {tuple(teacher_mod.shape)}")
+    if weights.shape not in (student_mod.shape, student_mod.shape[1:]):
+        raise ValueError(f"msd_loss expects weights of shape (B, M) = {tuple(student_mod.shape)} or "
+                         f"(M,) = {tuple(student_mod.shape[1:])}, got {tuple(weights.shape)}")
+    per_term = DISTANCES.get(distance)(student_mod, teacher_mod.detach(), reduction="none")  # (B, M)
+    return (weights * per_term).sum(dim=1).mean()

@@ -190,6 +190,23 @@ def metrics_from_csv(path: Path) -> dict[str, float]:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+def summarize_seeds(per_seed: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation (ddof = 1) of each metric over seeds.
+
+        mean_k = (1/n) sum_s m_k(s),   std_k = sqrt( sum_s (m_k(s) - mean_k)^2 / (n - 1) )
+
+    With one seed the std is undefined (nan). A metric that is nan for some seed (e.g. corr of a
+    constant prediction) has a nan mean: a failed seed is not silently dropped.
+    """
+    if not per_seed:
+        raise ValueError("summarize_seeds needs at least one seed")
+    table = np.array([[m[k] for k in METRIC_NAMES] for m in per_seed.values()], dtype=np.float64)  # (S, 8)
+    mean = table.mean(axis=0)
+    std = table.std(axis=0, ddof=1) if len(table) > 1 else np.full(len(METRIC_NAMES), np.nan)
+    return {"mean": dict(zip(METRIC_NAMES, mean.tolist(), strict=True)),
+            "std": dict(zip(METRIC_NAMES, std.tolist(), strict=True))}
+
+
 def json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (v if math.isfinite(v) else None) for k, v in metrics.items()}
 

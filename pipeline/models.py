@@ -15,8 +15,10 @@ A modality can be masked per clip (missing in the feature store, or held out to 
 modality-specific predictions): its tokens leave the attention keys and its pooled vector
 is replaced by zeros or a learned mask token (`mask`).
 
-Student (text only at inference): any HF AutoModel encoder; the first token's hidden state
-goes through an MLP to the regression output r_S and through a linear layer to K logits.
+Students: the text student (text only at inference) is any HF AutoModel encoder whose first
+token's hidden state goes through an MLP to the regression output r_S and through a linear
+layer to K logits; the multimodal student adds small encoders over the cached video and
+audio features and fuses the three pooled vectors late (so MSD has several modalities).
 """
 
 from __future__ import annotations
@@ -164,14 +166,21 @@ def load_teacher(path: Path, map_location: str | torch.device = "cpu") -> tuple[
 
 @dataclasses.dataclass(frozen=True)
 class StudentConfig:
-    num_classes: int
+    num_classes: int  # K
     head_hidden: int
     dropout: float
-    max_length: int
+    max_length: int  # tokens of the transcript
+    kind: str = "text"  # text | multimodal
+    video_dim: int = 0  # multimodal only: CLIP embedding size D
+    audio_dim: int = 0  # multimodal only: n_mels
+    video_tokens: int = 0
+    audio_tokens: int = 0
 
 
 class TextStudent(nn.Module):
     """HF encoder over the transcript; first-token pooling -> regression + K logits."""
+
+    modalities: tuple[str, ...] = ("text",)
 
     def __init__(self, encoder: nn.Module, config: StudentConfig) -> None:
         super().__init__()
@@ -182,11 +191,75 @@ class TextStudent(nn.Module):
                                   nn.Dropout(config.dropout), nn.Linear(config.head_hidden, 1))
         self.classifier = nn.Linear(hidden, config.num_classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """input_ids, attention_mask (B, L) -> reg (B,), logits (B, K)."""
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-        pooled = hidden[:, 0]  # (B, H): <s> / [CLS]
+        return hidden[:, 0]  # (B, H): <s> / [CLS]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **unused: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask (B, L) -> reg (B,), logits (B, K). Other inputs (features) are ignored."""
+        pooled = self.encode_text(input_ids, attention_mask)  # (B, H)
         return {"reg": self.head(pooled).squeeze(-1), "logits": self.classifier(pooled)}
+
+
+class MultimodalStudent(TextStudent):
+    """A small late-fusion student over the transcript and the cached video and audio features.
+
+        t = W_t h_<s>(transcript)                       the text encoder's first token, projected to H
+        v = mean_f GELU(W_v LN(v_f))                    over the F pooled CLIP frame embeddings
+        a = mean_j GELU(W_a (mel_j - mu) / sigma)       over the A pooled log-mel frames
+        [v; a; t] -> MLP -> r_S,   Linear -> K logits
+
+    A modality absent for a clip (or held out for MSD's S(x_m)) is replaced by a learned mask
+    vector, as in the teacher, so the student can be run with any subset of its modalities.
+    """
+
+    modalities: tuple[str, ...] = MODALITIES
+
+    def __init__(self, encoder: nn.Module, config: StudentConfig) -> None:
+        nn.Module.__init__(self)
+        if config.kind != "multimodal" or min(config.video_dim, config.audio_dim) <= 0:
+            raise ValueError(f"MultimodalStudent needs kind=multimodal and feature sizes, got {config}")
+        self.encoder = encoder
+        self.config = config
+        h = config.head_hidden
+        self.register_buffer("audio_mean", torch.zeros(config.audio_dim))
+        self.register_buffer("audio_std", torch.ones(config.audio_dim))
+        self.text_proj = nn.Linear(encoder.config.hidden_size, h)
+        self.video_proj = nn.Sequential(nn.LayerNorm(config.video_dim), nn.Linear(config.video_dim, h), nn.GELU())
+        self.audio_proj = nn.Sequential(nn.Linear(config.audio_dim, h), nn.GELU())
+        self.mask_tokens = nn.Parameter(torch.zeros(len(MODALITIES), h))
+        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(3 * h, h), nn.GELU(),
+                                  nn.Dropout(config.dropout), nn.Linear(h, 1))
+        self.classifier = nn.Linear(3 * h, config.num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, video: torch.Tensor,
+                audio: torch.Tensor, present: torch.Tensor, **unused: torch.Tensor) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask (B, L), video (B, F, D), audio (B, A, n_mels), present (B, 3) bool."""
+        t = self.text_proj(self.encode_text(input_ids, attention_mask))  # (B, H)
+        v = self.video_proj(video).mean(dim=1)  # (B, H)
+        a = self.audio_proj((audio - self.audio_mean) / self.audio_std).mean(dim=1)  # (B, H)
+        pooled = torch.stack([v, a, t], dim=1)  # (B, 3, H), MODALITIES order
+        pooled = torch.where(present.unsqueeze(-1), pooled, self.mask_tokens.unsqueeze(0).expand_as(pooled))
+        flat = pooled.flatten(1)  # (B, 3H)
+        return {"reg": self.head(flat).squeeze(-1), "logits": self.classifier(flat)}
+
+    def set_audio_stats(self, audio: torch.Tensor, present: torch.Tensor) -> None:
+        """Standardise log-mel bins with the training clips' mean/std. audio (N, A, n_mels), present (N,)."""
+        frames = audio[present].flatten(0, 1)  # (N' * A, n_mels)
+        if len(frames):
+            self.audio_mean.copy_(frames.mean(0))
+            self.audio_std.copy_(frames.std(0, correction=int(len(frames) > 1)).clamp_min(1e-3))
+
+
+STUDENTS: dict[str, type[TextStudent]] = {"text": TextStudent, "multimodal": MultimodalStudent}
+
+
+def only_modality(present: torch.Tensor, modality: int) -> torch.Tensor:
+    """present (B, 3) with every modality but `modality` masked: the input of S(x_m) and T(x_m)."""
+    keep = torch.zeros_like(present)
+    keep[:, modality] = True
+    return present & keep
 
 
 STUDENT_HEAD = "student_head.pt"
@@ -205,20 +278,22 @@ def save_student(out_dir: Path, model: TextStudent, tokenizer: Any, extra: dict[
 
 
 def load_student(model_dir: Path) -> tuple[TextStudent, Any, dict[str, Any]]:
-    """Rebuild a saved student from its directory (not from today's params)."""
+    """Rebuild a saved student (text or multimodal) from its directory (not from today's params)."""
     from transformers import AutoModel, AutoTokenizer
 
     if not (model_dir / STUDENT_CONFIG).is_file():
         raise FileNotFoundError(f"{model_dir} is not a student directory (no {STUDENT_CONFIG}): "
                                 "run `dvc repro distill`")
     meta = json.loads((model_dir / STUDENT_CONFIG).read_text())
+    config = StudentConfig(**meta["config"])
     encoder = AutoModel.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = TextStudent(encoder, StudentConfig(**meta["config"]))
+    model = STUDENTS[config.kind](encoder, config)
     heads = torch.load(model_dir / STUDENT_HEAD, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(heads, strict=False)
     missing = [k for k in missing if not k.startswith("encoder.")]
     if missing or unexpected:
         raise RuntimeError(f"{model_dir / STUDENT_HEAD} does not match the student: missing {missing}, "
                            f"unexpected {unexpected}")
+    model.eval()
     return model, tokenizer, meta

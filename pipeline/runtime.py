@@ -1,9 +1,11 @@
-"""What every stage shares at run time: logging, seeding, device choice, and the
-stage log line that says what a stage read, what it wrote and how long it took."""
+"""What every stage shares at run time: logging, seeding, device choice, this process's place
+in a torchrun job, and the stage log line that says what a stage read, what it wrote and how
+long it took."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -47,6 +49,80 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
     return device
+
+
+# --------------------------------------------------------------------------- ranks (torchrun)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun job (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def tag(self) -> str:
+        return f"rank{self.rank}"
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def env_ranks() -> Ranks:
+    """This process's ranks as torchrun's environment gives them (WORLD_SIZE, RANK, LOCAL_RANK),
+    without joining the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Ranks()
+    return Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_ranks() -> Ranks:
+    """Read torchrun's environment and join the process group (gloo on CPU, nccl on GPU).
+
+    Idempotent: a second call returns the same ranks without joining again. A stage's `main`
+    wraps its work in `process_group()`, which leaves the group at the end."""
+    ranks = env_ranks()
+    if ranks.world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return ranks
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[Ranks]:
+    """A stage's torchrun membership: join the process group (if under torchrun), leave it at the end."""
+    ranks = init_ranks()
+    try:
+        yield ranks
+    finally:
+        if ranks.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def rank_device(name: str, ranks: Ranks) -> torch.device:
+    """`resolve_device(name)`, except that under torchrun a GPU run takes cuda:LOCAL_RANK."""
+    device = resolve_device(name)
+    return torch.device("cuda", ranks.local_rank) if device.type == "cuda" and ranks.world > 1 else device
+
+
+def train_device(name: str) -> torch.device:
+    """The device this process trains on (params `train.device`): `auto` | `cpu` | `cuda` | `cuda:N`,
+    and under torchrun on a GPU, cuda:LOCAL_RANK (one GPU per process)."""
+    return rank_device(name, env_ranks())
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a torchrun job and in a plain (single-process) run: the process that
+    writes curves, checkpoints and stage outputs."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return env_ranks().rank == 0
+
+
+# --------------------------------------------------------------------------- stage log
 
 
 def _describe(paths: Sequence[Path | str]) -> str:

@@ -1,12 +1,15 @@
 """Stage teacher: train the CLIP prompt teacher and write its predictions for every clip.
 
 Reads  data/prepared/<ds>/manifest.csv, data/features/<ds>/{video,audio,text}.h5
-Writes models/<ds>/teacher.pt          weights + the config that built them
-       models/<ds>/teacher_preds.h5    per clip: split, label, logits (K), reg (r_T),
-                                       reg_only_<m> (only modality m kept), saliency_<m>
-       dvclive/<ds>/teacher/           training curves
+Writes models/<ds>/teacher/seed_<s>/teacher.pt  weights + the config that built them
+       models/<ds>/teacher/seed_<s>/preds.h5    per clip: split, label, logits (K), reg (r_T),
+                                                reg_only_<m> (only modality m kept), saliency_<m>;
+                                                attrs: population saliency per modality (train mean)
+       dvclive/<ds>/teacher/seed_<s>/           training curves
+for every seed in `seeds`.
 
 Command: python -m pipeline.teacher
+   or    torchrun --nproc-per-node N -m pipeline.teacher    (DDP; rank 0 writes)
 
 Step 1 of VideoAdviser's step distillation lives here: classification logits over the K
 sentiment bins -> regression logit r_T = g(c). Schedules: `joint` trains everything with
@@ -15,7 +18,12 @@ with L1 (each phase `train.epochs` epochs).
 
 Modality-specific predictions and saliency (MSD, Jin et al. 2021): r_T^m is the teacher's
 output with only modality m kept (the others masked as `teacher.mask` says), and the
-saliency of m on a clip is s_m = |r_T(x) - r_T(x without m)|.
+saliency of m on a clip (`teacher.saliency`) is
+
+    prediction:  s_m(x) = |r_T(x) - r_T(x without m)|          how much the output moves
+    loss:        s_m(x) = |y - r_T(x without m)| - |y - r_T(x)|  how much the L1 loss rises (can be < 0)
+
+The population saliency of m is the mean of s_m over the training clips.
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from .config import ClipParams, ExtractParams, TeacherParams, check_params, load
 from .datasets import read_manifest
 from .features import FeatureArrays, feature_files, load_features
 from .losses import classification_loss, task_loss, teacher_loss
-from .models import MODALITIES, PromptTeacher, TeacherConfig, save_teacher
-from .runtime import resolve_device, seed_everything, setup_logging, stage
+from .models import MODALITIES, PromptTeacher, TeacherConfig, only_modality, save_teacher
+from .runtime import is_main_process, process_group, seed_everything, setup_logging, stage, train_device
 from .store import read_table, write_table
 from .training import fit
 
@@ -51,7 +59,7 @@ def predict(model: PromptTeacher, data: FeatureArrays, idx: torch.Tensor, keep: 
     for chunk in idx.split(batch_size):
         batch = {k: v.to(device) for k, v in data.index(chunk).items()}
         if keep is not None:
-            batch["present"] = batch["present"] & keep.to(device)
+            batch["present"] = batch["present"] & keep.to(device)  # (B, 3)
         out = model(**batch)
         outs["logits"].append(out["logits"].cpu())
         outs["reg"].append(out["reg"].cpu())
@@ -60,13 +68,14 @@ def predict(model: PromptTeacher, data: FeatureArrays, idx: torch.Tensor, keep: 
 
 def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,
                   seed: int, dataset: str) -> tuple[PromptTeacher, dict[str, float]]:
-    """Build the teacher from the feature shapes and train it on the train split."""
+    """Build the teacher from the feature shapes and train it on the train split (resumable:
+    `checkpoints/<ds>/teacher/seed_<s>.pt` holds the last training state of an interrupted run)."""
     config = TeacherConfig(embed_dim=data.text.shape[1], audio_dim=data.audio.shape[2],
                            num_classes=len(data.classes), frames=data.video.shape[1],
                            audio_tokens=data.audio.shape[1], layers=params.layers, heads=params.heads,
                            dropout=params.dropout, prompt_alpha=params.prompt_alpha, mask=params.mask,
                            step1_hidden=params.step1_hidden)
-    device = resolve_device(params.train.device)
+    device = train_device(params.train.device)
     train_idx = torch.from_numpy(np.flatnonzero(splits == "train"))
     valid_idx = torch.from_numpy(np.flatnonzero(splits == "valid"))
     model = PromptTeacher(config, data.prompts)
@@ -97,38 +106,44 @@ def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
         return task_loss(m(**b)["reg"], y), {}
 
     common = dict(n_train=len(train_idx), get_batch=get_batch, params=params.train, epochs=params.train.epochs,
-                  seed=seed)
+                  seed=seed, fingerprint={"teacher": to_dict(params), "seed": seed, "n_train": len(train_idx),
+                                          "dataset": dataset})
+    curves, state = paths.curves(dataset, "teacher", seed), paths.training_state(dataset, "teacher", seed)
     if params.schedule == "joint":
-        best = fit(model, model.parameters(), loss_fn=joint, validate=valid_mae,
-                   curves=paths.curves(dataset, "teacher"), desc="teacher", **common)
+        best = fit(model, model.parameters(), loss_fn=joint, validate=valid_mae, curves=curves, state_path=state,
+                   desc=f"teacher seed {seed}", **common)
     else:  # two_phase: classifier first (selected on validation CE), then g alone on the frozen logits
         fit(model, model.classification_parameters(), loss_fn=classify, validate=valid_ce, valid_metric="ce",
-            curves=paths.curves(dataset, "teacher") / "phase1", desc="teacher/classify", **common)
-        trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-        model.requires_grad_(False)
-        model.step1.requires_grad_(True)
-        best = fit(model, model.step1.parameters(), loss_fn=regress, validate=valid_mae,
-                   curves=paths.curves(dataset, "teacher"), desc="teacher/regress", **common)
-        for name, p in model.named_parameters():
-            p.requires_grad_(trainable[name])
+            curves=curves / "phase1", state_path=state.with_suffix(".phase1.pt"),
+            desc=f"teacher seed {seed} classify", **common)
+        best = fit(model, model.step1.parameters(), loss_fn=regress, validate=valid_mae, curves=curves,
+                   state_path=state, desc=f"teacher seed {seed} regress", **common)
     return model.cpu(), best
 
 
-def modality_predictions(model: PromptTeacher, data: FeatureArrays, full_reg: torch.Tensor) -> dict[str, np.ndarray]:
-    """r_T with only m kept, and saliency |r_T(x) - r_T(x without m)|, for each modality m."""
+def saliency(full: torch.Tensor, without: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """Saliency of a modality per clip from r_T(x) and r_T(x without m) (module docstring)."""
+    if kind == "prediction":
+        return (full - without).abs()
+    return (labels - without).abs() - (labels - full).abs()
+
+
+def modality_predictions(model: PromptTeacher, data: FeatureArrays, full_reg: torch.Tensor, labels: torch.Tensor,
+                         kind: str) -> dict[str, np.ndarray]:
+    """r_T with only m kept (`reg_only_<m>`) and the saliency of m (`saliency_<m>`), for each modality m."""
     idx = torch.arange(len(data.ids))
     out: dict[str, np.ndarray] = {}
     for m, name in enumerate(MODALITIES):
-        only = torch.zeros(len(MODALITIES), dtype=torch.bool)
-        only[m] = True
+        only = only_modality(torch.ones(1, len(MODALITIES), dtype=torch.bool), m)[0]  # (3,)
         out[f"reg_only_{name}"] = predict(model, data, idx, keep=only)["reg"].numpy()
         without = predict(model, data, idx, keep=~only)["reg"]
-        out[f"saliency_{name}"] = (full_reg - without).abs().numpy()
+        out[f"saliency_{name}"] = saliency(full_reg, without, labels, kind).numpy()
     return out
 
 
 def read_teacher_predictions(manifest: pd.DataFrame, preds_path: Path) -> dict[str, torch.Tensor]:
-    """The teacher's regression logit r_T (N,) and logits c (N, K) for every manifest clip, in manifest order."""
+    """The teacher's outputs for every manifest clip, in manifest order: reg r_T (N,), logits c (N, K),
+    reg_only r_T^m (N, 3) and saliency s_m (N, 3) in MODALITIES order."""
     columns, _ = read_table(preds_path, stage="teacher")
     row = pd.Series(np.arange(len(columns["id"])), index=columns["id"])
     missing = manifest.loc[~manifest["id"].isin(row.index), "id"].tolist()
@@ -136,29 +151,48 @@ def read_teacher_predictions(manifest: pd.DataFrame, preds_path: Path) -> dict[s
         raise ValueError(f"{preds_path} has no prediction for {len(missing)} clips (e.g. {missing[:3]}): "
                          "rerun `dvc repro teacher`")
     order = row.loc[manifest["id"]].to_numpy()
-    return {"reg": torch.from_numpy(np.asarray(columns["reg"], dtype=np.float32)[order]),
-            "logits": torch.from_numpy(np.asarray(columns["logits"], dtype=np.float32)[order])}
+
+    def take(*keys: str) -> torch.Tensor:
+        arrays = [np.asarray(columns[k], dtype=np.float32)[order] for k in keys]
+        return torch.from_numpy(arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=1))
+
+    return {"reg": take("reg"), "logits": take("logits"),
+            "reg_only": take(*(f"reg_only_{m}" for m in MODALITIES)),
+            "saliency": take(*(f"saliency_{m}" for m in MODALITIES))}
 
 
-def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractParams, seed: int) -> None:
+def train_one_seed(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,
+                   seed: int, dataset: str) -> None:
+    seed_everything(seed)
+    model, best = train_teacher(data, labels, splits, params, seed, dataset)
+    if not is_main_process():
+        return
+    ckpt, preds_path = paths.teacher_checkpoint(dataset, seed), paths.teacher_predictions(dataset, seed)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    save_teacher(ckpt, model, {"params": to_dict(params), "seed": seed, "dataset": dataset,
+                               "classes": data.classes, "best": best})
+    full = predict(model, data, torch.arange(len(data.ids)))
+    per_modality = modality_predictions(model, data, full["reg"], labels, params.saliency)
+    train = splits == "train"
+    population = {m: float(per_modality[f"saliency_{m}"][train].mean()) for m in MODALITIES}
+    write_table(preds_path, {"id": data.ids, "split": splits.tolist(), "label": labels.numpy(),
+                             "logits": full["logits"].numpy(), "reg": full["reg"].numpy(), **per_modality},
+                config={"teacher": to_dict(params), "seed": seed, "classes": data.classes,
+                        "population_saliency": population})
+    test = torch.from_numpy(splits == "test")
+    log.info("teacher seed %d: test MAE %.4f (valid %.4f at epoch %d); population saliency %s", seed,
+             task_loss(full["reg"][test], labels[test]).item(), best["valid_mae"], best["epoch"],
+             ", ".join(f"{m} {v:.3f}" for m, v in population.items()))
+
+
+def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractParams, seeds: list[int]) -> None:
     manifest = read_manifest(paths.manifest(dataset))
-    ckpt, preds_path = paths.teacher_checkpoint(dataset), paths.teacher_predictions(dataset)
-    with stage("teacher", [paths.manifest(dataset), *feature_files(dataset)], [ckpt, preds_path]):
+    with stage("teacher", [paths.manifest(dataset), *feature_files(dataset)], [paths.teacher_dir(dataset)]):
         data = load_features(manifest, dataset, clip, extract, params.video_tokens, params.audio_tokens)
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
         splits = manifest["split"].to_numpy()
-        model, best = train_teacher(data, labels, splits, params, seed, dataset)
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        save_teacher(ckpt, model, {"params": to_dict(params), "seed": seed, "dataset": dataset,
-                                   "classes": data.classes, "best": best})
-        full = predict(model, data, torch.arange(len(data.ids)))
-        write_table(preds_path, {"id": data.ids, "split": splits.tolist(), "label": labels.numpy(),
-                                 "logits": full["logits"].numpy(), "reg": full["reg"].numpy(),
-                                 **modality_predictions(model, data, full["reg"])},
-                    config={"teacher": to_dict(params), "seed": seed, "classes": data.classes})
-        test = torch.from_numpy(splits == "test")
-        log.info("teacher test MAE %.4f (valid %.4f at epoch %d)", task_loss(full["reg"][test], labels[test]).item(),
-                 best["valid_mae"], best["epoch"])
+        for seed in seeds:
+            train_one_seed(data, labels, splits, params, seed, dataset)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,9 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.parse_args(argv)
     setup_logging()
     check_params()
-    seed = load_value("seed")
-    seed_everything(seed)
-    run(load_value("dataset"), load_section("teacher"), load_section("clip"), load_section("extract"), seed)
+    with process_group():
+        run(load_value("dataset"), load_section("teacher"), load_section("clip"), load_section("extract"),
+            load_value("seeds"))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """End to end: every stage's main(), in DAG order, on a tiny generated dataset.
 
-Checks what each stage promises downstream: complete feature files, a teacher checkpoint
-that rebuilds itself, predictions for every clip, students that reload from their
-save_pretrained directories, and metrics that recompute exactly from the predictions CSV.
+Checks what each stage promises downstream: complete feature files, a teacher checkpoint per
+seed that rebuilds itself, predictions and saliency for every clip, students of every method
+that reload from their save_pretrained directories, metrics that recompute exactly from the
+predictions CSVs with mean and std over seeds, and a report that shows every model.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import distill, evaluate, extract, generate, paths, prepare, teacher
+from pipeline import distill, evaluate, extract, generate, paths, prepare, report, teacher
 from pipeline.metrics import METRIC_NAMES, metrics_from_csv
 from pipeline.models import MODALITIES, load_student, load_teacher
 from pipeline.store import FeatureReader, read_table
 
 DS = "synthetic_sentiment"
-METHODS = ("none", "kd", "videoadviser")
+METHODS = ("none", "kd", "videoadviser", "msd-uniform", "msd-population", "msd-instance", "msd-learned")
+SEEDS = (0, 1)
 
 
 def run_all() -> None:
@@ -34,13 +36,17 @@ def run_all() -> None:
         distill.main([method])
         evaluate.main([method])
     evaluate.main(["teacher"])
+    report.main([])
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from conftest import small_params, write_project
 
-    root = write_project(tmp_path_factory.mktemp("chain"), small_params())
+    params = small_params()
+    params["seeds"] = list(SEEDS)
+    params["distill"]["methods"] = list(METHODS)
+    root = write_project(tmp_path_factory.mktemp("chain"), params)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         run_all()
@@ -56,15 +62,24 @@ def test_features_are_complete(chain: Path) -> None:
         assert pd.read_csv(chain / paths.failures(DS, modality)).empty
 
 
-def test_teacher_predictions_cover_every_clip(chain: Path) -> None:
-    columns, _ = read_table(chain / paths.teacher_predictions(DS), stage="teacher")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_teacher_predictions_cover_every_clip(chain: Path, seed: int) -> None:
+    columns, config = read_table(chain / paths.teacher_predictions(DS, seed), stage="teacher")
     n = len(columns["id"])
     assert n == 36
     assert columns["logits"].shape == (n, 7) and columns["reg"].shape == (n,)
+    train = np.asarray(columns["split"]) == "train"
     for m in MODALITIES:
         assert columns[f"reg_only_{m}"].shape == (n,)
         assert (columns[f"saliency_{m}"] >= 0).all()
+        assert config["population_saliency"][m] == pytest.approx(columns[f"saliency_{m}"][train].mean())
     assert np.isfinite(columns["reg"]).all()
+    assert config["seed"] == seed
+
+
+def test_seeds_give_different_teachers(chain: Path) -> None:
+    regs = [read_table(chain / paths.teacher_predictions(DS, s), stage="teacher")[0]["reg"] for s in SEEDS]
+    assert not np.array_equal(regs[0], regs[1])
 
 
 def test_teacher_checkpoint_rebuilds_the_predictions(chain: Path) -> None:
@@ -72,8 +87,8 @@ def test_teacher_checkpoint_rebuilds_the_predictions(chain: Path) -> None:
     from pipeline.datasets import read_manifest
     from pipeline.features import load_features
 
-    model, ckpt = load_teacher(chain / paths.teacher_checkpoint(DS))
-    assert ckpt["dataset"] == DS and ckpt["config"]["num_classes"] == 7
+    model, ckpt = load_teacher(chain / paths.teacher_checkpoint(DS, 1))
+    assert ckpt["dataset"] == DS and ckpt["config"]["num_classes"] == 7 and ckpt["seed"] == 1
     params = chain / "params.yaml"
     manifest = read_manifest(chain / paths.manifest(DS))
     with pytest.MonkeyPatch.context() as mp:
@@ -81,50 +96,117 @@ def test_teacher_checkpoint_rebuilds_the_predictions(chain: Path) -> None:
         data = load_features(manifest, DS, load_section("clip", params), load_section("extract", params),
                              model.config.frames, model.config.audio_tokens)
     reg = teacher.predict(model, data, torch.arange(len(data.ids)))["reg"].numpy()
-    columns, _ = read_table(chain / paths.teacher_predictions(DS), stage="teacher")
+    columns, _ = read_table(chain / paths.teacher_predictions(DS, 1), stage="teacher")
     np.testing.assert_allclose(reg, columns["reg"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["teacher", *METHODS])
-def test_metrics_recompute_from_the_predictions_csv(chain: Path, name: str) -> None:
+def test_metrics_recompute_from_the_predictions_csvs(chain: Path, name: str) -> None:
     stored = json.loads((chain / paths.metrics(DS, name)).read_text())
-    assert list(stored) == list(METRIC_NAMES)
-    table = pd.read_csv(chain / paths.predictions(DS, name))
-    assert list(table.columns) == ["id", "label", "pred"] and len(table) > 0
-    recomputed = metrics_from_csv(chain / paths.predictions(DS, name))
-    assert recomputed == pytest.approx(stored, rel=0, abs=0, nan_ok=True)
+    assert list(stored["seeds"]) == [str(s) for s in SEEDS]
+    per_seed = []
+    for seed in SEEDS:
+        csv = chain / paths.predictions(DS, name, seed)
+        table = pd.read_csv(csv)
+        assert list(table.columns) == ["id", "label", "pred"] and len(table) > 0
+        assert list(stored["seeds"][str(seed)]) == list(METRIC_NAMES)
+        assert metrics_from_csv(csv) == pytest.approx(stored["seeds"][str(seed)], rel=0, abs=0, nan_ok=True)
+        per_seed.append(stored["seeds"][str(seed)]["mae"])
+    assert stored["mean"]["mae"] == pytest.approx(np.mean(per_seed))
+    assert stored["std"]["mae"] == pytest.approx(np.std(per_seed, ddof=1))
+
+
+@pytest.mark.parametrize("name", ["teacher", "none", "msd-learned"])
+def test_efficiency_is_measured(chain: Path, name: str) -> None:
+    eff = json.loads((chain / paths.metrics(DS, name)).read_text())["efficiency"]
+    assert eff["params"] > 0 and eff["latency_ms_b1"] > 0 and eff["latency_ms_batched"] > 0
+
+
+def test_teacher_is_bigger_and_slower_than_the_text_student(chain: Path) -> None:
+    t, s = (json.loads((chain / paths.metrics(DS, n)).read_text())["efficiency"] for n in ("teacher", "none"))
+    assert t["params"] > s["params"] and t["latency_ms_b1"] > s["latency_ms_b1"]
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_student_reloads_from_its_directory(chain: Path, method: str) -> None:
-    model_dir = chain / paths.student_dir(DS, method)
+    model_dir = chain / paths.student_dir(DS, method, 0)
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
     model, tokenizer, meta = load_student(model_dir)
-    assert meta["method"] == method
-    table = pd.read_csv(chain / paths.predictions(DS, method), dtype={"id": str})
+    assert meta["method"] == method and meta["seed"] == 0
+    table = pd.read_csv(chain / paths.predictions(DS, method, 0), dtype={"id": str})
     manifest = pd.read_csv(chain / paths.manifest(DS), dtype={"id": str}, keep_default_na=False).set_index("id")
     texts = manifest.loc[table["id"], "text"].tolist()
     pred = distill.predict_student(model, distill.tokenize(tokenizer, texts, meta["config"]["max_length"]), 8)
     np.testing.assert_allclose(pred.numpy(), table["pred"].to_numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_msd_learned_logs_its_modality_weight(chain: Path) -> None:
+    tsv = chain / paths.curves(DS, "student_msd-learned", 0) / "plots" / "metrics" / "train" / "w_text.tsv"
+    weights = pd.read_csv(tsv, sep="\t")["w_text"].to_numpy()
+    assert len(weights) == 2 and np.all((weights > 0) & (weights < 1))
+
+
+def test_report_shows_every_model(chain: Path) -> None:
+    text = (chain / paths.report_dir(DS) / "report.md").read_text()
+    for name in ("teacher", *METHODS):
+        assert f"| {name} " in text
+    for figure in ("efficiency.png", "saliency.png", "curves.png"):
+        assert (chain / paths.report_dir(DS) / figure).stat().st_size > 1000
+        assert figure in text
+
+
+def test_multimodal_student_runs_every_msd_weighting(chain: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`distill.student.kind: multimodal`: S(x_m) for the three modalities, reloaded and evaluated."""
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "mm"
+    shutil.copytree(chain, root, ignore=shutil.ignore_patterns("models", "metrics", "predictions", "dvclive",
+                                                               "reports"))
+    shutil.copytree(chain / paths.teacher_dir(DS), root / paths.teacher_dir(DS))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["distill"]["student"]["kind"] = "multimodal"
+    params["seeds"] = [0]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    monkeypatch.chdir(root)
+    for method in ("msd-instance", "msd-learned"):
+        distill.main([method])
+        evaluate.main([method])
+        model, _, meta = load_student(paths.student_dir(DS, method, 0))
+        assert meta["config"]["kind"] == "multimodal" and model.modalities == MODALITIES
+        weights = {m: pd.read_csv(paths.curves(DS, f"student_{method}", 0) / "plots" / "metrics" / "train" /
+                                  f"w_{m}.tsv", sep="\t")[f"w_{m}"].to_numpy() for m in MODALITIES}
+        total = sum(weights.values())
+        np.testing.assert_allclose(total, 1.0, rtol=1e-5)  # the three columns are all the teacher's modalities
+        metrics = json.loads(Path(paths.metrics(DS, method)).read_text())
+        assert np.isfinite(metrics["mean"]["mae"])
+        assert metrics["efficiency"]["latency_ms_b1"] > 0
+
+
 def test_same_params_same_metrics(chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Determinism on CPU: the teacher and a student retrained from the same inputs match exactly."""
-    before = {n: (chain / paths.metrics(DS, n)).read_text() for n in ("teacher", "videoadviser")}
-    preds_before = read_table(chain / paths.teacher_predictions(DS), stage="teacher")[0]["reg"]
+    """Determinism on CPU: the teacher and a student retrained from the same inputs match exactly
+    (latency aside, which is a measurement)."""
+
+    def quality(name: str) -> dict:
+        return {k: v for k, v in json.loads(Path(paths.metrics(DS, name)).read_text()).items() if k != "efficiency"}
+
     monkeypatch.chdir(chain)
+    before = {n: quality(n) for n in ("teacher", "msd-learned")}
+    preds_before = read_table(paths.teacher_predictions(DS, 0), stage="teacher")[0]["reg"]
     teacher.main([])
-    distill.main(["videoadviser"])
-    evaluate.main(["videoadviser"])
+    distill.main(["msd-learned"])
+    evaluate.main(["msd-learned"])
     evaluate.main(["teacher"])
-    np.testing.assert_array_equal(read_table(paths.teacher_predictions(DS), stage="teacher")[0]["reg"], preds_before)
-    for n, text in before.items():
-        assert Path(paths.metrics(DS, n)).read_text() == text
+    np.testing.assert_array_equal(read_table(paths.teacher_predictions(DS, 0), stage="teacher")[0]["reg"],
+                                  preds_before)
+    for n, metrics in before.items():
+        assert quality(n) == metrics
 
 
 def test_unknown_method_fails_before_work(project: Path) -> None:
     from pipeline.config import ConfigError
 
-    expected = r"unknown distillation method 'nope'. Available: \['kd', 'none', 'videoadviser'\]"
-    with pytest.raises(ConfigError, match=expected):
+    with pytest.raises(ConfigError, match=r"unknown distillation method 'nope'. Available: \['kd', 'msd-instance'"):
         distill.main(["nope"])

@@ -61,14 +61,14 @@ def test_full_params_file_loads_every_section(base, tmp_path):
     path = write(tmp_path, copy.deepcopy(base))
     for name, cls in SECTIONS.items():
         assert isinstance(load_section(name, path), cls)
-    assert isinstance(load_value("seed", path), int)
+    assert load_value("seeds", path) == [0, 1, 2]
     assert isinstance(load_value("dataset", path), str)
 
 
 def test_values_are_typed_and_nested(base, tmp_path):
-    path = edited(base, tmp_path, seed=7, dataset="mosi", teacher__layers=3, teacher__train__lr=0.25,
+    path = edited(base, tmp_path, seeds=[7], dataset="mosi", teacher__layers=3, teacher__train__lr=0.25,
                   teacher__train__epochs=11, distill__videoadviser__weight=2, distill__methods=["none"])
-    assert load_value("seed", path) == 7
+    assert load_value("seeds", path) == [7]
     assert load_value("dataset", path) == "mosi"
     teacher = load_section("teacher", path)
     assert teacher.layers == 3
@@ -127,7 +127,8 @@ def test_unknown_key_rejected_listing_valid_keys(base, tmp_path):
 def test_unknown_nested_key_rejected_with_dotted_location(base, tmp_path):
     path = edited(base, tmp_path, teacher__train__lrr=0.1)
     with pytest.raises(ConfigError, match=r"teacher\.train: unknown keys \['lrr'\]\. Valid keys: "
-                                          r"\['batch_size', 'device', 'epochs', 'lr', 'warmup', 'weight_decay'\]"):
+                                          r"\['batch_size', 'checkpoint_every', 'device', 'epochs', 'grad_accum', "
+                                          r"'lr', 'precision', 'warmup', 'weight_decay'\]"):
         load_section("teacher", path)
 
 
@@ -149,12 +150,12 @@ def test_missing_nested_key_rejected_naming_it(base, tmp_path):
 
 def test_missing_section_and_top_level_value(base, tmp_path):
     data = copy.deepcopy(base)
-    del data["evaluate"], data["seed"]
+    del data["evaluate"], data["seeds"]
     path = write(tmp_path, data)
     with pytest.raises(ConfigError, match=r"section 'evaluate' is missing"):
         load_section("evaluate", path)
-    with pytest.raises(ConfigError, match=r"top-level key 'seed' is missing"):
-        load_value("seed", path)
+    with pytest.raises(ConfigError, match=r"top-level key 'seeds' is missing"):
+        load_value("seeds", path)
 
 
 def test_section_that_is_not_a_mapping(base, tmp_path):
@@ -192,9 +193,33 @@ def test_wrong_list_items_name_their_index(base, tmp_path):
 
 
 def test_top_level_value_type(base, tmp_path):
-    path = edited(base, tmp_path, seed="zero")
-    with pytest.raises(ConfigError, match=r"seed: expected int, got 'zero'"):
-        load_value("seed", path)
+    path = edited(base, tmp_path, seeds=["zero"])
+    with pytest.raises(ConfigError, match=r"seeds\[0\]: expected int, got 'zero'"):
+        load_value("seeds", path)
+
+
+@pytest.mark.parametrize("seeds", [[], [1, 1]], ids=["empty", "repeated"])
+def test_seeds_must_be_distinct_and_present(base, tmp_path, seeds):
+    path = edited(base, tmp_path, seeds=seeds)
+    with pytest.raises(ConfigError, match=r"seeds must be a non-empty list of distinct integers"):
+        check_params(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"distill__train__grad_accum": 0}, r"need 1 <= grad_accum <= batch_size"),
+        ({"teacher__train__precision": "fp8"}, r"train\.precision: unknown value 'fp8'"),
+        ({"distill__student__kind": "audio"}, r"distill\.student\.kind: unknown value 'audio'"),
+        ({"distill__msd__distance": "cosine"}, r"distill\.msd\.distance: unknown value 'cosine'"),
+        ({"teacher__saliency": "grad"}, r"teacher\.saliency: unknown value 'grad'"),
+    ],
+    ids=["grad-accum", "precision", "student-kind", "msd-distance", "saliency"],
+)
+def test_choices_of_issue_4_params(base, tmp_path, edit, message):
+    path = edited(base, tmp_path, **edit)
+    with pytest.raises(ConfigError, match=message):
+        check_params(path)
 
 
 # --------------------------------------------------------------------------- names
@@ -204,9 +229,9 @@ def test_unknown_top_level_key(base, tmp_path):
     path = edited(base, tmp_path, teachr={"layers": 1})
     with pytest.raises(ConfigError, match=r"unknown top-level keys \['teachr'\]\. Valid keys: ") as err:
         load_section("teacher", path)
-    assert "'teacher'" in str(err.value) and "'seed'" in str(err.value)
+    assert "'teacher'" in str(err.value) and "'seeds'" in str(err.value)
     with pytest.raises(ConfigError, match=r"unknown top-level keys \['teachr'\]"):
-        load_value("seed", path)
+        load_value("seeds", path)
 
 
 def test_unknown_section_name(base, tmp_path):
@@ -291,7 +316,8 @@ def test_check_params_accepts_the_project_params() -> None:
         ({"dataset": "nope"}, ConfigError,
          r"unknown dataset 'nope'. Available: \['mosei', 'mosi', 'synthetic_sentiment'\]"),
         ({"distill__methods": ["none", "fitnets"]}, ConfigError,
-         r"unknown distillation method 'fitnets'. Available: \['kd', 'none', 'videoadviser'\]"),
+         r"unknown distillation method 'fitnets'. Available: \['kd', 'msd-instance', 'msd-learned', "
+         r"'msd-population', 'msd-uniform', 'none', 'videoadviser'\]"),
         ({"clip__model": "ViT-Z-99"}, ValueError, r"clip.model 'ViT-Z-99' is not an open_clip model. Available: \["),
         ({"clip__pretrained": "no_such_tag"}, ValueError, r"neither a checkpoint file nor a pretrained tag"),
         ({"teacher__train__epochs": "many"}, ConfigError, r"teacher.train.epochs: expected int"),

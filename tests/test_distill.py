@@ -1,4 +1,5 @@
-"""The student side of distill: tokenizer, pretrained loading from a local dir, method losses."""
+"""The student side of distill: tokenizer, pretrained loading from a local dir, the students'
+modality-specific outputs, method losses (known values)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,32 @@ import pytest
 import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-from pipeline.config import DistillParams, KDParams, StudentParams, TrainParams, VideoAdviserParams
-from pipeline.distill import METHODS, build_student, tokenize, train_bpe_tokenizer
+from pipeline.config import DistillParams, KDParams, MSDParams, StudentParams, TrainParams, VideoAdviserParams
+from pipeline.distill import METHODS, build_student, modality_outputs, msd_weighting, tokenize, train_bpe_tokenizer
+from pipeline.features import FeatureArrays
+from pipeline.models import MODALITIES, MultimodalStudent, TextStudent
 
 TEXTS = ["i thought the movie was great", "honestly the acting felt awful to me", "it was okay i guess"] * 4
-STUDENT = StudentParams(pretrained="", hidden_size=32, layers=1, heads=2, intermediate_size=64, vocab_size=300,
-                        max_length=24, head_hidden=16, dropout=0.0)
+STUDENT = StudentParams(kind="text", pretrained="", hidden_size=32, layers=1, heads=2, intermediate_size=64,
+                        vocab_size=300, max_length=24, head_hidden=16, dropout=0.0, video_tokens=3, audio_tokens=5)
+TRAIN = TrainParams(epochs=1, batch_size=4, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu", precision="fp32",
+                    grad_accum=1, checkpoint_every=0)
 
 
-def params(weight: float = 0.5, distance: str = "mse") -> DistillParams:
+def params(weight: float = 0.5, distance: str = "mse", msd_distance: str = "l1") -> DistillParams:
     return DistillParams(methods=["none", "kd", "videoadviser"], student=STUDENT,
-                         kd=KDParams(weight=0.5, temperature=2.0),
-                         train=TrainParams(epochs=1, batch_size=4, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu"),
-                         videoadviser=VideoAdviserParams(weight=weight, distance=distance))
+                         kd=KDParams(weight=0.5, temperature=2.0), train=TRAIN,
+                         videoadviser=VideoAdviserParams(weight=weight, distance=distance),
+                         msd=MSDParams(kd_weight=0.0, temperature=2.0, distance=msd_distance,
+                                       instance_temperature=1.0, meta_lr=0.1))
+
+
+def features(n: int) -> FeatureArrays:
+    g = torch.Generator().manual_seed(0)
+    return FeatureArrays(ids=[str(i) for i in range(n)], video=torch.randn(n, 3, 16, generator=g),
+                         audio=torch.randn(n, 5, 8, generator=g), text=torch.randn(n, 16, generator=g),
+                         present=torch.ones(n, 3, dtype=torch.bool), prompts=torch.randn(7, 16, generator=g),
+                         classes=[str(k) for k in range(7)])
 
 
 def test_bpe_tokenizer_is_roberta_shaped() -> None:
@@ -84,3 +98,53 @@ def test_kd_method_known_value() -> None:
     #     = 0.5 * (-0.566219) + 0.5 * (1.433781) = 0.433781; times T^2 = 4 -> 1.735124; task 0; weight 0.5
     assert parts["distill"] == pytest.approx(1.735124, abs=1e-5)
     assert loss.item() == pytest.approx(0.5 * 1.735124, abs=1e-5)
+
+
+def test_method_names_and_weightings() -> None:
+    assert METHODS.names() == ["kd", "msd-instance", "msd-learned", "msd-population", "msd-uniform", "none",
+                               "videoadviser"]
+    assert msd_weighting("msd-learned") == "learned" and msd_weighting("kd") is None
+
+
+def test_msd_method_known_value() -> None:
+    """task + alpha * KD (alpha 0 here) + sum_m w_m |S(x_m) - r_T^m|, averaged over the batch."""
+    out = {"reg": torch.tensor([1.0, -1.0]), "logits": torch.zeros(2, 7),
+           "mod": torch.tensor([[1.0, 0.0], [-1.0, 2.0]])}
+    batch = {"y": torch.tensor([0.0, 0.0]), "teacher_logits": torch.zeros(2, 7),
+             "teacher_mod": torch.tensor([[0.0, 0.0], [0.0, 0.0]]), "weights": torch.tensor([[0.5, 0.25]] * 2)}
+    loss, parts = METHODS.get("msd-uniform")(out, batch, params(msd_distance="l1"))
+    # task 1.0; msd: clip 1: 0.5 * 1 + 0.25 * 0 = 0.5, clip 2: 0.5 * 1 + 0.25 * 2 = 1.0 -> mean 0.75
+    assert loss.item() == pytest.approx(1.75) and parts["msd"] == pytest.approx(0.75) and parts["distill"] == 0
+
+
+def test_text_student_sees_only_text() -> None:
+    torch.manual_seed(0)
+    model, tok = build_student(STUDENT, TEXTS, num_classes=7)
+    assert isinstance(model, TextStudent) and model.modalities == ("text",)
+    model.eval()
+    batch = tokenize(tok, TEXTS[:3], STUDENT.max_length)
+    torch.testing.assert_close(modality_outputs(model, batch, model.modalities), model(**batch)["reg"][:, None])
+
+
+def test_multimodal_student_masks_what_it_does_not_keep() -> None:
+    torch.manual_seed(0)
+    feats = features(3)
+    model, tok = build_student(dataclasses.replace(STUDENT, kind="multimodal"), TEXTS, num_classes=7, features=feats)
+    assert isinstance(model, MultimodalStudent) and model.modalities == MODALITIES
+    model.eval()
+    batch = {**tokenize(tok, TEXTS[:3], STUDENT.max_length), "video": feats.video, "audio": feats.audio,
+             "present": feats.present}
+    out = model(**batch)
+    assert out["reg"].shape == (3,) and out["logits"].shape == (3, 7)
+    mod = modality_outputs(model, batch, model.modalities)  # (B, 3): S(x_video), S(x_audio), S(x_text)
+    assert mod.shape == (3, 3)
+    only_video = {**batch, "present": torch.tensor([[True, False, False]] * 3)}
+    torch.testing.assert_close(mod[:, 0], model(**only_video)["reg"])
+    changed = {**only_video, "audio": feats.audio + 5.0, "input_ids": batch["input_ids"].flip(0)}
+    torch.testing.assert_close(model(**changed)["reg"], mod[:, 0])  # masked inputs do not matter
+    assert not torch.allclose(mod[:, 0], out["reg"])
+
+
+def test_multimodal_student_needs_features() -> None:
+    with pytest.raises(ValueError, match="multimodal student needs the cached features"):
+        build_student(dataclasses.replace(STUDENT, kind="multimodal"), TEXTS, num_classes=7)

@@ -1,6 +1,8 @@
-"""The DVC contract, run as a user would: `dvc repro` on a fresh small project, a second
-`dvc repro` that does nothing, an experiment on a distill parameter that re-runs only
-distill/evaluate, and `dvc metrics show` listing every model with the eight metrics."""
+"""The DVC contract, run as a user would: `dvc repro` on a fresh small project (two seeds, three
+methods: fewer processes than the default, the same DAG), a second `dvc repro` that does
+nothing, an experiment on a distill parameter that re-runs only distill/evaluate/report,
+`dvc metrics show` listing every model with the mean and std of the eight metrics, and the
+report."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from conftest import small_params, write_project
 
 from pipeline.metrics import METRIC_NAMES
 
+METHODS = ["none", "videoadviser", "msd-learned"]
+
 
 def sh(*args: str, cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -26,8 +30,12 @@ def sh(*args: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_project(tmp_path_factory.mktemp("dvc") / "project", small_params(), with_code=True)
-    (root / ".gitignore").write_text("/data/\n/models/\n/predictions/\n/dvclive/\n__pycache__/\n")
+    params = small_params()
+    params["seeds"] = [0, 1]
+    params["distill"]["methods"] = METHODS
+    root = write_project(tmp_path_factory.mktemp("dvc") / "project", params, with_code=True)
+    (root / ".gitignore").write_text("/data/\n/models/\n/predictions/\n/dvclive/\n/reports/\n/checkpoints/\n"
+                                     "__pycache__/\n")
     sh("git", "init", "-q", cwd=root)
     sh("git", "config", "user.email", "test@example.com", cwd=root)
     sh("git", "config", "user.name", "test", cwd=root)
@@ -50,16 +58,22 @@ def test_metrics_show_lists_every_model_with_all_metrics(repo: Path) -> None:
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo))
     files = next(iter(shown.values()))["data"]
     names = {Path(path).stem: entry["data"] for path, entry in files.items()}
-    assert set(names) == {"teacher", "none", "kd", "videoadviser"}
+    assert set(names) == {"teacher", *METHODS}
     for metrics in names.values():
-        assert list(metrics) == list(METRIC_NAMES)
+        assert list(metrics["mean"]) == list(METRIC_NAMES) and list(metrics["std"]) == list(METRIC_NAMES)
+        assert list(metrics["seeds"]) == ["0", "1"]
+
+
+def test_report_lists_every_model(repo: Path) -> None:
+    text = (repo / "reports" / "synthetic_sentiment" / "report.md").read_text()
+    for name in ("teacher", *METHODS):
+        assert f"| {name} " in text
 
 
 def test_distill_param_experiment_skips_upstream_stages(repo: Path) -> None:
     out = sh("dvc", "exp", "run", "-S", "distill.train.lr=0.002", cwd=repo)
     for stage in ("prepare", "extract@video", "extract@audio", "extract@text", "teacher"):
         assert f"Stage '{stage}' didn't change, skipping" in out
-    for stage in ("distill@none", "distill@kd", "distill@videoadviser", "evaluate@none", "evaluate@kd",
-                  "evaluate@videoadviser"):
+    for stage in [f"{s}@{m}" for s in ("distill", "evaluate") for m in METHODS] + ["report"]:
         assert f"Running stage '{stage}'" in out
     assert "Running stage 'teacher'" not in out

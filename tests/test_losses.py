@@ -11,6 +11,8 @@ from pipeline.config import ConfigError
 from pipeline.losses import (
     DISTANCES,
     classification_loss,
+    kd_loss,
+    msd_loss,
     sentiment_bins,
     task_loss,
     teacher_loss,
@@ -162,7 +164,6 @@ def test_teacher_loss_gradients_are_finite():
 
 
 def test_kd_loss_zero_when_equal_and_teacher_gets_no_gradient() -> None:
-    from pipeline.losses import kd_loss
 
     teacher = torch.tensor([[1.0, -2.0, 0.5]], requires_grad=True)
     student = torch.tensor([[1.0, -2.0, 0.5]], requires_grad=True)
@@ -172,3 +173,100 @@ def test_kd_loss_zero_when_equal_and_teacher_gets_no_gradient() -> None:
     assert teacher.grad is None and torch.isfinite(student.grad).all()
     with pytest.raises(ValueError, match="temperature must be > 0"):
         kd_loss(student, teacher, 0.0)
+
+
+# --------------------------------------------------------------------------- element-wise distances
+
+
+@pytest.mark.parametrize("distance", ["mse", "l1", "smooth_l1"])
+def test_distances_element_wise_and_mean_agree(distance):
+    d = DISTANCES.get(distance)
+    per = d(R_S, R_T, reduction="none")
+    assert per.shape == R_S.shape
+    # d = [0.5, -2, -0.5, 3] element by element
+    expected = {"mse": [0.25, 4.0, 0.25, 9.0], "l1": [0.5, 2.0, 0.5, 3.0], "smooth_l1": [0.125, 1.5, 0.125, 2.5]}
+    torch.testing.assert_close(per, torch.tensor(expected[distance]))
+    torch.testing.assert_close(d(R_S, R_T), per.mean())
+    torch.testing.assert_close(d(R_S, R_T, reduction="sum"), per.sum())
+
+
+def test_videoadviser_loss_unchanged_against_torch():
+    torch.manual_seed(0)
+    a, b = torch.randn(16) * 2, torch.randn(16) * 2
+    close(videoadviser_loss(a, b, "mse"), float(torch.nn.functional.mse_loss(a, b)))
+    close(videoadviser_loss(a, b, "l1"), float(torch.nn.functional.l1_loss(a, b)))
+    close(videoadviser_loss(a, b, "smooth_l1"), float(torch.nn.functional.smooth_l1_loss(a, b, beta=1.0)))
+
+
+# --------------------------------------------------------------------------- msd
+
+S_MOD = torch.tensor([[0.5, -1.0, 2.0], [0.0, 1.0, 1.5]])  # (B=2, M=3): S(x_m)
+T_MOD = torch.tensor([[0.0, 1.0, 2.5], [-3.0, 1.0, 0.0]])  # r_T^m
+# d = S - T = [[0.5, -2, -0.5], [3, 0, 1.5]]
+W_SHARED = torch.tensor([0.5, 0.25, 0.25])
+
+
+@pytest.mark.parametrize(("distance", "value"), [
+    # mse: d^2 = [[0.25, 4, 0.25], [9, 0, 2.25]]
+    #   row 1: 0.5*0.25 + 0.25*4 + 0.25*0.25 = 0.125 + 1 + 0.0625 = 1.1875
+    #   row 2: 0.5*9 + 0 + 0.25*2.25 = 4.5 + 0.5625 = 5.0625;  mean (1.1875 + 5.0625) / 2 = 3.125
+    ("mse", 3.125),
+    # l1: |d| = [[0.5, 2, 0.5], [3, 0, 1.5]]
+    #   row 1: 0.25 + 0.5 + 0.125 = 0.875;  row 2: 1.5 + 0 + 0.375 = 1.875;  mean 1.375
+    ("l1", 1.375),
+    # smooth_l1: [[0.125, 1.5, 0.125], [2.5, 0, 1.0]]   (0.5 d^2 if |d| < 1 else |d| - 0.5)
+    #   row 1: 0.0625 + 0.375 + 0.03125 = 0.46875;  row 2: 1.25 + 0 + 0.25 = 1.5;  mean 0.984375
+    ("smooth_l1", 0.984375),
+])
+def test_msd_loss_shared_weights_by_hand(distance, value):
+    close(msd_loss(S_MOD, T_MOD, W_SHARED, distance), value)
+
+
+@pytest.mark.parametrize(("distance", "value"), [
+    # per-clip weights [[1, 0, 0], [0, 0, 1]] pick d_11 = 0.5 and d_23 = 1.5
+    ("mse", (0.25 + 2.25) / 2),  # 1.25
+    ("l1", (0.5 + 1.5) / 2),  # 1.0
+    ("smooth_l1", (0.125 + 1.0) / 2),  # 0.5625
+])
+def test_msd_loss_per_clip_weights_by_hand(distance, value):
+    w = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    close(msd_loss(S_MOD, T_MOD, w, distance), value)
+
+
+def test_msd_loss_single_modality_student():
+    # a text student: only the text column (d = [-0.5, 1.5]) with text's share 3/7 of the weight
+    # mse: 3/7 * (0.25 + 2.25) / 2 = 3/7 * 1.25 = 0.5357143
+    close(msd_loss(S_MOD[:, 2:], T_MOD[:, 2:], torch.tensor([3 / 7]), "mse"), 3 / 7 * 1.25)
+
+
+def test_msd_loss_zero_when_equal_or_zero_weights():
+    for name in ("mse", "l1", "smooth_l1"):
+        close(msd_loss(T_MOD.clone(), T_MOD, W_SHARED, name), 0.0)
+        close(msd_loss(S_MOD, T_MOD, torch.zeros(3), name), 0.0)
+
+
+@pytest.mark.parametrize("distance", ["mse", "l1", "smooth_l1"])
+def test_msd_loss_gradients(distance):
+    s = S_MOD.clone().requires_grad_(True)
+    t = T_MOD.clone().requires_grad_(True)
+    w = W_SHARED.clone().requires_grad_(True)
+    msd_loss(s, t, w, distance).backward()
+    assert t.grad is None, "no gradient may flow into the teacher target"
+    assert torch.isfinite(s.grad).all() and torch.isfinite(w.grad).all()
+    # d L / d w_m = mean over the batch of D(S_bm, T_bm); e.g. mse: [(0.25 + 9) / 2, (4 + 0) / 2, (0.25 + 2.25) / 2]
+    per = DISTANCES.get(distance)(S_MOD, T_MOD, reduction="none")
+    torch.testing.assert_close(w.grad, per.mean(dim=0))
+    # d L / d S_bm = w_m * D'(d_bm) / B; for l1: w_m * sign(d_bm) / 2 (sign(0) = 0)
+    if distance == "l1":
+        torch.testing.assert_close(s.grad, W_SHARED * torch.sign(S_MOD - T_MOD) / 2)
+
+
+def test_msd_loss_shape_errors():
+    with pytest.raises(ValueError, match=r"same shape \(B, M\), got \(2, 3\) and \(2, 2\)"):
+        msd_loss(S_MOD, T_MOD[:, :2], W_SHARED, "mse")
+    with pytest.raises(ValueError, match=r"weights of shape \(B, M\) = \(2, 3\) or \(M,\) = \(3,\), got \(2,\)"):
+        msd_loss(S_MOD, T_MOD, torch.ones(2), "mse")
+    with pytest.raises(ValueError, match="same shape"):
+        msd_loss(S_MOD[0], T_MOD[0], W_SHARED, "mse")  # (M,) without a batch
+    with pytest.raises(ConfigError, match="unknown distance 'cos'"):
+        msd_loss(S_MOD, T_MOD, W_SHARED, "cos")

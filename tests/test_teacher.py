@@ -28,8 +28,9 @@ def data() -> tuple[FeatureArrays, torch.Tensor, np.ndarray]:
 
 
 PARAMS = TeacherParams(layers=1, heads=2, dropout=0.0, video_tokens=F, audio_tokens=A, prompt_alpha=0.1,
-                       mask="zeros", schedule="joint", ce_weight=0.5, step1_hidden=8,
-                       train=TrainParams(epochs=3, batch_size=8, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu"))
+                       mask="zeros", schedule="joint", ce_weight=0.5, step1_hidden=8, saliency="prediction",
+                       train=TrainParams(epochs=3, batch_size=8, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu",
+                                         precision="fp32", grad_accum=1, checkpoint_every=0))
 
 
 @pytest.mark.parametrize("schedule", ["joint", "two_phase"])
@@ -42,7 +43,7 @@ def test_schedules_train_and_select_on_validation(schedule: str, tmp_path, monke
     assert 0 <= best["epoch"] < 3 and np.isfinite(best["valid_mae"])
     out = teacher_stage.predict(model, arrays, torch.arange(N))
     assert out["logits"].shape == (N, K) and torch.isfinite(out["reg"]).all()
-    curves = tmp_path / "dvclive" / "toy" / "teacher"
+    curves = tmp_path / "dvclive" / "toy" / "teacher" / "seed_0"
     assert (curves / "plots" / "metrics" / "valid" / "mae.tsv").is_file()
     if schedule == "two_phase":  # phase 1 is selected on the classification loss
         assert (curves / "phase1" / "plots" / "metrics" / "valid" / "ce.tsv").is_file()
@@ -68,3 +69,25 @@ def test_two_phase_second_phase_trains_only_g(tmp_path, monkeypatch) -> None:
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("step1.") for k in changed)
     assert all(p.requires_grad for n, p in model.named_parameters() if n != "mask_tokens")  # restored
+
+
+def test_saliency_definitions() -> None:
+    full, without, y = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 1.0]), torch.tensor([1.0, 1.0])
+    # prediction: |r(x) - r(x without m)|
+    torch.testing.assert_close(teacher_stage.saliency(full, without, y, "prediction"), torch.tensor([0.5, 1.0]))
+    # loss: |y - r(x without m)| - |y - r(x)|: removing m hurts clip 0 by 0.5, helps clip 1 by 1.0
+    torch.testing.assert_close(teacher_stage.saliency(full, without, y, "loss"), torch.tensor([0.5, -1.0]))
+
+
+def test_modality_predictions_mask_the_other_modalities(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    arrays, labels, splits = data()
+    torch.manual_seed(0)
+    model, _ = teacher_stage.train_teacher(arrays, labels, splits, PARAMS, seed=0, dataset="toy")
+    full = teacher_stage.predict(model, arrays, torch.arange(N))["reg"]
+    out = teacher_stage.modality_predictions(model, arrays, full, labels, "prediction")
+    only_text = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([False, False, True]))
+    np.testing.assert_allclose(out["reg_only_text"], only_text["reg"].numpy())
+    no_text = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([True, True, False]))
+    np.testing.assert_allclose(out["saliency_text"], (full - no_text["reg"]).abs().numpy())
+    assert out["saliency_text"].mean() > 0
