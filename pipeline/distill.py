@@ -134,14 +134,23 @@ def predict_student(model: TextStudent, inputs: dict[str, torch.Tensor], batch_s
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def modality_outputs(model: nn.Module, batch: Batch, modalities: tuple[str, ...]) -> torch.Tensor:
-    """S(x_m) for each modality m the student sees, (B, M_S): its output with the others masked.
-    A text-only student sees one modality, so S(x_text) = S(x) is its ordinary output."""
+def forward_with_modalities(model: nn.Module, inputs: Batch,
+                            modalities: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The student's outputs on the full input and S(x_m) for each modality m it sees, (B, M_S).
+
+    A text-only student sees one modality, so S(x_text) = S(x) is its ordinary output. A
+    multimodal student runs once on the batch repeated 1 + M_S times, copy k with every
+    modality but the k-th masked: one forward (and one backward), as DDP expects.
+    """
     if modalities == ("text",):
-        return model(**batch)["reg"].unsqueeze(1)  # (B, 1)
-    outs = [model(**{**batch, "present": only_modality(batch["present"], MODALITIES.index(m))})["reg"]
-            for m in modalities]
-    return torch.stack(outs, dim=1)  # (B, M_S)
+        out = model(**inputs)
+        return out, out["reg"].unsqueeze(1)  # (B, 1)
+    b = inputs["present"].shape[0]
+    present = [inputs["present"]] + [only_modality(inputs["present"], MODALITIES.index(m)) for m in modalities]
+    tiled = {k: v.repeat(len(present), *[1] * (v.dim() - 1)) for k, v in inputs.items() if k != "present"}
+    out = model(**tiled, present=torch.cat(present))  # ((1 + M_S) B, ...)
+    reg = out["reg"].view(len(present), b)  # (1 + M_S, B)
+    return {"reg": reg[0], "logits": out["logits"][:b]}, reg[1:].T  # (B,), (B, K), (B, M_S)
 
 
 # --------------------------------------------------------------------------- methods
@@ -226,7 +235,6 @@ def train_student(method: str, texts: list[str], labels: torch.Tensor, splits: n
     device = train_device(params.train.device)
     model.to(device)
     modalities = model.modalities
-    columns = [MODALITIES.index(m) for m in modalities]
     weights = (build_weighting(weighting, teacher["saliency"][train_idx],
                                instance_temperature=params.msd.instance_temperature, meta_lr=params.msd.meta_lr,
                                lookahead_lr=params.train.lr) if weighting else None)
@@ -238,19 +246,17 @@ def train_student(method: str, texts: list[str], labels: torch.Tensor, splits: n
         j = train_idx[i]
         batch = {**{k: v[j] for k, v in inputs.items()}, "y": labels[j],
                  "teacher_reg": teacher["reg"][j], "teacher_logits": teacher["logits"][j],
-                 "teacher_mod": teacher["reg_only"][j][:, columns], "saliency": teacher["saliency"][j]}
+                 "teacher_mod": student_columns(teacher["reg_only"][j], modalities), "saliency": teacher["saliency"][j]}
         return {k: v.to(device) for k, v in batch.items()}
 
     def model_inputs(batch: Batch) -> Batch:
         return {k: batch[k] for k in inputs}
 
     def method_loss(m: nn.Module, batch: Batch, w: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        inputs = model_inputs(batch)
-        out = m(**inputs)
-        if w is not None:
-            out = {**out, "mod": modality_outputs(m, inputs, modalities)}
-            batch = {**batch, "weights": w}
-        return loss_of(out, batch, params)
+        if w is None:
+            return loss_of(m(**model_inputs(batch)), batch, params)
+        out, mod = forward_with_modalities(m, model_inputs(batch), modalities)
+        return loss_of({**out, "mod": mod}, {**batch, "weights": w}, params)
 
     def valid_batch() -> Batch:  # the validation loss of the `learned` look-ahead step
         j = valid_idx[torch.randperm(len(valid_idx), generator=learned_state.valid_draw)[: params.train.batch_size]]

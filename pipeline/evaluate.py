@@ -4,15 +4,15 @@ model's size and measured end-to-end inference latency.
 Reads  models/<ds>/student_<method>/seed_<s>/ (or models/<ds>/teacher/seed_<s>/ for `teacher`),
        data/prepared/<ds>/manifest.csv; for latency the raw test clips (teacher, multimodal student)
 Writes metrics/<ds>/<name>.json             {"mean": {...}, "std": {...}, "seeds": {"<s>": {...}},
-                                             "efficiency": {...}} with the eight MMSA metrics
+                                             "efficiency": {...}} with the dataset's metric set
        predictions/<ds>/<name>/seed_<s>.csv  id, label, pred (test split)
 
 Command: python -m pipeline.evaluate {teacher,<method>}
 
-The metrics follow the MMSA conventions (pipeline/metrics.py); mean and std (ddof = 1) are over
-`seeds`. Each seed's numbers are recomputable from its CSV: `python -m pipeline.metrics
-predictions/<ds>/<name>/seed_<s>.csv`. A student is rebuilt from its saved directory, not
-from today's params.
+The metrics follow the MMSA conventions (pipeline/metrics.py), CH-SIMS's variant for `sims`;
+mean and std (ddof = 1) are over `seeds`. Each seed's numbers are recomputable from its CSV:
+`python -m pipeline.metrics predictions/<ds>/<name>/seed_<s>.csv` (`--metric-set sims`). A
+student is rebuilt from its saved directory, not from today's params.
 
 Efficiency (the models of the first seed; latency does not depend on the seed): `params` counts
 every parameter inference needs (the teacher includes the frozen CLIP; a multimodal student
@@ -37,7 +37,7 @@ import pandas as pd
 from . import paths
 from .clip import load_clip
 from .config import ClipParams, EvaluateParams, ExtractParams, check_params, load_section, load_value
-from .datasets import read_manifest
+from .datasets import DATASETS, read_manifest
 from .distill import predict_student, student_inputs, tokenize
 from .features import load_features
 from .latency import (
@@ -49,7 +49,7 @@ from .latency import (
     manifest_rows,
     measure_latency,
 )
-from .metrics import CSV_COLUMNS, json_safe, sentiment_metrics, summarize_seeds
+from .metrics import CSV_COLUMNS, METRIC_SETS, json_safe, summarize_seeds
 from .models import MODALITIES, load_student, load_teacher
 from .runtime import resolve_device, setup_logging, stage
 from .teacher import read_teacher_predictions
@@ -70,12 +70,13 @@ def student_test_predictions(test: pd.DataFrame, model_dir: Path, params: Evalua
     return predict_student(model, inputs, params.batch_size).double().numpy()
 
 
-def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path) -> dict[str, float]:
-    """Write id, label, pred and return the metrics of exactly those values (float64, full precision)."""
+def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path, metric_set: str) -> dict[str, float]:
+    """Write id, label, pred and return the metrics of exactly those values (float64, full precision),
+    with the dataset's metric set (MOSI/MOSEI conventions, or CH-SIMS's)."""
     table = pd.DataFrame({"id": test["id"].to_numpy(), "label": test["label"].to_numpy(np.float64), "pred": pred})
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     table.loc[:, list(CSV_COLUMNS)].to_csv(csv_path, index=False)
-    return sentiment_metrics(table["pred"].to_numpy(), table["label"].to_numpy())
+    return METRIC_SETS.get(metric_set).compute(table["pred"].to_numpy(), table["label"].to_numpy())
 
 
 def inference_pipeline(name: str, dataset: str, seed: int, clip: ClipParams, extract: ExtractParams,
@@ -129,7 +130,8 @@ def run(name: str, dataset: str, params: EvaluateParams, seeds: list[int], clip:
                 pred = read_teacher_predictions(test, source)["reg"].double().numpy()
             else:
                 pred = student_test_predictions(test, source, params, dataset, clip, extract)
-            per_seed[str(seed)] = write_predictions(test, pred, paths.predictions(dataset, name, seed))
+            per_seed[str(seed)] = write_predictions(test, pred, paths.predictions(dataset, name, seed),
+                                                    DATASETS.get(dataset).metric_set)
             log.info("%s seed %d on %d test clips: %s", name, seed, len(test),
                      ", ".join(f"{k} {v:.4f}" for k, v in per_seed[str(seed)].items()))
         summary = summarize_seeds(per_seed)

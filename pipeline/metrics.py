@@ -1,5 +1,12 @@
 """Sentiment regression metrics, following the MMSA toolkit's conventions.
 
+Two metric sets, chosen per dataset by ``DatasetSpec.metric_set`` through :data:`METRIC_SETS`:
+``mosi_mosei`` (:func:`sentiment_metrics`, :data:`METRIC_NAMES`; labels in [-3, 3]) and
+``sims`` (:func:`sims_metrics`, :data:`SIMS_METRIC_NAMES`; CH-SIMS, labels in [-1, 1]).
+
+MOSI / MOSEI (``mosi_mosei``)
+-----------------------------
+
 Source: thuiar/MMSA, ``src/MMSA/utils/metricsTop.py``, ``MetricsTop.__eval_mosei_regression``
 (``__eval_mosi_regression`` simply calls it), which is the de-facto standard for CMU-MOSI
 (Zadeh et al., 2016, "MOSI: Multimodal Corpus of Sentiment Intensity and Subjectivity
@@ -54,9 +61,49 @@ Deviations from MMSA, all deliberate:
 * a constant ``pred`` or ``y`` gives ``corr = nan`` with a logged warning instead of a numpy
   ``RuntimeWarning``.
 
-Command line: ``python -m pipeline.metrics predictions.csv [...]`` reads per-clip
-prediction CSVs (columns ``id``, ``label``, ``pred``) and prints one JSON object mapping
-each path to its metrics; ``nan`` is written as ``null`` so the output is strict JSON.
+CH-SIMS (``sims``)
+------------------
+
+Source: thuiar/MMSA, ``src/MMSA/utils/metricsTop.py``, ``MetricsTop.__eval_sims_regression``,
+the standard for CH-SIMS (Yu et al., ACL 2020, "CH-SIMS: A Chinese Multimodal Sentiment
+Analysis Dataset with Fine-grained Annotation of Modality"). Labels are in [-1, 1], averages
+of five annotators' scores (by our reading of the paper, not checked against the data: the
+multiples of 0.2, which the edges ±0.1 and ±0.7 below fall between; ties on an edge then come
+from predictions, but nothing here relies on that). Both arrays are first clipped:
+``p = clip(pred, -1, 1)``, ``t = clip(y, -1, 1)``; *every* metric below uses ``p`` and ``t``.
+
+Binning: with inner edges ``e_1 < ... < e_{K-1}``, ``bin(x)`` is the number of edges strictly
+below ``x``, so class ``k`` is the interval ``(e_k, e_{k+1}]`` (left-open, right-closed; the
+first class also includes -1). This is MMSA's ``x > ms[i] and x <= ms[i+1]`` with outer edges
+-1.01 and 1.01. Metrics (keys of :func:`sims_metrics`, in :data:`SIMS_METRIC_NAMES` order):
+
+``mae``
+    ``mean(|p - t|)``, on the *clipped* values (unlike MOSI/MOSEI's unclipped MAE).
+``corr``
+    Pearson correlation of ``p`` and ``t`` (``nan`` with a warning when one is constant).
+``acc2``
+    ``mean(1[bin2(p) == bin2(t)])``, edges ``(0,)``: classes [-1, 0], (0, 1]. A label or
+    prediction of exactly 0 is *negative* (in MOSI's ``acc2_has0`` it is positive).
+``acc3``
+    Edges ``(-0.1, 0.1)``: classes [-1, -0.1], (-0.1, 0.1], (0.1, 1].
+``acc5``
+    Edges ``(-0.7, -0.1, 0.1, 0.7)``: classes [-1, -0.7], (-0.7, -0.1], (-0.1, 0.1],
+    (0.1, 0.7], (0.7, 1]. (Not MOSI's ``acc5``, which rounds on [-2, 2].)
+``f1``
+    Weighted F1 of the Acc-2 classes, ``f1_score(bin2(t), bin2(p), average="weighted")``
+    (labels first, as in MMSA; the weights are the label supports).
+
+Values are unrounded, as MMSA returns them for CH-SIMS. Deviations from MMSA:
+``zero_division=0`` and ``nan`` for a constant array as above; MMSA's
+tensors are float32, so it compares a value with an edge in float32 (``float32(0.1)``), while
+here values and edges are float64: a label given as the decimal 0.1 (as in label.csv) equals
+the edge 0.1 in both, but a value that went through float32 (0.1f = 0.10000000149...) falls one
+class higher here. Labels outside [-1, 1] are clipped, as in MMSA, with a logged warning.
+
+Command line: ``python -m pipeline.metrics [--metric-set sims] predictions.csv [...]`` reads
+per-clip prediction CSVs (columns ``id``, ``label``, ``pred``) and prints one JSON object
+mapping each path to its metrics (default metric set ``mosi_mosei``); ``nan`` is written as
+``null`` so the output is strict JSON.
 """
 
 from __future__ import annotations
@@ -66,11 +113,15 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
+
+from .config import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +135,15 @@ METRIC_NAMES: tuple[str, ...] = (
     "acc2_non0",
     "f1_non0",
 )
+
+SIMS_METRIC_NAMES: tuple[str, ...] = ("mae", "corr", "acc2", "acc3", "acc5", "f1")
+
+# CH-SIMS inner bin edges (MMSA's ms_2, ms_3, ms_5 without the outer -1.01, 1.01); class k = (e_k, e_{k+1}]
+SIMS_EDGES: dict[str, tuple[float, ...]] = {
+    "acc2": (0.0,),
+    "acc3": (-0.1, 0.1),
+    "acc5": (-0.7, -0.1, 0.1, 0.7),
+}
 
 CSV_COLUMNS: tuple[str, ...] = ("id", "label", "pred")
 
@@ -168,12 +228,50 @@ def sentiment_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {name: values[name] for name in METRIC_NAMES}
 
 
-def metrics_from_csv(path: Path) -> dict[str, float]:
-    """Recompute the metrics from a per-clip predictions CSV with columns id, label, pred.
+def _sims_bins(x: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    """Class of each value: the number of edges strictly below it, i.e. class k = (e_k, e_{k+1}]."""
+    return np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="left")
+
+
+def sims_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """CH-SIMS metrics (MMSA's ``__eval_sims_regression``), keys in SIMS_METRIC_NAMES order, plain floats.
+
+    ``pred`` and ``y`` are 1-D, equally long, non-empty and finite (ValueError otherwise); both are
+    clipped to [-1, 1] before every metric. See the module docstring for the definitions.
+    """
+    pred, y = _check_inputs(pred, y)
+    outside = int(np.count_nonzero(np.abs(y) > 1.0))
+    if outside:
+        logger.warning("%d of %d labels lie outside CH-SIMS's [-1, 1] and are clipped", outside, y.size)
+    p = np.clip(pred, -1.0, 1.0)
+    t = np.clip(y, -1.0, 1.0)
+    values = {"mae": float(np.mean(np.abs(p - t))), "corr": _pearson(p, t)}
+    for name, edges in SIMS_EDGES.items():
+        values[name] = float(np.mean(_sims_bins(p, edges) == _sims_bins(t, edges)))
+    values["f1"] = float(f1_score(_sims_bins(t, SIMS_EDGES["acc2"]), _sims_bins(p, SIMS_EDGES["acc2"]),
+                                  average="weighted", zero_division=0))
+    return {name: values[name] for name in SIMS_METRIC_NAMES}
+
+
+class MetricSet(NamedTuple):
+    """The metric names (in output order) and the function ``(pred, y) -> {name: value}`` of one convention."""
+
+    names: tuple[str, ...]
+    compute: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+
+
+METRIC_SETS: Registry[MetricSet] = Registry("metric set")
+METRIC_SETS.add("mosi_mosei", MetricSet(METRIC_NAMES, sentiment_metrics))
+METRIC_SETS.add("sims", MetricSet(SIMS_METRIC_NAMES, sims_metrics))
+
+
+def metrics_from_csv(path: Path, metric_set: str = "mosi_mosei") -> dict[str, float]:
+    """Recompute the metrics of `metric_set` from a per-clip predictions CSV with columns id, label, pred.
 
     Errors (missing columns, non-numeric, empty or non-finite values)
     are raised as ValueError naming the file; row indices count data rows from 0.
     """
+    compute = METRIC_SETS.get(metric_set).compute
     path = Path(path)
     df = pd.read_csv(path, dtype={"id": str})
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
@@ -185,7 +283,7 @@ def metrics_from_csv(path: Path) -> dict[str, float]:
     try:
         label = df["label"].to_numpy(dtype=np.float64)
         pred = df["pred"].to_numpy(dtype=np.float64)
-        return sentiment_metrics(pred, label)
+        return compute(pred, label)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
 
@@ -195,16 +293,25 @@ def summarize_seeds(per_seed: dict[str, dict[str, float]]) -> dict[str, dict[str
 
         mean_k = (1/n) sum_s m_k(s),   std_k = sqrt( sum_s (m_k(s) - mean_k)^2 / (n - 1) )
 
-    With one seed the std is undefined (nan). A metric that is nan for some seed (e.g. corr of a
-    constant prediction) has a nan mean: a failed seed is not silently dropped.
+    The metrics are the keys of the per-seed dicts, in the first seed's order (any metric set);
+    every seed must have the same keys (ValueError otherwise). With one seed the std is
+    undefined (nan). A metric that is nan for some seed (e.g. corr of a constant prediction) has
+    a nan mean: a failed seed is not silently dropped.
     """
     if not per_seed:
         raise ValueError("summarize_seeds needs at least one seed")
-    table = np.array([[m[k] for k in METRIC_NAMES] for m in per_seed.values()], dtype=np.float64)  # (S, 8)
+    names = tuple(next(iter(per_seed.values())))
+    if not names:
+        raise ValueError("summarize_seeds: the per-seed metrics are empty")
+    for seed, metrics in per_seed.items():
+        if set(metrics) != set(names):
+            raise ValueError(f"summarize_seeds: seed {seed} has metrics {sorted(metrics)}, the first seed has "
+                             f"{sorted(names)}; every seed needs the same metrics")
+    table = np.array([[m[k] for k in names] for m in per_seed.values()], dtype=np.float64)  # (S, M)
     mean = table.mean(axis=0)
-    std = table.std(axis=0, ddof=1) if len(table) > 1 else np.full(len(METRIC_NAMES), np.nan)
-    return {"mean": dict(zip(METRIC_NAMES, mean.tolist(), strict=True)),
-            "std": dict(zip(METRIC_NAMES, std.tolist(), strict=True))}
+    std = table.std(axis=0, ddof=1) if len(table) > 1 else np.full(len(names), np.nan)
+    return {"mean": dict(zip(names, mean.tolist(), strict=True)),
+            "std": dict(zip(names, std.tolist(), strict=True))}
 
 
 def json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -212,7 +319,7 @@ def json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.metrics predictions.csv [...]` prints the metrics of each CSV as JSON.
+    """`python -m pipeline.metrics [--metric-set NAME] predictions.csv [...]` prints each CSV's metrics as JSON.
 
     Output: one JSON object ``{path: {metric: value, ...}, ...}`` (nan -> null).
     Returns 0, or 1 (with a message on stderr) when a CSV cannot be read or is invalid.
@@ -223,12 +330,14 @@ def main(argv: list[str] | None = None) -> int:
         "(columns id, label, pred).",
     )
     parser.add_argument("csv", nargs="+", type=Path, help="predictions CSV file(s)")
+    parser.add_argument("--metric-set", default="mosi_mosei", choices=METRIC_SETS.names(),
+                        help="mosi_mosei (CMU-MOSI/MOSEI, labels in [-3, 3]; default) or sims (CH-SIMS, [-1, 1])")
     args = parser.parse_args(argv)
 
     results: dict[str, dict[str, float | None]] = {}
     for path in args.csv:
         try:
-            results[str(path)] = json_safe(metrics_from_csv(path))
+            results[str(path)] = json_safe(metrics_from_csv(path, args.metric_set))
         except (OSError, ValueError, pd.errors.ParserError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -1,11 +1,16 @@
 """Stage prepare: validate the raw dataset and write its manifest.
 
-Reads  data/raw/<dataset>/ (layout given by the dataset, e.g. MMSA: label.csv + Raw/...)
-Writes data/prepared/<dataset>/manifest.csv (id, split, label, text, video, video_id, clip_id)
+Reads  data/raw/<dataset>/ (layout given by the dataset: MMSA for synthetic_sentiment, mosi, mosei,
+       sims: label.csv + Raw/<video_id>/<clip_id>.mp4; csv: data/raw/csv/manifest.csv)
+Writes data/prepared/<dataset>/manifest.csv (id, split, label, text, video, video_id, clip_id, then
+       label_T, label_A, label_V and audio when the dataset has them)
 
 Command: python -m pipeline.prepare
 
-The reader used for the synthetic default is the same code that reads real CMU-MOSI/MOSEI.
+Every problem of the raw dataset (missing columns or files, unnamed videos, duplicate ids, bad
+labels or splits, paths leaving the dataset root, empty splits) is reported at once, before
+anything is written (datasets.py). The reader used for the synthetic default is the same code
+that reads real CMU-MOSI/MOSEI and CH-SIMS.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from . import paths
 from .config import check_params, load_value
-from .datasets import read_dataset, write_manifest
+from .datasets import MANIFEST_COLUMNS, manifest_columns, read_dataset, write_manifest
 from .runtime import setup_logging, stage
 
 log = logging.getLogger(__name__)
@@ -26,7 +31,9 @@ def run(dataset: str, root: Path, out: Path) -> None:
     with stage("prepare", [root], [out]):
         spec, manifest = read_dataset(dataset, root)
         write_manifest(manifest, out)
-        log.info("%s (%s): %s", dataset, spec.task, manifest["split"].value_counts().to_dict())
+        extra = [c for c in manifest_columns(manifest) if c not in MANIFEST_COLUMNS]
+        log.info("%s (%s): %s clips per split%s", dataset, spec.task, manifest["split"].value_counts().to_dict(),
+                 f"; extra columns {extra}" if extra else "")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,7 +50,8 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from . import paths
 from .config import ReportParams, check_params, load_section, load_value
-from .metrics import METRIC_NAMES
+from .datasets import DATASETS
+from .metrics import METRIC_SETS
 from .models import MODALITIES
 from .runtime import setup_logging, stage
 from .store import read_table
@@ -61,7 +62,8 @@ TEACHER = "teacher"
 BASELINE = "none"  # the student trained without distillation: what every method is compared with
 METRIC_LABELS: dict[str, str] = {  # the papers' column names
     "mae": "MAE", "corr": "Corr", "acc7": "Acc-7", "acc5": "Acc-5", "acc2_has0": "Acc-2 (has0)",
-    "f1_has0": "F1 (has0)", "acc2_non0": "Acc-2 (non0)", "f1_non0": "F1 (non0)",
+    "f1_has0": "F1 (has0)", "acc2_non0": "Acc-2 (non0)", "f1_non0": "F1 (non0)",  # MOSI / MOSEI
+    "acc2": "Acc-2", "acc3": "Acc-3", "f1": "F1",  # CH-SIMS
 }
 EFFICIENCY_KEYS = ("params", "latency_ms_b1", "latency_ms_batched", "batch_size", "device", "inputs")
 FIGURES = ("efficiency.png", "saliency.png", "curves.png")
@@ -101,6 +103,11 @@ class ModelMetrics:
     efficiency: dict[str, Any]
 
 
+def metric_names(dataset: str) -> tuple[str, ...]:
+    """The metrics of the dataset's metric set (metrics.METRIC_SETS), in table order."""
+    return tuple(METRIC_SETS.get(DATASETS.get(dataset).metric_set).names)
+
+
 def read_metrics(dataset: str, name: str, seeds: Sequence[int]) -> ModelMetrics:
     """metrics/<ds>/<name>.json, checked: the four sections, the eight metrics, every seed of `seeds`."""
     path = paths.metrics(dataset, name)
@@ -115,9 +122,10 @@ def read_metrics(dataset: str, name: str, seeds: Sequence[int]) -> ModelMetrics:
     if missing:
         raise ValueError(f"{path} has no {missing} (expected mean, std, seeds, efficiency; found {sorted(data)}): "
                          f"it was written by an older evaluate stage, {rerun}")
+    names = metric_names(dataset)
     sections = {"mean": data["mean"], "std": data["std"], **{f"seeds.{s}": v for s, v in data["seeds"].items()}}
     for where, values in sections.items():
-        absent = [m for m in METRIC_NAMES if m not in values]
+        absent = [m for m in names if m not in values]
         if absent:
             raise ValueError(f"{path}: {where} lacks the metrics {absent}: {rerun}")
     absent_seeds = [s for s in seeds if str(s) not in data["seeds"]]
@@ -129,9 +137,9 @@ def read_metrics(dataset: str, name: str, seeds: Sequence[int]) -> ModelMetrics:
         raise ValueError(f"{path}: efficiency lacks {absent}: {rerun}")
     return ModelMetrics(
         name=name,
-        mean={m: _float(data["mean"][m]) for m in METRIC_NAMES},
-        std={m: _float(data["std"][m]) for m in METRIC_NAMES},
-        seeds={s: {m: _float(data["seeds"][str(s)][m]) for m in METRIC_NAMES} for s in seeds},
+        mean={m: _float(data["mean"][m]) for m in names},
+        std={m: _float(data["std"][m]) for m in names},
+        seeds={s: {m: _float(data["seeds"][str(s)][m]) for m in names} for s in seeds},
         efficiency=dict(data["efficiency"]),
     )
 
@@ -255,14 +263,15 @@ def metrics_table(models: Sequence[ModelMetrics]) -> str:
     """Markdown: one row per model, the eight metrics as mean ± std, then params, latency and inputs."""
     sizes = {m.efficiency["batch_size"] for m in models}
     shared = len(sizes) == 1  # one batch size: in the header; several: in each cell
-    header = ["Model", *METRIC_LABELS.values(), "Params", "Latency, batch 1 (ms/clip)",
+    names = list(models[0].mean)
+    header = ["Model", *(METRIC_LABELS.get(k, k) for k in names), "Params", "Latency, batch 1 (ms/clip)",
               f"Latency, batch {next(iter(sizes))} (ms/clip)" if shared else "Latency, batched (ms/clip)", "Inputs"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for m in models:
         e = m.efficiency
         batched_cell = _number(e["latency_ms_batched"], ".3g") + ("" if shared else f" (batch {e['batch_size']})")
         params = f"{int(e['params']):,}" if e["params"] is not None else "n/a"
-        cells = [m.name, *(mean_std(m.mean[k], m.std[k]) for k in METRIC_NAMES), params,
+        cells = [m.name, *(mean_std(m.mean[k], m.std[k]) for k in names), params,
                  _number(e["latency_ms_b1"], ".3g"), batched_cell, str(e["inputs"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -331,6 +331,25 @@ def read_table(path: Path, stage: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return columns, config
 
 
+def read_arrays(path: Path, names: Iterable[str]) -> dict[str, np.ndarray]:
+    """The named top-level datasets of an HDF5 file made elsewhere (e.g. `vegas_feature.h5`), read whole.
+
+    No schema or config check (the file is not ours); StoreError naming the file when it is
+    missing or not HDF5, and naming the missing datasets and those present when some are absent.
+    """
+    path, names = Path(path), list(names)
+    if not path.is_file():
+        raise StoreError(f"HDF5 file {path} not found")
+    if not h5py.is_hdf5(path):
+        raise StoreError(f"{path} is not an HDF5 file")
+    with h5py.File(path, "r") as f:
+        present = sorted(k for k, v in f.items() if isinstance(v, h5py.Dataset))
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise StoreError(f"{path}: missing datasets {missing}; it has {present}, expected {names}")
+        return {n: f[n][()] for n in names}
+
+
 # --------------------------------------------------------------------------- CMU-MultimodalSDK files
 # Raw access to computational sequences (.csd); the format and the matching logic are in csd.py.
 

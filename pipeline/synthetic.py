@@ -60,6 +60,31 @@ Determinism: everything is derived from ``np.random.SeedSequence(seed)`` (never 
 global random state): one child generator lays out the videos and splits, one child
 per clip draws its content. The same arguments give a byte-identical ``label.csv``
 and identical decoded frames.
+
+``synthetic_av`` (`generate_av`): a VEGAS-like audio-visual retrieval dataset
+-----------------------------------------------------------------------------
+10 classes named after VEGAS's (``AV_CLASSES``), written in the raw VEGAS layout that
+`pipeline.vegas.read_vegas` reads::
+
+    <root>/<class_name>/<video_id>.mp4     video ids av_00000, av_00001, ...
+    <root>/folds/fold_1.txt .. fold_<n>.txt
+
+Classes are balanced (clip i has class i mod 10, in a seeded shuffled order) and the folds
+stratified (clips sorted by class go round-robin over the folds). For a clip of class k, each
+modality sees k through its own gaussian noise, in units of the spacing between neighbouring
+classes (``AVNoise``), so neither modality alone identifies the class every time:
+
+* **visual**: ``v = k + N(0, noise.visual)``; the bouncing square of ``synthetic_sentiment``
+  (same motion and background) is coloured with hue ``(v / 10) mod 1`` on the colour wheel
+  (saturation 0.85), scaled by a random brightness (nuisance).
+* **audio**: ``a = k + N(0, noise.audio)``; the harmonic tone of ``synthetic_sentiment``
+  (`render_audio`) with fundamental ``f0 = 160 * 2 ** (a / 4)`` Hz (a major third per class:
+  160 Hz for class 0, about 761 Hz for class 9).
+
+Cues are rounded to 4 decimals before rendering; the returned table (``AV_TABLE_COLUMNS``) holds
+them. Regeneration removes the previous class folders (``AV_CLASSES``) and ``folds/``; the fold
+files are written last. Deterministic from the seed as above: the same arguments give
+byte-identical mp4 and fold files.
 """
 
 from __future__ import annotations
@@ -77,6 +102,8 @@ import av
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
+
+from .vegas import FOLDS_DIR, video_path, write_fold_files
 
 logger = logging.getLogger(__name__)
 
@@ -560,4 +587,152 @@ def generate_sentiment(
     table.to_csv(tmp, index=False)
     os.replace(tmp, root / "label.csv")
     logger.info("wrote %s (%s)", root / "label.csv", table["mode"].value_counts().to_dict())
+    return table
+
+
+# --------------------------------------------------------------------------- synthetic_av (VEGAS-like)
+
+AV_DATASET_NAME = "synthetic_av"
+# VEGAS's 10 classes (Zhou et al., CVPR 2018), sorted: the reader's class index is the position.
+AV_CLASSES: tuple[str, ...] = ("baby_cry", "chainsaw", "dog", "drum", "fireworks", "hammer", "helicopter",
+                               "printer", "rail_transport", "water_flowing")
+AV_TABLE_COLUMNS: tuple[str, ...] = ("id", "label", "class_name", "fold", "audio_cue", "visual_cue")
+AV_SATURATION = 0.85
+AV_BASE_PITCH_HZ = 160.0  # f0 of class 0
+AV_CLASSES_PER_OCTAVE = 4.0  # f0 = AV_BASE_PITCH_HZ * 2 ** (a / AV_CLASSES_PER_OCTAVE)
+
+
+@dataclass(frozen=True)
+class AVNoise:
+    """Standard deviations of the per-clip gaussian noise on each modality's class cue, in class spacings."""
+
+    audio: float = 0.4
+    visual: float = 0.4
+
+    def __post_init__(self) -> None:
+        for name in ("audio", "visual"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(f"AVNoise.{name} must be a finite value >= 0, got {value!r}")
+
+
+def av_hue_rgb(visual_cue: float, n_classes: int) -> np.ndarray:
+    """Square colour (float RGB in [0, 255]) of a visual class cue: hue (cue / K) mod 1, saturation 0.85."""
+    hue = (visual_cue / n_classes) % 1.0
+    sector = hue * 6.0
+    # HSV -> RGB at value 1: each channel ramps down with its distance from its own hue sector
+    channels = np.clip(np.abs((sector + np.array([0.0, 4.0, 2.0])) % 6.0 - 3.0) - 1.0, 0.0, 1.0)  # (3,)
+    return 255.0 * (1.0 - AV_SATURATION * (1.0 - channels))  # (3,)
+
+
+def av_pitch(audio_cue: float) -> float:
+    """Fundamental frequency in Hz of an audio class cue: ``160 * 2 ** (a / 4)``."""
+    return AV_BASE_PITCH_HZ * 2.0 ** (audio_cue / AV_CLASSES_PER_OCTAVE)
+
+
+def render_av_frames(color: np.ndarray, n_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Frames uint8 (T, size, size, 3): the bouncing square of `render_frames`, in RGB ``color`` (3,)."""
+    side = max(2, size // 3)
+    span = float(size - side)
+    speed = rng.uniform(0.5, 1.5) * size / 16.0  # pixels per frame
+    angle = rng.uniform(0.0, 2 * np.pi)
+    top = np.round(_bounce(rng.uniform(0, span), speed * np.sin(angle), n_frames, span)).astype(int)  # (T,)
+    left = np.round(_bounce(rng.uniform(0, span), speed * np.cos(angle), n_frames, span)).astype(int)  # (T,)
+    brightness = rng.uniform(0.6, 1.0)  # nuisance, independent of the class
+    color = np.clip(np.asarray(color, dtype=float) * brightness, 0.0, 255.0)  # (3,)
+
+    background = _background(n_frames, size, rng)[..., None]  # (T, H, W, 1)
+    rows = np.arange(size)  # (H,)
+    in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + side)  # (T, H)
+    in_cols = (rows[None, :] >= left[:, None]) & (rows[None, :] < left[:, None] + side)  # (T, W)
+    mask = in_rows[:, :, None] & in_cols[:, None, :]  # (T, H, W)
+    frames = np.where(mask[..., None], color, background)  # (T, H, W, 3)
+    return np.clip(np.round(frames), 0, 255).astype(np.uint8)  # (T, H, W, 3)
+
+
+def _av_layout(n_clips: int, n_folds: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Class (0..K-1) and fold (1..n_folds) of every clip: balanced classes, class-stratified folds."""
+    labels = rng.permutation(np.arange(n_clips) % len(AV_CLASSES))  # (N,)
+    by_class = np.argsort(labels, kind="stable")  # (N,) clips grouped by class
+    folds = np.empty(n_clips, dtype=int)  # (N,)
+    folds[by_class] = np.arange(n_clips) % n_folds + 1
+    return labels, folds
+
+
+def _clear_previous_av(root: Path) -> None:
+    """Remove a previous synthetic_av generation: its class folders and folds/."""
+    owned = [root / name for name in (*AV_CLASSES, FOLDS_DIR)]
+    if any(p.exists() for p in owned):
+        logger.info("removing previous %s files under %s", AV_DATASET_NAME, root)
+    for path in owned:
+        if path.is_dir():
+            shutil.rmtree(path)
+
+
+def generate_av(
+    root: Path,
+    n_clips: int,
+    seed: int,
+    *,
+    seconds: float,
+    fps: int,
+    size: int,
+    sample_rate: int,
+    n_folds: int = 5,
+    noise: AVNoise = AVNoise(),
+) -> pd.DataFrame:
+    """Write the ``synthetic_av`` dataset (VEGAS layout: class folders + fold files) under ``root``.
+
+    Args:
+        root: dataset folder; previous class folders (``AV_CLASSES``) and ``folds/`` in it are removed.
+        n_clips: number of clips, >= 10 (every class) and >= n_folds (every fold).
+        seed: seed of every random draw.
+        seconds, fps, size, sample_rate: clip duration, frame rate, frame side in pixels (even,
+            >= 32, not 48 or 72: ``DECORD_UNREADABLE_SIZES``) and audio sample rate.
+        n_folds: number of fold files (VEGAS protocol: 5).
+        noise: per-modality class-cue noise (see the module docstring).
+
+    Returns:
+        One row per clip (columns ``AV_TABLE_COLUMNS``), in id order.
+
+    Deterministic from ``seed``: the same arguments give byte-identical files. Shows a tqdm
+    progress bar.
+    """
+    root = Path(root)
+    n_classes = len(AV_CLASSES)
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2 (one test fold and training folds), got {n_folds}")
+    if n_clips < max(n_classes, n_folds):
+        raise ValueError(f"n_clips={n_clips} is too small: need at least {max(n_classes, n_folds)} clips so that "
+                         f"each of the {n_classes} classes and each of the {n_folds} folds gets one")
+    _check_generation_args(n_clips, seconds, fps, size, sample_rate)
+    n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * sample_rate))
+
+    layout_seq, *clip_seqs = np.random.SeedSequence(seed).spawn(n_clips + 1)
+    labels, folds = _av_layout(n_clips, n_folds, np.random.default_rng(layout_seq))
+    width = max(5, len(str(n_clips - 1)))
+    ids = [f"av_{i:0{width}d}" for i in range(n_clips)]
+
+    _clear_previous_av(root)
+    logger.info("generating %s: %d clips of %.3g s in %d classes under %s", AV_DATASET_NAME, n_clips, seconds,
+                n_classes, root)
+    rows: list[dict[str, object]] = []
+    for clip_id, label, fold, clip_seq in tqdm(zip(ids, labels, folds, clip_seqs, strict=True), total=n_clips,
+                                               desc=AV_DATASET_NAME, unit="clip"):
+        rng = np.random.default_rng(clip_seq)
+        eps = rng.normal(0.0, 1.0, size=2)  # (2,) audio, visual
+        audio_cue = _clean(label + noise.audio * eps[0])
+        visual_cue = _clean(label + noise.visual * eps[1])
+        frames = render_av_frames(av_hue_rgb(visual_cue, n_classes), n_frames, size, rng)  # (T, size, size, 3)
+        # render_audio's f0 is cue_to_pitch(c) = 220 * 2 ** (c / 3): pick c so that it equals av_pitch(audio_cue)
+        audio = render_audio(3.0 * math.log2(av_pitch(audio_cue) / BASE_PITCH_HZ), n_samples, sample_rate, rng)  # (n,)
+        class_name = AV_CLASSES[int(label)]
+        write_mp4(video_path(root, class_name, clip_id), frames, fps, audio, sample_rate)
+        rows.append({"id": clip_id, "label": int(label), "class_name": class_name, "fold": int(fold),
+                     "audio_cue": audio_cue, "visual_cue": visual_cue})
+
+    write_fold_files(root, [[i for i, f in zip(ids, folds, strict=True) if f == k] for k in range(1, n_folds + 1)])
+    table = pd.DataFrame(rows, columns=list(AV_TABLE_COLUMNS))
+    logger.info("wrote %s under %s (clips per fold %s)", AV_DATASET_NAME, root,
+                table["fold"].value_counts().sort_index().to_dict())
     return table

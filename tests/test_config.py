@@ -314,7 +314,7 @@ def test_check_params_accepts_the_project_params() -> None:
     ("edits", "error", "message"),
     [
         ({"dataset": "nope"}, ConfigError,
-         r"unknown dataset 'nope'. Available: \['mosei', 'mosi', 'synthetic_sentiment'\]"),
+         r"unknown dataset 'nope'. Available: \['csv', 'mosei', 'mosi', 'sims', 'synthetic_sentiment'\]"),
         ({"distill__methods": ["none", "fitnets"]}, ConfigError,
          r"unknown distillation method 'fitnets'. Available: \['kd', 'msd-instance', 'msd-learned', "
          r"'msd-population', 'msd-uniform', 'none', 'videoadviser'\]"),

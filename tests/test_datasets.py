@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -9,11 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline import paths
 from pipeline.config import ConfigError
 from pipeline.datasets import (
     DATASETS,
     MANIFEST_COLUMNS,
+    UNIMODAL_LABELS,
     DatasetError,
+    read_csv_dataset,
     read_dataset,
     read_manifest,
     read_mmsa,
@@ -53,7 +57,10 @@ def _write_labels(root: Path, table: pd.DataFrame) -> None:
 def test_read_mmsa_manifest(root: Path) -> None:
     labels = _labels(root)
     manifest = read_mmsa(root, SPEC)
-    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    # the synthetic label.csv has label_T/label_A/label_V: kept after the required columns
+    assert tuple(manifest.columns) == (*MANIFEST_COLUMNS, *UNIMODAL_LABELS)
+    for column in UNIMODAL_LABELS:
+        assert manifest[column].tolist() == pytest.approx(labels[column].astype(float).tolist())
     assert len(manifest) == N_CLIPS
     assert manifest["id"].tolist() == [f"{v}$_${c}" for v, c in zip(labels["video_id"], labels["clip_id"], strict=True)]
     assert manifest["split"].tolist() == labels["mode"].tolist()
@@ -74,7 +81,7 @@ def test_read_dataset_with_explicit_root(root: Path) -> None:
 
 
 def test_read_dataset_unknown_name_lists_datasets() -> None:
-    with pytest.raises(ConfigError, match=r"unknown dataset 'nope'.*mosei.*mosi.*synthetic_sentiment"):
+    with pytest.raises(ConfigError, match=r"unknown dataset 'nope'.*csv.*mosei.*mosi.*sims.*synthetic_sentiment"):
         read_dataset("nope")
 
 
@@ -82,7 +89,7 @@ def test_ids_and_clip_ids_stay_strings(root: Path) -> None:
     labels = _labels(root)
     original = root / "Raw" / labels.loc[0, "video_id"] / f"{labels.loc[0, 'clip_id']}.mp4"
     (root / "Raw" / "007").mkdir()
-    shutil.copy(original, root / "Raw" / "007" / "01.mp4")
+    shutil.move(original, root / "Raw" / "007" / "01.mp4")  # a copy would leave an unlisted video behind
     labels.loc[0, "video_id"] = "007"
     labels.loc[0, "clip_id"] = "01"
     _write_labels(root, labels)
@@ -149,7 +156,8 @@ def test_invalid_mode(root: Path) -> None:
     labels.loc[1, "mode"] = "training"
     _write_labels(root, labels)
     bad = f"{labels.loc[1, 'video_id']}$_${labels.loc[1, 'clip_id']}"
-    with pytest.raises(DatasetError, match=r"split/mode must be one of \['train', 'valid', 'test'\]") as err:
+    with pytest.raises(DatasetError, match=r"split/mode must be one of \['train', 'valid', 'test'\]; "
+                                           r"bad values \['training'\]") as err:
         read_mmsa(root, SPEC)
     assert bad in str(err.value)
 
@@ -169,7 +177,7 @@ def test_slash_in_id(root: Path) -> None:
     labels = _labels(root)
     labels.loc[5, "clip_id"] = "a/b"
     _write_labels(root, labels)
-    with pytest.raises(DatasetError, match=r"clip ids may not contain '/'") as err:
+    with pytest.raises(DatasetError, match=r"video_id and clip_id must be plain names \(.*no '/'") as err:
         read_mmsa(root, SPEC)
     assert f"{labels.loc[5, 'video_id']}$_$a/b" in str(err.value)
 
@@ -247,3 +255,332 @@ def test_read_manifest_missing_columns(tmp_path: Path) -> None:
     path.write_text("id,split,label\nx,train,1.0\n")
     with pytest.raises(DatasetError, match=r"missing columns \['text', 'video', 'video_id', 'clip_id'\]"):
         read_manifest(path)
+
+
+# --------------------------------------------------------------------------- MMSA layout built by hand
+
+# Layout validation never opens a video, so empty files with .mp4 names stand in for clips.
+MOSI = DATASETS.get("mosi")
+SIMS = DATASETS.get("sims")
+MOSI_ROWS = [  # video_id, clip_id, text, label, mode
+    ("03bSnISJMiM", "1", "it was really good", "2.4", "train"),
+    ("03bSnISJMiM", "10", "not my kind of movie", "-1.8", "train"),
+    ("0h-zjBukYpk", "2", "so so", "0.0", "train"),
+    ("0h-zjBukYpk", "3", "a total waste of time", "-3.0", "valid"),
+    ("1DmNV9C1hbY", "1", "i loved it", "3.0", "test"),
+    ("1DmNV9C1hbY", "2", "", "-0.6667", "test"),
+]
+
+
+def make_mmsa(root: Path, rows: list[tuple[str, ...]] = MOSI_ROWS, unimodal: list[tuple[str, str, str]] | None = None,
+              files: bool = True) -> Path:
+    """An MMSA-layout folder: label.csv (MMSA's columns; label_T/A/V empty unless `unimodal` gives them)
+    and an empty Raw/<video_id>/<clip_id>.mp4 per row."""
+    table = pd.DataFrame(rows, columns=["video_id", "clip_id", "text", "label", "mode"])
+    for k, column in enumerate(UNIMODAL_LABELS):
+        table.insert(4 + k, column, [u[k] for u in unimodal] if unimodal else "")
+    table.insert(7, "annotation", "Neutral")
+    root.mkdir(parents=True, exist_ok=True)
+    table.to_csv(root / "label.csv", index=False)
+    if files:
+        for video_id, clip_id, *_ in rows:
+            (root / "Raw" / video_id).mkdir(parents=True, exist_ok=True)
+            (root / "Raw" / video_id / f"{clip_id}.mp4").touch()
+    return root
+
+
+def _problems(err: pytest.ExceptionInfo[DatasetError]) -> list[str]:
+    """The listed problems of a DatasetError, one per `  - ` line."""
+    return [line[4:] for line in str(err.value).splitlines() if line.startswith("  - ")]
+
+
+def test_mosi_layout_read(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi")
+    spec, manifest = read_dataset("mosi", root)
+    assert spec is MOSI and spec.metric_set == "mosi_mosei"
+    # MMSA's MOSI label.csv has empty label_T/A/V columns: nothing to keep
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    assert manifest["id"].tolist() == [f"{r[0]}$_${r[1]}" for r in MOSI_ROWS]
+    assert manifest["split"].tolist() == [r[4] for r in MOSI_ROWS]
+    assert manifest["label"].tolist() == [float(r[3]) for r in MOSI_ROWS]
+    assert manifest["text"].tolist() == [r[2] for r in MOSI_ROWS]
+    assert manifest["clip_id"].tolist() == ["1", "10", "2", "3", "1", "2"]
+    assert manifest["video"].tolist() == [str(root / "Raw" / r[0] / f"{r[1]}.mp4") for r in MOSI_ROWS]
+
+
+def test_all_problems_are_reported_at_once(tmp_path: Path) -> None:
+    rows = [*MOSI_ROWS, MOSI_ROWS[0], ("x", "1", "t", "4.5", "dev")]
+    root = make_mmsa(tmp_path / "mosi", rows)
+    (root / "Raw" / "0h-zjBukYpk" / "2.mp4").unlink()
+    (root / "Raw" / "extra").mkdir()
+    (root / "Raw" / "extra" / "9.mp4").touch()
+    with pytest.raises(DatasetError) as err:
+        read_mmsa(root, MOSI)
+    message = str(err.value)
+    assert message.startswith(f"{root / 'label.csv'}: 5 problems in the mosi dataset")
+    assert "dvc repro prepare" in message
+    problems = _problems(err)
+    assert len(problems) == 5
+    assert problems[0].startswith("duplicate clip ids ['03bSnISJMiM$_$1', '03bSnISJMiM$_$1'] (2 in all)")
+    assert problems[1].startswith("split/mode must be one of ['train', 'valid', 'test']; bad values ['dev'] in "
+                                  "clips ['x$_$1'] (1 in all)")
+    assert problems[2].startswith("labels must be numbers in [-3.0, 3.0] for mosi; bad labels in clips "
+                                  "[\"x$_$1 (label '4.5')\"] (1 in all)")
+    assert problems[3].startswith(f"video files missing for ['{root / 'Raw/0h-zjBukYpk/2.mp4'}'] (1 in all)")
+    assert problems[4].startswith(f"video files under Raw/ that no row of label.csv names "
+                                  f"['{root / 'Raw/extra/9.mp4'}'] (1 in all)")
+
+
+def test_missing_columns_do_not_hide_other_problems(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi")
+    _write_labels(root, _labels(root).drop(columns=["label"]))
+    (root / "Raw" / "1DmNV9C1hbY" / "1.mp4").unlink()
+    with pytest.raises(DatasetError) as err:
+        read_mmsa(root, MOSI)
+    problems = _problems(err)
+    assert len(problems) == 2
+    assert problems[0].startswith("missing columns ['label']")
+    assert problems[1].startswith("video files missing for") and "1DmNV9C1hbY/1.mp4" in problems[1]
+
+
+def test_rows_named_by_number_without_ids(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi")
+    labels = _labels(root).drop(columns=["clip_id"])
+    labels.loc[1, "mode"] = "eval"
+    _write_labels(root, labels)
+    with pytest.raises(DatasetError) as err:
+        read_mmsa(root, MOSI)
+    assert "missing columns ['clip_id']" in str(err.value)
+    assert "bad values ['eval'] in clips ['row 2'] (1 in all)" in str(err.value)
+
+
+def test_unlisted_videos_are_named_with_count(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi")
+    strays = [root / "Raw" / "03bSnISJMiM" / "11.mp4", root / "Raw" / "stray.mp4",
+              root / "Raw" / "a" / "b" / "deep.MP4"]
+    for path in strays:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    (root / "Raw" / "notes.txt").write_text("not a video: ignored")
+    with pytest.raises(DatasetError) as err:
+        read_mmsa(root, MOSI)
+    (problem,) = _problems(err)
+    assert problem.startswith("video files under Raw/ that no row of label.csv names")
+    assert "(3 in all)" in problem and "notes.txt" not in problem
+    for path in strays:
+        assert str(path) in problem
+
+
+@pytest.mark.parametrize(("video_id", "clip_id"), [("..", "1"), ("vid", ".."), (".", "1"), ("", "1"),
+                                                   ("vid", "../../../etc/x"), ("/abs/vid", "1"), ("v\\..", "1")])
+def test_paths_escaping_the_root(tmp_path: Path, video_id: str, clip_id: str) -> None:
+    rows = [*MOSI_ROWS, ("ok", "1", "t", "0.5", "train")]
+    root = make_mmsa(tmp_path / "mosi", rows)
+    labels = _labels(root)
+    labels.loc[6, "video_id"], labels.loc[6, "clip_id"] = video_id, clip_id
+    _write_labels(root, labels)
+    (root / "Raw" / "ok" / "1.mp4").unlink()
+    with pytest.raises(DatasetError) as err:
+        read_mmsa(root, MOSI)
+    (problem,) = _problems(err)  # an unsafe name is never looked up on disk: no 'missing file' as well
+    assert problem.startswith("video_id and clip_id must be plain names")
+    assert f"{video_id}$_${clip_id}" in problem.replace("\\\\", "\\") and "(1 in all)" in problem
+
+
+def test_clip_symlinked_outside_the_root(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi")
+    outside = tmp_path / "elsewhere" / "clip.mp4"
+    outside.parent.mkdir()
+    outside.touch()
+    link = root / "Raw" / "03bSnISJMiM" / "10.mp4"
+    link.unlink()
+    link.symlink_to(outside)
+    with pytest.raises(DatasetError) as err:
+        read_mmsa(root, MOSI)
+    (problem,) = _problems(err)
+    assert problem.startswith(f"symlinks resolving outside the dataset root {root}: ['{link} -> {outside}'] "
+                              "(1 in all)")
+    assert "symlink the whole dataset root instead" in problem
+
+
+def test_raw_and_label_csv_symlinked_outside_the_root(tmp_path: Path) -> None:
+    real = make_mmsa(tmp_path / "real")
+    root = tmp_path / "mosi"
+    root.mkdir()
+    (root / "Raw").symlink_to(real / "Raw")
+    (root / "label.csv").symlink_to(real / "label.csv")
+    with pytest.raises(DatasetError) as err:
+        read_mmsa(root, MOSI)
+    problems = _problems(err)
+    assert len(problems) == 2  # Raw/ once, not once per clip
+    assert problems[0].startswith(f"label.csv resolves to {real / 'label.csv'}, outside the dataset root {root}")
+    assert problems[1].startswith(f"Raw/ resolves to {real / 'Raw'}, outside the dataset root {root}")
+    assert "ln -s" in problems[1]
+
+
+def test_symlinked_dataset_root_works(tmp_path: Path) -> None:
+    """`data/raw/mosi -> /datasets/CMU-MOSI`: the whole root may live elsewhere, even with symlinks inside it."""
+    real = make_mmsa(tmp_path / "datasets" / "CMU-MOSI")
+    # a clip stored once and linked (absolutely, through the real path) from where the layout expects it
+    (real / "Raw" / "_store").mkdir()
+    shutil.move(real / "Raw" / "03bSnISJMiM" / "1.mp4", real / "Raw" / "_store" / "blob.mp4")
+    (real / "Raw" / "03bSnISJMiM" / "1.mp4").symlink_to(real / "Raw" / "_store" / "blob.mp4")
+    # and a relative one
+    shutil.move(real / "Raw" / "0h-zjBukYpk" / "3.mp4", real / "Raw" / "_store" / "other.mp4")
+    (real / "Raw" / "0h-zjBukYpk" / "3.mp4").symlink_to(Path("..") / "_store" / "other.mp4")
+    (real / "Raw" / "0h-zjBukYpk" / "loop").symlink_to(real / "Raw")  # a symlink loop does not hang the scan
+    link = tmp_path / "project" / "data" / "raw" / "mosi"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(real, target_is_directory=True)
+    spec, manifest = read_dataset("mosi", link)
+    assert len(manifest) == len(MOSI_ROWS)
+    assert manifest["video"].tolist() == [str(link / "Raw" / r[0] / f"{r[1]}.mp4") for r in MOSI_ROWS]
+
+
+def test_default_root_is_data_raw_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_mmsa(paths.raw_dir("mosei"))
+    _, manifest = read_dataset("mosei")
+    assert manifest["video"].iloc[0] == str(Path("data/raw/mosei/Raw/03bSnISJMiM/1.mp4"))
+
+
+# --------------------------------------------------------------------------- CH-SIMS
+
+SIMS_ROWS = [
+    ("video_0001", "0001", "我很喜欢", "0.8", "train"),
+    ("video_0001", "0002", "还行吧", "-0.1", "train"),
+    ("video_0002", "0001", "太差了", "-1.0", "valid"),
+    ("video_0003", "0001", "一般", "0.0", "test"),
+    ("video_0003", "0002", "非常好", "1.0", "test"),
+]
+SIMS_UNIMODAL = [("1.0", "0.6", "0.8"), ("0.2", "-0.4", "-0.2"), ("-1.0", "-0.8", "-1.0"), ("0.0", "", "0.2"),
+                 ("1.0", "1.0", "0.6")]
+
+
+def test_sims_read_keeps_unimodal_labels(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "sims", SIMS_ROWS, SIMS_UNIMODAL)
+    spec, manifest = read_dataset("sims", root)
+    assert spec is SIMS and spec.label_range == (-1.0, 1.0) and spec.metric_set == "sims"
+    assert tuple(manifest.columns) == (*MANIFEST_COLUMNS, "label_T", "label_A", "label_V")
+    assert manifest["label"].tolist() == [0.8, -0.1, -1.0, 0.0, 1.0]
+    assert manifest["text"].tolist() == [r[2] for r in SIMS_ROWS]
+    assert manifest["label_T"].tolist() == [1.0, 0.2, -1.0, 0.0, 1.0]
+    assert manifest["label_V"].tolist() == [0.8, -0.2, -1.0, 0.2, 0.6]
+    assert manifest["label_A"].tolist()[:3] == [0.6, -0.4, -0.8] and math.isnan(manifest["label_A"][3])
+    # ids stay strings with their leading zeros
+    assert manifest["id"].tolist()[0] == "video_0001$_$0001" and manifest["clip_id"].tolist()[0] == "0001"
+    path = tmp_path / "manifest.csv"
+    write_manifest(manifest, path)
+    pd.testing.assert_frame_equal(read_manifest(path), manifest, check_dtype=False)
+
+
+@pytest.mark.parametrize(("column", "value", "match"), [
+    ("label", "1.5", r"labels must be numbers in \[-1.0, 1.0\] for sims; bad labels in clips "
+                     r"\[\"video_0002\$_\$0001 \(label '1.5'\)\"\] \(1 in all\)"),
+    ("label", "-1.01", r"labels must be numbers in \[-1.0, 1.0\]"),
+    ("label_A", "2", r"label_A values must be numbers in \[-1.0, 1.0\] for sims; bad values in clips "
+                     r"\[\"video_0002\$_\$0001 \(label_A '2'\)\"\]"),
+    ("label_T", "n/a", r"label_T values must be numbers in \[-1.0, 1.0\]"),
+])
+def test_sims_label_range(tmp_path: Path, column: str, value: str, match: str) -> None:
+    root = make_mmsa(tmp_path / "sims", SIMS_ROWS, SIMS_UNIMODAL)
+    labels = _labels(root)
+    labels.loc[2, column] = value
+    _write_labels(root, labels)
+    with pytest.raises(DatasetError, match=match):
+        read_mmsa(root, SIMS)
+
+
+def test_sims_range_is_not_mosi_range(tmp_path: Path) -> None:
+    rows = [(*r[:3], "2.5", r[4]) if i == 0 else r for i, r in enumerate(MOSI_ROWS)]
+    root = make_mmsa(tmp_path / "ds", rows)
+    assert read_mmsa(root, MOSI)["label"].iloc[0] == 2.5
+    with pytest.raises(DatasetError, match=r"\[-1.0, 1.0\] for sims"):
+        read_mmsa(root, SIMS)
+
+
+# --------------------------------------------------------------------------- csv dataset
+
+CSV = DATASETS.get("csv")
+
+
+def make_csv(root: Path, **changes: list) -> Path:
+    """data/raw/csv/manifest.csv with a relative and an absolute video path, an audio column, labels beyond ±3."""
+    root.mkdir(parents=True, exist_ok=True)
+    elsewhere = root.parent.resolve() / "shared_videos"
+    elsewhere.mkdir(exist_ok=True)
+    for path in (root / "clips" / "a.mp4", root / "clips" / "b.mp4", elsewhere / "c.mp4", root / "d.mp4",
+                 root / "audio" / "a.wav", root / "audio" / "d.wav"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    table = {"id": ["a", "b", "007", "d"], "split": ["train", "train", "valid", "test"],
+             "label": ["7.5", "-12", "0", "0.25"], "text": ["first, clip", "", "third", "fourth"],
+             "video": ["clips/a.mp4", "clips/b.mp4", str(elsewhere / "c.mp4"), "d.mp4"],
+             "audio": ["audio/a.wav", "", "", str(root.resolve() / "audio" / "d.wav")]}
+    table.update(changes)
+    pd.DataFrame({k: v for k, v in table.items() if v is not None}).to_csv(root / "manifest.csv", index=False)
+    return root
+
+
+def test_csv_dataset_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = make_csv(paths.raw_dir("csv"))
+    assert root == Path("data/raw/csv")
+    spec, manifest = read_dataset("csv")
+    assert spec is CSV and spec.layout == "csv"
+    assert tuple(manifest.columns) == (*MANIFEST_COLUMNS, "audio")
+    assert manifest["id"].tolist() == ["a", "b", "007", "d"]
+    assert manifest["label"].tolist() == [7.5, -12.0, 0.0, 0.25]  # any finite number
+    assert manifest["text"].tolist() == ["first, clip", "", "third", "fourth"]
+    assert manifest["video"].tolist() == ["data/raw/csv/clips/a.mp4", "data/raw/csv/clips/b.mp4",
+                                          str(tmp_path / "data/raw/shared_videos/c.mp4"), "data/raw/csv/d.mp4"]
+    assert manifest["audio"].tolist() == ["data/raw/csv/audio/a.wav", "", "",
+                                          str(tmp_path / "data/raw/csv/audio/d.wav")]
+    assert manifest["video_id"].tolist() == manifest["id"].tolist() and set(manifest["clip_id"]) == {""}
+    path = Path("data/prepared/csv/manifest.csv")
+    write_manifest(manifest, path)
+    pd.testing.assert_frame_equal(read_manifest(path), manifest, check_dtype=False)
+
+
+def test_csv_without_audio_column(tmp_path: Path) -> None:
+    manifest = read_csv_dataset(make_csv(tmp_path / "csv", audio=None), CSV)
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+
+
+def test_csv_manifest_not_found(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "manifest.csv")) + r" not found.*'id', 'split'"):
+        read_csv_dataset(tmp_path, CSV)
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"split": None, "text": None}, "missing columns ['split', 'text']"),
+    ({"id": ["a", "b", "a", "d"]}, "duplicate clip ids ['a', 'a'] (2 in all)"),
+    ({"id": ["a", "", "c", "d"]}, "empty ids in ['row 2'] (1 in all)"),
+    ({"id": ["a", "b/c", "c", "d"]}, "clip ids may not contain '/' (they name HDF5 groups): ['b/c'] (1 in all)"),
+    ({"split": ["train", "training", "valid", "test"]},
+     "split must be one of ['train', 'valid', 'test']; bad values ['training'] in clips ['b'] (1 in all)"),
+    ({"split": ["train", "train", "valid", "valid"]}, "splits ['test'] have no clips"),
+    ({"label": ["1", "inf", "nan", ""]}, "labels must be finite numbers for csv; bad labels in clips "
+                                         "[\"b (label 'inf')\", \"007 (label 'nan')\", \"d (label '')\"] (3 in all)"),
+    ({"label": ["1", "x", "0", "0"]}, "labels must be finite numbers for csv; bad labels in clips "
+                                      "[\"b (label 'x')\"] (1 in all)"),
+    ({"video": ["clips/a.mp4", "", "clips/b.mp4", "nope.mp4"]}, "empty video paths in clips ['b'] (1 in all)"),
+])
+def test_csv_rejected(tmp_path: Path, changes: dict, expected: str) -> None:
+    root = make_csv(tmp_path / "csv", **changes)
+    with pytest.raises(DatasetError) as err:
+        read_csv_dataset(root, CSV)
+    assert str(err.value).startswith(f"{root / 'manifest.csv'}: ")
+    assert any(p.startswith(expected) for p in _problems(err)), str(err.value)
+
+
+def test_csv_missing_files_are_named(tmp_path: Path) -> None:
+    root = make_csv(tmp_path / "csv", video=["clips/a.mp4", "clips/nope.mp4", "/no/such/c.mp4", "d.mp4"],
+                    audio=["audio/a.wav", "", "", "audio/gone.wav"])
+    with pytest.raises(DatasetError) as err:
+        read_csv_dataset(root, CSV)
+    problems = _problems(err)
+    assert len(problems) == 2
+    assert problems[0].startswith(f"video files missing for ['{root / 'clips/nope.mp4'}', '/no/such/c.mp4'] "
+                                  "(2 in all)")
+    assert problems[1].startswith(f"audio files missing for ['{root / 'audio/gone.wav'}'] (1 in all)")

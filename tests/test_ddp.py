@@ -60,3 +60,56 @@ def test_same_global_batch_gives_the_same_weights(runs: dict[str, dict], name: s
 def test_only_rank_0_logs(runs: dict[str, dict]) -> None:
     log = runs["ddp_accum1"]["log"]
     assert "ddp_fit rank 0: best epoch" in log and "ddp_fit rank 1: best epoch" not in log
+
+
+# --------------------------------------------------------------------------- the stages under torchrun
+
+
+@pytest.fixture(scope="module")
+def stage_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small project with its features extracted, dropout off (dropout masks differ per rank)."""
+    from conftest import small_params, write_project
+
+    from pipeline import extract, generate, prepare, teacher
+
+    params = small_params()
+    params["seeds"] = [0]
+    params["teacher"]["dropout"] = 0.0
+    params["distill"]["student"]["dropout"] = 0.0
+    root = write_project(tmp_path_factory.mktemp("ddp_stages") / "project", params)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        generate.main(["synthetic_sentiment"])
+        prepare.main([])
+        for modality in ("video", "audio", "text"):
+            extract.main([modality])
+        teacher.main([])  # the students' teacher
+    return root
+
+
+@pytest.mark.parametrize("stage", [["pipeline.teacher"], ["pipeline.distill", "videoadviser"]],
+                         ids=["teacher", "distill"])
+def test_stage_under_torchrun_matches_one_process(stage_project: Path, stage: list[str]) -> None:
+    """The same global batch: two gloo processes train the same model as one (rank 0 writes)."""
+    from pipeline import paths
+    from pipeline.store import read_table
+
+    ds = "synthetic_sentiment"
+
+    def outputs() -> dict[str, torch.Tensor]:
+        if stage[0] == "pipeline.teacher":
+            columns, _ = read_table(stage_project / paths.teacher_predictions(ds, 0), stage="teacher")
+            return {"reg": torch.as_tensor(columns["reg"]), "logits": torch.as_tensor(columns["logits"])}
+        from pipeline.models import load_student
+
+        model, _, _ = load_student(stage_project / paths.student_dir(ds, stage[1], 0))
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    single = subprocess.run([sys.executable, "-m", *stage], cwd=stage_project, env=env(), capture_output=True,
+                            text=True)
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = outputs()
+    ddp = subprocess.run([*TORCHRUN, "-m", *stage], cwd=stage_project, env=env(), capture_output=True, text=True)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    for k, v in outputs().items():
+        torch.testing.assert_close(v, reference[k], rtol=1e-4, atol=1e-4, msg=k)

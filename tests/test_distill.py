@@ -11,7 +11,14 @@ import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
 from pipeline.config import DistillParams, KDParams, MSDParams, StudentParams, TrainParams, VideoAdviserParams
-from pipeline.distill import METHODS, build_student, modality_outputs, msd_weighting, tokenize, train_bpe_tokenizer
+from pipeline.distill import (
+    METHODS,
+    build_student,
+    forward_with_modalities,
+    msd_weighting,
+    tokenize,
+    train_bpe_tokenizer,
+)
 from pipeline.features import FeatureArrays
 from pipeline.models import MODALITIES, MultimodalStudent, TextStudent
 
@@ -123,7 +130,9 @@ def test_text_student_sees_only_text() -> None:
     assert isinstance(model, TextStudent) and model.modalities == ("text",)
     model.eval()
     batch = tokenize(tok, TEXTS[:3], STUDENT.max_length)
-    torch.testing.assert_close(modality_outputs(model, batch, model.modalities), model(**batch)["reg"][:, None])
+    out, mod = forward_with_modalities(model, batch, model.modalities)
+    torch.testing.assert_close(mod, model(**batch)["reg"][:, None])
+    torch.testing.assert_close(out["logits"], model(**batch)["logits"])
 
 
 def test_multimodal_student_masks_what_it_does_not_keep() -> None:
@@ -136,8 +145,12 @@ def test_multimodal_student_masks_what_it_does_not_keep() -> None:
              "present": feats.present}
     out = model(**batch)
     assert out["reg"].shape == (3,) and out["logits"].shape == (3, 7)
-    mod = modality_outputs(model, batch, model.modalities)  # (B, 3): S(x_video), S(x_audio), S(x_text)
+    full, mod = forward_with_modalities(model, batch, model.modalities)  # mod (B, 3): S(x_video), S(x_audio), S(x_text)
     assert mod.shape == (3, 3)
+    torch.testing.assert_close(full["reg"], out["reg"])
+    torch.testing.assert_close(full["logits"], out["logits"])
+    only_text = {**batch, "present": torch.tensor([[False, False, True]] * 3)}
+    torch.testing.assert_close(mod[:, 2], model(**only_text)["reg"])
     only_video = {**batch, "present": torch.tensor([[True, False, False]] * 3)}
     torch.testing.assert_close(mod[:, 0], model(**only_video)["reg"])
     changed = {**only_video, "audio": feats.audio + 5.0, "input_ids": batch["input_ids"].flip(0)}

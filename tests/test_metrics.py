@@ -13,8 +13,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import f1_score
 
-from pipeline.metrics import METRIC_NAMES, main, metrics_from_csv, sentiment_metrics
+from pipeline.config import ConfigError
+from pipeline.datasets import DATASETS
+from pipeline.metrics import (
+    METRIC_NAMES,
+    METRIC_SETS,
+    SIMS_METRIC_NAMES,
+    main,
+    metrics_from_csv,
+    sentiment_metrics,
+    sims_metrics,
+    summarize_seeds,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -261,3 +273,206 @@ def test_module_entry_point(tmp_path):
     out = json.loads(proc.stdout)
     assert out[str(a)]["acc7"] == 1.0
     assert out[str(a)]["mae"] == 0.0
+
+
+# --------------------------------------------------------------------------- CH-SIMS
+
+
+def _s(pred, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return sims_metrics(np.asarray(pred, dtype=float), np.asarray(y, dtype=float))
+
+
+def test_sims_keys_order_and_plain_floats():
+    m = _s([0.5, -0.5, 0.0], [0.8, -0.2, 0.1])
+    assert tuple(m) == SIMS_METRIC_NAMES == ("mae", "corr", "acc2", "acc3", "acc5", "f1")
+    assert all(type(v) is float for v in m.values())
+
+
+def test_sims_bin_edges_by_hand():
+    # classes are left-open, right-closed: (e_k, e_{k+1}]; values on an edge go to the lower class
+    y = [-1.0, -0.7, -0.1, 0.0, 0.1, 0.7, 1.0, 0.5]
+    pred = [-0.7, -0.69, -0.1, 0.0, 0.11, 0.71, 1.7, -2.0]
+    m = _s(pred, y)
+    # clipped pred p = [-0.7, -0.69, -0.1, 0.0, 0.11, 0.71, 1.0, -1.0]
+    #            acc2 (edge 0)     acc3 (edges -0.1, 0.1)   acc5 (edges -0.7, -0.1, 0.1, 0.7)
+    # idx  y      t   p             t   p                    t   p
+    # 0   -1.0   0   0 (-0.7)       0   0                    0   0 (-0.7 on the edge)
+    # 1   -0.7   0   0              0   0 (-0.69)            0   1 (-0.69 > -0.7)      acc5 miss
+    # 2   -0.1   0   0              0   0 (both on the edge) 1   1
+    # 3    0.0   0   0 (0 is neg.)  1   1                    2   2
+    # 4    0.1   1   1              1   2 (0.11 > 0.1)       2   3                     acc3, acc5 miss
+    # 5    0.7   1   1              2   2                    3   4 (0.71 > 0.7)        acc5 miss
+    # 6    1.0   1   1 (1.7 -> 1)   2   2                    4   4
+    # 7    0.5   1   0 (-2 -> -1)   2   0                    3   0                     all miss
+    assert m["acc2"] == pytest.approx(7 / 8)
+    assert m["acc3"] == pytest.approx(6 / 8)
+    assert m["acc5"] == pytest.approx(4 / 8)
+    # MAE on the clipped values: 0.3 + 0.01 + 0 + 0 + 0.01 + 0.01 + 0 + 1.5 = 1.83 -> 1.83 / 8
+    # (unclipped it would be 3.53 / 8: idx 6 adds 0.7 and idx 7 adds 2.5 instead of 1.5)
+    assert m["mae"] == pytest.approx(1.83 / 8)
+    # weighted F1 on the acc2 classes, truth t = [0,0,0,0,1,1,1,1], preds p = [0,0,0,0,1,1,1,0]
+    #   class 0: support 4, predicted at {0,1,2,3,7}, TP 4 -> P = 4/5, R = 1   -> F1 = 8/9
+    #   class 1: support 4, predicted at {4,5,6},     TP 3 -> P = 1,   R = 3/4 -> F1 = 6/7
+    #   weighted by label support: (4 * 8/9 + 4 * 6/7) / 8 = 55/63
+    #   (truth and preds swapped, weights 5 and 3: (5 * 8/9 + 3 * 6/7) / 8 = 221/252 instead)
+    assert m["f1"] == pytest.approx(55 / 63)
+    assert m["f1"] != pytest.approx(221 / 252)
+    clipped = np.clip(pred, -1, 1)
+    assert m["corr"] == pytest.approx(np.corrcoef(clipped, y)[0, 1], rel=1e-12)
+    assert m["corr"] != pytest.approx(np.corrcoef(pred, y)[0, 1])
+
+
+def test_sims_every_edge_from_both_sides():
+    # each edge value is its own label and prediction (a match in every metric) ...
+    edges = [-1.0, -0.7, -0.1, 0.0, 0.1, 0.7, 1.0]
+    m = _s(edges, edges)
+    assert (m["acc2"], m["acc3"], m["acc5"], m["f1"], m["mae"]) == (1.0, 1.0, 1.0, 1.0, 0.0)
+    # ... and a prediction a hair above each inner edge lands one class higher in the metrics that have the edge
+    eps = 1e-9
+    y = [-0.7, -0.1, 0.0, 0.1, 0.7]
+    m = _s([v + eps for v in y], y)
+    # acc2 has the edge 0 only: idx 2 misses -> 4/5; acc3 has -0.1 and 0.1: idx 1, 3 miss -> 3/5;
+    # acc5 has -0.7, -0.1, 0.1, 0.7 (not 0): idx 0, 1, 3, 4 miss -> 1/5
+    assert m["acc2"] == pytest.approx(4 / 5)
+    assert m["acc3"] == pytest.approx(3 / 5)
+    assert m["acc5"] == pytest.approx(1 / 5)
+    # and a hair below stays in the same class as the edge itself
+    m = _s([v - eps for v in y], y)
+    assert (m["acc2"], m["acc3"], m["acc5"]) == (1.0, 1.0, 1.0)
+
+
+def test_sims_zero_is_negative_unlike_mosi_has0():
+    y = [0.0, 0.0, 0.5, -0.5]
+    pred = [0.0, 0.2, 0.3, 0.0]
+    # SIMS acc2, 0 is negative: t = [0, 0, 1, 0], p = [0, 1, 1, 0] -> misses idx 1 -> 3/4
+    # MOSI has0, 0 is positive: truth [T, T, T, F], preds [T, T, T, T] -> misses idx 3 -> 3/4
+    assert _s(pred, y)["acc2"] == pytest.approx(3 / 4)
+    assert _m(pred, y)["acc2_has0"] == pytest.approx(3 / 4)
+    # where they disagree: label 0, prediction 0.1
+    assert _s([0.1, 1.0], [0.0, 1.0])["acc2"] == 0.5
+    assert _m([0.1, 1.0], [0.0, 1.0])["acc2_has0"] == 1.0
+
+
+def test_sims_bins_match_interval_definition():
+    # the classes written out as intervals (lo, hi] with explicit comparisons, on values crowded onto the edges
+    intervals = {
+        "acc2": [(-np.inf, 0.0), (0.0, np.inf)],
+        "acc3": [(-np.inf, -0.1), (-0.1, 0.1), (0.1, np.inf)],
+        "acc5": [(-np.inf, -0.7), (-0.7, -0.1), (-0.1, 0.1), (0.1, 0.7), (0.7, np.inf)],
+    }
+
+    def classes(x, name):
+        out = np.full(x.shape, -1)
+        for k, (lo, hi) in enumerate(intervals[name]):
+            out[(x > lo) & (x <= hi)] = k
+        assert (out >= 0).all()
+        return out
+
+    rng = np.random.default_rng(0)
+    grid = np.array([-1.2, -1.0, -0.7, -0.1, 0.0, 0.1, 0.7, 1.0, 1.3])
+    y = np.round(rng.uniform(-1, 1, 200), 1)  # CH-SIMS-like labels: multiples of 0.1
+    pred = np.concatenate([rng.choice(grid, 100), rng.uniform(-1.5, 1.5, 100)])
+    m = _s(pred, y)
+    p, t = np.clip(pred, -1, 1), np.clip(y, -1, 1)
+    for name in ("acc2", "acc3", "acc5"):
+        assert m[name] == pytest.approx(np.mean(classes(p, name) == classes(t, name))), name
+    assert m["f1"] == pytest.approx(f1_score(classes(t, "acc2"), classes(p, "acc2"), average="weighted"))
+    assert m["mae"] == pytest.approx(np.mean(np.abs(p - t)))
+
+
+def test_sims_labels_outside_range_are_clipped_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+        m = sims_metrics(np.array([1.0, -1.0, 0.5]), np.array([1.5, -3.0, 0.5]))
+    assert "2 of 3 labels lie outside" in caplog.text
+    assert m["mae"] == 0.0 and m["acc5"] == 1.0
+
+
+def test_sims_constant_clipped_prediction_corr_nan(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+        m = _s([2.0, 3.0, 5.0], [0.2, -0.4, 1.0])  # all clip to 1.0
+    assert math.isnan(m["corr"]) and "constant" in caplog.text
+    # p = [1, 1, 1]; t2 = [1, 0, 1] -> acc2 2/3; class 1: P 2/3, R 1 -> F1 4/5; class 0 never predicted -> 0
+    # weighted: (2 * 4/5 + 1 * 0) / 3 = 8/15
+    assert m["acc2"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(8 / 15)
+    # mae = (0.8 + 1.4 + 0) / 3
+    assert m["mae"] == pytest.approx(2.2 / 3)
+
+
+def test_sims_validation_errors():
+    with pytest.raises(ValueError, match="same length"):
+        sims_metrics(np.zeros(2), np.zeros(3))
+    with pytest.raises(ValueError, match=r"pred has 1 non-finite"):
+        sims_metrics(np.array([np.nan]), np.zeros(1))
+
+
+# --------------------------------------------------------------------------- metric sets
+
+
+def test_metric_sets_registry():
+    assert METRIC_SETS.names() == ["mosi_mosei", "sims"]
+    assert METRIC_SETS.get("mosi_mosei") == (METRIC_NAMES, sentiment_metrics)
+    names, compute = METRIC_SETS.get("sims")
+    assert names == SIMS_METRIC_NAMES and compute is sims_metrics
+    with pytest.raises(ConfigError, match=r"unknown metric set 'mosi'. Available: \['mosi_mosei', 'sims'\]"):
+        METRIC_SETS.get("mosi")
+
+
+def test_every_dataset_names_a_metric_set():
+    for name in DATASETS:
+        METRIC_SETS.get(DATASETS.get(name).metric_set)
+    assert DATASETS.get("sims").metric_set == "sims"
+    assert {DATASETS.get(n).metric_set for n in ("mosi", "mosei", "synthetic_sentiment")} == {"mosi_mosei"}
+
+
+def test_mosi_metrics_unchanged():
+    # the pinned values of a fixed case (all hand-checked in the tests above); the metric set's function is the same
+    y = [0.0, 0.0, 1.0, -1.0, 2.0]
+    pred = [0.3, -0.2, 0.8, 0.4, 0.0]
+    m = METRIC_SETS.get("mosi_mosei").compute(np.array(pred), np.array(y))
+    assert m == _m(pred, y)
+    assert [m[k] for k in METRIC_NAMES if k != "corr"] == pytest.approx([0.82, 0.6, 0.6, 0.6, 0.6, 1 / 3, 1 / 3])
+
+
+def test_summarize_seeds_any_metric_set():
+    mosi = {"0": _m([1.0, -1.0, 0.5], [2.0, -2.0, 0.0]), "1": _m([0.5, -1.5, 0.5], [2.0, -2.0, 0.0])}
+    summary = summarize_seeds(mosi)
+    assert list(summary["mean"]) == list(summary["std"]) == list(METRIC_NAMES)  # unchanged for the MOSI metrics
+    for k in METRIC_NAMES:
+        values = [mosi["0"][k], mosi["1"][k]]
+        assert summary["mean"][k] == pytest.approx(np.mean(values))
+        assert summary["std"][k] == pytest.approx(np.std(values, ddof=1))
+    sims = {"3": _s([0.5, -0.5, 0.0], [0.8, -0.2, 0.1]), "4": _s([0.1, -0.5, 0.2], [0.8, -0.2, 0.1])}
+    summary = summarize_seeds(sims)
+    assert list(summary["mean"]) == list(SIMS_METRIC_NAMES)
+    assert summary["mean"]["acc3"] == pytest.approx((sims["3"]["acc3"] + sims["4"]["acc3"]) / 2)
+    one = summarize_seeds({"0": sims["3"]})
+    assert one["mean"] == sims["3"] and all(math.isnan(v) for v in one["std"].values())
+
+
+def test_summarize_seeds_mismatched_metrics():
+    with pytest.raises(ValueError, match=r"seed 1 has metrics \['acc2', 'mae'\], the first seed has \['mae'\]"):
+        summarize_seeds({"0": {"mae": 1.0}, "1": {"mae": 1.0, "acc2": 0.5}})
+    with pytest.raises(ValueError, match="at least one seed"):
+        summarize_seeds({})
+
+
+def test_sims_from_csv_and_cli(tmp_path, capsys):
+    path = _write_csv(tmp_path / "sims.csv", ["a", "b", "c", "d"], [-0.1, 0.1, 0.7, 0.0], [-0.1, 0.11, 0.7, 0.5])
+    direct = sims_metrics(np.array([-0.1, 0.11, 0.7, 0.5]), np.array([-0.1, 0.1, 0.7, 0.0]))
+    assert metrics_from_csv(path, "sims") == direct
+    # acc3: t = [0, 1, 2, 1], p = [0, 2, 2, 2] -> 2/4
+    assert direct["acc3"] == 0.5
+    assert main(["--metric-set", "sims", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert list(out[str(path)]) == list(SIMS_METRIC_NAMES)
+    assert out[str(path)]["acc3"] == 0.5
+    assert main([str(path)]) == 0  # the default is still the MOSI/MOSEI set
+    assert list(json.loads(capsys.readouterr().out)[str(path)]) == list(METRIC_NAMES)
+    with pytest.raises(SystemExit):
+        main(["--metric-set", "nope", str(path)])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown metric set"):
+        metrics_from_csv(path, "nope")

@@ -17,7 +17,7 @@ from pipeline.metrics import METRIC_NAMES
 from pipeline.models import MODALITIES
 from pipeline.store import write_table
 
-DS = "fake_ds"
+DS = "mosi"  # a registered dataset (its metric set names the columns); the files are fake
 SEEDS = [0, 1, 2]
 METHODS = ["none", "kd", "msd-learned"]
 PARAMS = ReportParams(dpi=50)
@@ -196,7 +196,7 @@ def test_without_the_none_baseline_there_is_no_paired_comparison(workdir: Path) 
 def test_missing_metrics_file_names_the_file_and_the_stage(workdir: Path) -> None:
     make_inputs(DS, METHODS, SEEDS)
     paths.metrics(DS, "kd").unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape("metrics/fake_ds/kd.json not found: run `dvc repro "
+    with pytest.raises(FileNotFoundError, match=re.escape("metrics/mosi/kd.json not found: run `dvc repro "
                                                           "evaluate@kd`")):
         report.run(DS, METHODS, SEEDS, PARAMS)
     paths.metrics(DS, "teacher").unlink()

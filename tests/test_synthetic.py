@@ -11,18 +11,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.media import FrameSampler, read_audio, read_frames
 from pipeline.synthetic import (
     ADJECTIVES,
+    AV_CLASSES,
+    AV_TABLE_COLUMNS,
     LABEL_COLUMNS,
     SPLIT_NAMES,
+    AVNoise,
     SyntheticNoise,
+    av_pitch,
     clip_path,
     cue_to_pitch,
+    generate_av,
     generate_sentiment,
     quantize_label,
     text_level,
     write_mp4,
 )
+from pipeline.vegas import MANIFEST_COLUMNS, fold_path, read_vegas
 
 SPLITS = {"train": 0.7, "valid": 0.15, "test": 0.15}
 SECONDS, FPS, SIZE, SAMPLE_RATE = 1.0, 8, 32, 16000
@@ -225,3 +232,120 @@ def test_write_mp4_rejects_odd_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="even"):
         write_mp4(tmp_path / "odd.mp4", frames, fps=4, audio=None, sample_rate=SAMPLE_RATE)
     assert not any(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- synthetic_av (VEGAS-like)
+
+AV_CLIPS = 40
+
+
+def _generate_av(root: Path, seed: int = 0, n_clips: int = AV_CLIPS, **kwargs: object) -> pd.DataFrame:
+    args = {"seconds": SECONDS, "fps": FPS, "size": SIZE, "sample_rate": SAMPLE_RATE, **kwargs}
+    return generate_av(root, n_clips, seed, **args)  # type: ignore[arg-type]
+
+
+def _av_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def av_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame]:
+    root = tmp_path_factory.mktemp("synthetic_av")
+    return root, _generate_av(root)
+
+
+def test_av_layout_classes_and_folds(av_dataset: tuple[Path, pd.DataFrame]) -> None:
+    root, table = av_dataset
+    assert tuple(table.columns) == AV_TABLE_COLUMNS
+    assert sorted(p.name for p in root.iterdir()) == sorted([*AV_CLASSES, "folds"])
+    assert table["label"].value_counts().tolist() == [AV_CLIPS // 10] * 10  # balanced classes
+    assert (table.groupby("fold").size() == AV_CLIPS // 5).all()
+    assert (table.groupby("label")["fold"].nunique() == AV_CLIPS // 10).all()  # stratified: a class's clips spread
+    for k in range(1, 6):
+        assert fold_path(root, k).read_text().split() == table.loc[table["fold"] == k, "id"].tolist()
+    # each modality's cue is the class plus noise
+    for cue in ("audio_cue", "visual_cue"):
+        error = table[cue] - table["label"]
+        assert 0.2 < error.std() < 0.7 and (error.abs() < 2.5).all(), cue
+        assert (error.abs() > 0.5).any(), cue  # some clips look like a neighbouring class: no modality is perfect
+
+
+def test_av_read_by_vegas_reader(av_dataset: tuple[Path, pd.DataFrame]) -> None:
+    root, table = av_dataset
+    manifest = read_vegas(root, test_fold=5, valid_fraction=0.2, seed=0)
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS and len(manifest) == AV_CLIPS
+    by_id = table.set_index("id")
+    assert (manifest["label"] == manifest["id"].map(by_id["label"])).all()
+    assert (manifest["class_name"] == manifest["label"].map(dict(enumerate(AV_CLASSES)))).all()
+    assert (manifest["fold"] == manifest["id"].map(by_id["fold"])).all()
+    assert manifest["split"].value_counts().to_dict() == {"train": 26, "test": 8, "valid": 6}
+
+
+def test_av_determinism(av_dataset: tuple[Path, pd.DataFrame], tmp_path: Path) -> None:
+    root, table = av_dataset
+    again = tmp_path / "again"
+    pd.testing.assert_frame_equal(_generate_av(again), table)
+    assert _av_files(again) == _av_files(root)  # byte-identical mp4 and fold files
+    other = tmp_path / "other"
+    _generate_av(other, seed=1)
+    assert _av_files(other) != _av_files(root)
+
+
+def test_av_regeneration_replaces_previous(tmp_path: Path) -> None:
+    _generate_av(tmp_path, n_clips=20)
+    table = _generate_av(tmp_path, n_clips=10, n_folds=2)
+    assert len(list(tmp_path.glob("*/*.mp4"))) == len(table) == 10
+    assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["fold_1.txt", "fold_2.txt"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"n_clips": 9}, "n_clips=9"), ({"n_folds": 1}, "n_folds"),
+                                                 ({"size": 48}, "size")])
+def test_av_bad_arguments(tmp_path: Path, kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _generate_av(tmp_path, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="AVNoise.audio"):
+        AVNoise(audio=-1.0)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_av_decodable_by_media(av_dataset: tuple[Path, pd.DataFrame], backend: str) -> None:
+    root, _ = av_dataset
+    manifest = read_vegas(root, test_fold=1, valid_fraction=0.2, seed=0)
+    for video in manifest["video"].iloc[:3]:
+        frames = read_frames(Path(video), FrameSampler("uniform", 4, 0.0, 1), backend=backend)
+        assert frames.shape == (4, SIZE, SIZE, 3) and frames.dtype == np.uint8
+        assert read_audio(Path(video), SAMPLE_RATE).size >= SECONDS * SAMPLE_RATE
+
+
+def _nearest_class_mean_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+    """Leave-one-out accuracy of the nearest class mean (euclidean) on features (N, D)."""
+    hits = 0
+    for i in range(len(labels)):
+        rest = np.arange(len(labels)) != i
+        means = np.stack([features[rest & (labels == k)].mean(0) for k in range(len(AV_CLASSES))])  # (K, D)
+        hits += int(np.argmin(((means - features[i]) ** 2).sum(1)) == labels[i])
+    return hits / len(labels)
+
+
+def test_av_each_modality_carries_the_class(av_dataset: tuple[Path, pd.DataFrame]) -> None:
+    root, _ = av_dataset
+    manifest = read_vegas(root, test_fold=1, valid_fraction=0.2, seed=0)
+    chroma, pitch = [], []
+    for video in manifest["video"]:
+        frames = read_frames(Path(video), FrameSampler("uniform", 4, 0.0, 1)).astype(float)  # (F, H, W, 3)
+        mean = (frames - frames.mean(-1, keepdims=True)).mean((0, 1, 2))  # (3,) colour beyond grey
+        chroma.append(mean / np.linalg.norm(mean))  # hue direction, free of the brightness nuisance
+        pitch.append([np.log2(_pitch_in(read_audio(Path(video), SAMPLE_RATE), SAMPLE_RATE, 100.0, 1000.0))])
+    labels = manifest["label"].to_numpy()
+    visual_acc = _nearest_class_mean_accuracy(np.array(chroma), labels)
+    audio_acc = _nearest_class_mean_accuracy(np.array(pitch), labels)
+    assert visual_acc > 0.4 and audio_acc > 0.4, (visual_acc, audio_acc)  # chance: 0.1
+    assert av_pitch(0.0) == 160.0 and av_pitch(4.0) == 320.0
+
+
+def _pitch_in(samples: np.ndarray, sample_rate: int, low: float, high: float) -> float:
+    """Frequency (Hz) of the strongest spectral peak between low and high."""
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    freqs = np.fft.rfftfreq(samples.size, 1.0 / sample_rate)
+    band = (freqs > low) & (freqs < high)
+    return float(freqs[band][np.argmax(spectrum[band])])

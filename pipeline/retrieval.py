@@ -1,0 +1,448 @@
+"""Audio-visual cross-modal retrieval (VideoAdviser's VEGAS task): metrics, the two-branch student, its losses.
+
+Task (DESIGN.md "Retrieval task (VEGAS)"): a query in one modality (the audio of a clip) ranks
+every item of the other modality (the visual features of every test clip) by cosine similarity;
+a gallery item is relevant when it has the query's class. Setup of Zeng, Yu and Oyama, "Deep
+Triplet Neural Networks with Cluster-CCA for Audio-Visual Cross-Modal Retrieval" (ACM TOMM 2020,
+arXiv 1908.03737), followed by VideoAdviser (Wang et al., IEEE Access 2023) on VEGAS.
+
+Metrics
+-------
+``average_precision`` (one query), ``retrieval_map`` (one direction), ``retrieval_metrics``
+(``map_a2v``, ``map_v2a``, ``map_mean`` and the per-query AP table, which ``write_per_query_ap``
+writes as CSV and ``metrics_from_per_query`` turns back into the metrics). With s_j the score of
+gallery item j, pi the ranking by descending score and rel(j) = 1[label_j == label_query],
+
+    AP  = 1/R * sum_{n : rel(pi_n)} P@n,   P@n = (1/n) * sum_{m <= n} rel(pi_m),   R = sum_j rel(j)
+    mAP = mean over queries of AP
+
+computed over the full gallery (no cut-off), as the evaluation code of that line of work does
+(``fx_calc_map_label`` in zhangjiwei-japan/cross-modal-visual-audio-retrieval, ``evaluate.py``,
+the VEGAS/AVE evaluation of Yi Yu's group, with ``k = 0``: the whole gallery, cosine distance).
+Choices, each documented where it is made:
+
+* **Ties** in score are broken by gallery index, lower first (a stable sort of the descending
+  scores, rounded to 12 decimals first so that identical gallery vectors tie exactly even when
+  the matrix product rounds them 1 ulp apart). ``fx_calc_map_label`` uses numpy's default
+  (unstable) argsort, whose tie order is unspecified; a stable order makes AP reproducible.
+* **No relevant item** (R = 0): AP = 0, and the query stays in the mean, exactly as
+  ``fx_calc_map_label`` (``res += [0]``). ``retrieval_map`` logs a warning with the count. With
+  paired audio/visual test sets this cannot happen (a query's own clip has its class).
+* **Cosine similarity** s_ij = <q_i, g_j> / (max(|q_i|, eps) * max(|g_j|, eps)), eps = 1e-12, in
+  float64; a zero vector scores 0 against everything.
+
+Student
+-------
+``RetrievalStudent``: an audio branch and a visual branch (each LayerNorm -> Linear -> GELU ->
+Dropout -> Linear) into a common space of size E, L2-normalised, and one classifier shared by
+both branches over that space (Zeng et al.'s two-branch network; the shared classifier makes
+both modalities' embeddings class-separable in the same coordinates).
+
+Losses
+------
+``cross_modal_triplet_loss`` (label-supervised, hardest negative in the batch),
+``supcon_loss`` (Khosla et al. 2020, across modalities), ``retrieval_loss`` (one of them plus the
+shared classifier's cross-entropy on both branches) and ``branch_kd_loss`` (Hinton KD of each
+branch's class distribution towards the teacher's soft labels, ``losses.kd_loss``). Formulas and
+sources are in each docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import check_choice
+from .losses import kd_loss
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS: tuple[str, ...] = ("a2v", "v2a")  # audio queries over the visual gallery, and the reverse
+METRIC_NAMES: tuple[str, ...] = ("map_a2v", "map_v2a", "map_mean")
+PER_QUERY_COLUMNS: tuple[str, ...] = ("direction", "id", "label", "ap")
+OBJECTIVES: tuple[str, ...] = ("triplet", "supcon")
+_EPS = 1e-12
+_TIE_DECIMALS = 12  # scores equal to this many decimals tie (broken by gallery index)
+_QUERY_CHUNK = 1024  # queries ranked at once: bounds the (C, G) score/order matrices in memory
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _numpy(x: Any) -> np.ndarray:
+    """A numpy array of a tensor (detached, on the CPU) or of any array-like."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _ap_of_ranked(relevant_ranked: np.ndarray) -> np.ndarray:
+    """AP of each row of relevance flags already in ranked order: (Q, G) bool -> (Q,) float64; 0 without hits."""
+    hits = np.cumsum(relevant_ranked, axis=1)  # (Q, G) relevant items at or above each rank
+    precision = hits / np.arange(1, relevant_ranked.shape[1] + 1)  # (Q, G) P@n
+    n_relevant = relevant_ranked.sum(axis=1)  # (Q,)
+    total = (precision * relevant_ranked).sum(axis=1)  # (Q,)
+    return np.where(n_relevant > 0, total / np.maximum(n_relevant, 1), 0.0)  # (Q,)
+
+
+def _ranking(scores: np.ndarray) -> np.ndarray:
+    """Gallery indices by descending score, ties (to 12 decimals) by ascending index: (Q, G) -> (Q, G)."""
+    return np.argsort(-np.round(scores, _TIE_DECIMALS), axis=-1, kind="stable")
+
+
+def average_precision(scores: ArrayLike, relevant: ArrayLike) -> float:
+    """AP of one query over a full ranking: AP = 1/R sum_{n: rel(pi_n)} (hits in the top n) / n.
+
+    scores (G,): higher ranks first, ties (equal to 12 decimals) by gallery index, lower first;
+    relevant (G,) bool.
+    A query without any relevant item (R = 0) has AP = 0 (the VEGAS evaluation's convention,
+    see the module docstring). Raises ValueError on shape mismatch, an empty gallery or a
+    non-finite score.
+    """
+    s = _numpy(scores).astype(np.float64)  # (G,)
+    rel = _numpy(relevant).astype(bool)  # (G,)
+    if s.ndim != 1 or s.shape != rel.shape or s.size == 0:
+        raise ValueError(f"average_precision expects non-empty scores (G,) and relevant (G,), "
+                         f"got {s.shape} and {rel.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"average_precision: {int((~np.isfinite(s)).sum())} scores are not finite")
+    return float(_ap_of_ranked(rel[_ranking(s)][None, :])[0])
+
+
+def cosine_similarity(query_emb: ArrayLike, gallery_emb: ArrayLike) -> np.ndarray:
+    """s_ij = <q_i, g_j> / (max(|q_i|, eps) max(|g_j|, eps)), float64: (Q, D), (G, D) -> (Q, G)."""
+    q, g = _normalise(_numpy(query_emb)), _normalise(_numpy(gallery_emb))
+    return q @ g.T  # (Q, G)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)  # (N, D)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), _EPS)  # (N, D)
+
+
+def retrieval_map(query_emb: ArrayLike, query_labels: ArrayLike, gallery_emb: ArrayLike,
+                  gallery_labels: ArrayLike) -> tuple[float, np.ndarray]:
+    """mAP of queries ranking a gallery by cosine similarity; relevant = same class label.
+
+    query_emb (Q, D), query_labels (Q,), gallery_emb (G, D), gallery_labels (G,). Returns
+    (mAP, per-query AP (Q,) float64). Every query ranks the full gallery (ties by gallery index);
+    a query without a relevant item has AP 0 and counts in the mean (logged as a warning).
+    """
+    q, g = _normalise(_numpy(query_emb)), _normalise(_numpy(gallery_emb))  # (Q, D), (G, D)
+    yq, yg = _numpy(query_labels), _numpy(gallery_labels)  # (Q,), (G,)
+    if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
+        raise ValueError(f"retrieval_map expects embeddings (Q, D) and (G, D), got {q.shape} and {g.shape}")
+    if yq.shape != (len(q),) or yg.shape != (len(g),):
+        raise ValueError(f"retrieval_map: labels {yq.shape} / {yg.shape} do not match embeddings "
+                         f"{q.shape} / {g.shape}")
+    if len(q) == 0 or len(g) == 0:
+        raise ValueError(f"retrieval_map needs at least one query and one gallery item, got Q={len(q)}, G={len(g)}")
+    if not (np.isfinite(q).all() and np.isfinite(g).all()):
+        raise ValueError("retrieval_map: embeddings contain NaN or inf")
+    ap = np.empty(len(q), dtype=np.float64)  # (Q,)
+    for start in range(0, len(q), _QUERY_CHUNK):
+        stop = min(start + _QUERY_CHUNK, len(q))
+        order = _ranking(q[start:stop] @ g.T)  # (C, G) gallery indices, best first
+        relevant = yq[start:stop, None] == yg[order]  # (C, G) in ranked order
+        ap[start:stop] = _ap_of_ranked(relevant)
+    no_hit = int((~np.isin(yq, yg)).sum())
+    if no_hit:
+        log.warning("%d of %d queries have no relevant gallery item (no gallery item of their class): "
+                    "their AP counts as 0 in the mAP", no_hit, len(q))
+    return float(ap.mean()), ap
+
+
+def retrieval_metrics(audio_emb: ArrayLike, visual_emb: ArrayLike, labels: ArrayLike,
+                      ids: Sequence[str] | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """Both retrieval directions over paired test clips: audio_emb (N, E), visual_emb (N, E), labels (N,).
+
+    a2v: each clip's audio ranks the N visual items; v2a: each clip's visual ranks the N audio
+    items (the query's own clip is in the gallery, as in the VEGAS protocol). Returns
+    ({"map_a2v", "map_v2a", "map_mean" = (map_a2v + map_v2a) / 2}, per-query table with columns
+    PER_QUERY_COLUMNS: direction (a2v | v2a), id (clip id; default the row index), label, ap).
+    """
+    labels_np = _numpy(labels)  # (N,)
+    n = len(labels_np)
+    if len(_numpy(audio_emb)) != n or len(_numpy(visual_emb)) != n:
+        raise ValueError(f"retrieval_metrics expects paired clips: {len(_numpy(audio_emb))} audio, "
+                         f"{len(_numpy(visual_emb))} visual embeddings and {n} labels")
+    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(ids) != n:
+        raise ValueError(f"retrieval_metrics: {len(ids)} ids for {n} clips")
+    map_a2v, ap_a2v = retrieval_map(audio_emb, labels_np, visual_emb, labels_np)
+    map_v2a, ap_v2a = retrieval_map(visual_emb, labels_np, audio_emb, labels_np)
+    metrics = {"map_a2v": map_a2v, "map_v2a": map_v2a, "map_mean": (map_a2v + map_v2a) / 2.0}
+    table = pd.DataFrame({
+        "direction": ["a2v"] * n + ["v2a"] * n,
+        "id": ids + ids,
+        "label": np.concatenate([labels_np, labels_np]),
+        "ap": np.concatenate([ap_a2v, ap_v2a]),
+    }, columns=list(PER_QUERY_COLUMNS))
+    return metrics, table
+
+
+def metrics_from_per_query(table: pd.DataFrame) -> dict[str, float]:
+    """map_a2v, map_v2a (mean AP of each direction's rows) and map_mean from a per-query AP table."""
+    missing = [c for c in PER_QUERY_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"per-query AP table lacks columns {missing}; expected {list(PER_QUERY_COLUMNS)}")
+    means = {}
+    for direction in DIRECTIONS:
+        rows = table.loc[table["direction"] == direction, "ap"]
+        if rows.empty:
+            raise ValueError(f"per-query AP table has no {direction!r} rows (directions found: "
+                             f"{sorted(table['direction'].unique())})")
+        means[f"map_{direction}"] = float(rows.mean())
+    return {**means, "map_mean": (means["map_a2v"] + means["map_v2a"]) / 2.0}
+
+
+def write_per_query_ap(table: pd.DataFrame, path: Path) -> None:
+    """Write the per-query AP table (PER_QUERY_COLUMNS) as CSV, atomically (temporary name, then rename)."""
+    missing = [c for c in PER_QUERY_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"per-query AP table lacks columns {missing}; expected {list(PER_QUERY_COLUMNS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    table.loc[:, list(PER_QUERY_COLUMNS)].to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    log.info("wrote %s (%d queries)", path, len(table))
+
+
+def read_per_query_ap(path: Path) -> pd.DataFrame:
+    """Read a CSV written by `write_per_query_ap` (ids as strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"per-query AP file {path} not found: run `dvc repro evaluate`")
+    table = pd.read_csv(path, dtype={"direction": str, "id": str}, keep_default_na=False)
+    missing = [c for c in PER_QUERY_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected {list(PER_QUERY_COLUMNS)}")
+    return table
+
+
+# --------------------------------------------------------------------------- student
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalStudentConfig:
+    audio_dim: int  # Da: audio feature size (128 for VGGish)
+    visual_dim: int  # Dv: visual feature size (1024 for Inception)
+    embed_dim: int  # E: common space
+    hidden_dim: int  # H: hidden layer of each branch
+    num_classes: int  # K
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("audio_dim", "visual_dim", "embed_dim", "hidden_dim", "num_classes"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"RetrievalStudentConfig.{name} must be an integer >= 1, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"RetrievalStudentConfig.dropout must be in [0, 1), got {self.dropout}")
+
+
+def _branch(in_dim: int, c: RetrievalStudentConfig) -> nn.Sequential:
+    # LayerNorm first: VGGish (quantised 0..255) and Inception features live on very different scales
+    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, c.hidden_dim), nn.GELU(),
+                         nn.Dropout(c.dropout), nn.Linear(c.hidden_dim, c.embed_dim))
+
+
+class RetrievalStudent(nn.Module):
+    """Two-branch embedding network with a shared classifier (DESIGN.md "Retrieval task (VEGAS)").
+
+        e_a = normalise(f_a(x_a)),  e_v = normalise(f_v(x_v))     common space, |e| = 1, size E
+        c_a = W e_a + b,            c_v = W e_v + b               one classifier (W, b) for both
+
+    Features are (B, D) clip vectors; a (B, L, D) sequence (e.g. per-frame features) is
+    mean-pooled over L first.
+    """
+
+    def __init__(self, config: RetrievalStudentConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.audio = _branch(config.audio_dim, config)
+        self.visual = _branch(config.visual_dim, config)
+        self.classifier = nn.Linear(config.embed_dim, config.num_classes)
+
+    @staticmethod
+    def _pool(x: torch.Tensor, dim: int, name: str) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.mean(dim=1)  # (B, L, D) -> (B, D)
+        if x.dim() != 2 or x.shape[1] != dim:
+            raise ValueError(f"RetrievalStudent: {name} features must be (B, {dim}) or (B, L, {dim}), "
+                             f"got {tuple(x.shape)}")
+        return x
+
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio (B, Da) or (B, L, Da) -> unit-norm embeddings (B, E)."""
+        return F.normalize(self.audio(self._pool(audio, self.config.audio_dim, "audio")), dim=-1)  # (B, E)
+
+    def embed_visual(self, visual: torch.Tensor) -> torch.Tensor:
+        """visual (B, Dv) or (B, L, Dv) -> unit-norm embeddings (B, E)."""
+        return F.normalize(self.visual(self._pool(visual, self.config.visual_dim, "visual")), dim=-1)  # (B, E)
+
+    def forward(self, audio: torch.Tensor | None = None, visual: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Embeddings and class logits of whichever modalities are given.
+
+        Returns audio_emb (B, E) and audio_logits (B, K) when `audio` is given, visual_emb and
+        visual_logits when `visual` is; at least one of them is required.
+        """
+        if audio is None and visual is None:
+            raise ValueError("RetrievalStudent.forward needs audio, visual or both")
+        out: dict[str, torch.Tensor] = {}
+        if audio is not None:
+            out["audio_emb"] = self.embed_audio(audio)  # (B, E)
+            out["audio_logits"] = self.classifier(out["audio_emb"])  # (B, K)
+        if visual is not None:
+            out["visual_emb"] = self.embed_visual(visual)  # (B, E)
+            out["visual_logits"] = self.classifier(out["visual_emb"])  # (B, K)
+        return out
+
+
+def save_retrieval_student(path: Path, model: RetrievalStudent, extra: dict[str, Any]) -> None:
+    """Checkpoint = weights + the config that built the model (+ provenance in `extra`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.state_dict(), **extra}, path)
+
+
+def load_retrieval_student(path: Path, map_location: str | torch.device = "cpu"
+                           ) -> tuple[RetrievalStudent, dict[str, Any]]:
+    """Rebuild a student from its checkpoint (its own config, not today's params), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"retrieval student checkpoint {path} not found: run `dvc repro distill`")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    model = RetrievalStudent(RetrievalStudentConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor, labels: torch.Tensor, where: str) -> None:
+    if x.dim() != 2 or x.shape != y.shape or labels.shape != (x.shape[0],):
+        raise ValueError(f"{where} expects embeddings (B, E) of both modalities and labels (B,), got "
+                         f"{tuple(x.shape)}, {tuple(y.shape)} and {tuple(labels.shape)}")
+
+
+def _triplet_one_way(sims: torch.Tensor, same: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of hinges and number of (anchor, positive) pairs: sims (B, B) anchor x other modality, same (B, B)."""
+    hardest_neg = sims.masked_fill(same, float("-inf")).amax(dim=1, keepdim=True)  # (B, 1); -inf: no negative
+    valid = same & torch.isfinite(hardest_neg)  # (B, B) positive pairs whose anchor has a negative
+    hinge = (margin - sims + hardest_neg.clamp_min(-1e4)).clamp_min(0.0)  # (B, B)
+    return (hinge * valid).sum(), valid.sum()
+
+
+def cross_modal_triplet_loss(audio_emb: torch.Tensor, visual_emb: torch.Tensor, labels: torch.Tensor,
+                             margin: float) -> torch.Tensor:
+    """Label-supervised cross-modal triplet loss with the hardest negative in the batch.
+
+    With s_ij = cos(x_i, y_j) between anchors x of one modality and items y of the other,
+    P(i) = {j : l_j = l_i} (includes the anchor's own clip) and N(i) = {k : l_k != l_i},
+
+        L_x->y = mean over pairs (i, j), j in P(i), N(i) not empty, of [m - s_ij + max_{k in N(i)} s_ik]_+
+        L      = (L_a->v + L_v->a) / 2
+
+    Every positive of the anchor against its hardest (most similar) negative: VSE++'s max-of-hinges
+    (Faghri et al., "VSE++: Improving Visual-Semantic Embeddings with Hard Negatives", BMVC 2018),
+    with positives and negatives defined by class labels as in Zeng et al.'s label-supervised
+    audio-visual triplets (TNN-C-CCA, ACM TOMM 2020) and batch-hard mining (Hermans et al., "In
+    Defense of the Triplet Loss for Person Re-Identification", 2017). It is 0 once every anchor's
+    least similar positive beats its most similar negative by the margin. Anchors without a
+    negative in the batch add nothing; a batch with no such pair gives 0 (still in the graph).
+    audio_emb, visual_emb (B, E) (normalised here), labels (B,).
+    """
+    _check_pair(audio_emb, visual_emb, labels, "cross_modal_triplet_loss")
+    a, v = F.normalize(audio_emb, dim=-1), F.normalize(visual_emb, dim=-1)  # (B, E)
+    sims = a @ v.T  # (B, B) audio i x visual j
+    same = labels[:, None] == labels[None, :]  # (B, B)
+    sum_a2v, n_a2v = _triplet_one_way(sims, same, margin)
+    sum_v2a, n_v2a = _triplet_one_way(sims.T, same.T, margin)
+    # each direction averages over its own pairs; with none, the term is 0 (sims * 0 keeps the graph)
+    l_a2v = sum_a2v / n_a2v if n_a2v > 0 else sims.sum() * 0.0
+    l_v2a = sum_v2a / n_v2a if n_v2a > 0 else sims.sum() * 0.0
+    return (l_a2v + l_v2a) / 2.0
+
+
+def supcon_loss(audio_emb: torch.Tensor, visual_emb: torch.Tensor, labels: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss across modalities (Khosla et al., "Supervised Contrastive
+    Learning", NeurIPS 2020, eq. 2, L^sup_out), anchors in one modality, contrast set the other's batch:
+
+        L_x->y = -1/B sum_i 1/|P(i)| sum_{p in P(i)} log( exp(s_ip / tau) / sum_{j=1..B} exp(s_ij / tau) )
+        L      = (L_a->v + L_v->a) / 2
+
+    s_ij = cos(x_i, y_j), P(i) = {j : l_j = l_i} (never empty: it holds the anchor's own clip).
+    With one clip per class in the batch it is the symmetric InfoNCE of CLIP (Radford et al. 2021).
+    audio_emb, visual_emb (B, E) (normalised here), labels (B,), temperature tau > 0.
+    """
+    _check_pair(audio_emb, visual_emb, labels, "supcon_loss")
+    if temperature <= 0:
+        raise ValueError(f"supcon_loss: temperature must be > 0, got {temperature}")
+    a, v = F.normalize(audio_emb, dim=-1), F.normalize(visual_emb, dim=-1)  # (B, E)
+    logits = a @ v.T / temperature  # (B, B)
+    positive = (labels[:, None] == labels[None, :]).float()  # (B, B)
+    terms = []
+    for scores, pos in ((logits, positive), (logits.T, positive.T)):
+        log_prob = scores - torch.logsumexp(scores, dim=1, keepdim=True)  # (B, B)
+        terms.append(-((log_prob * pos).sum(dim=1) / pos.sum(dim=1)).mean())
+    return (terms[0] + terms[1]) / 2.0
+
+
+def retrieval_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, objective: str, *,
+                   margin: float = 0.2, temperature: float = 0.1, ce_weight: float = 1.0
+                   ) -> dict[str, torch.Tensor]:
+    """Training loss of the retrieval student (DESIGN.md "Retrieval task (VEGAS)"):
+
+        L = L_metric + ce_weight * (CE(c_a, y) + CE(c_v, y)) / 2
+
+    L_metric = `cross_modal_triplet_loss` (objective "triplet", margin m) or `supcon_loss`
+    ("supcon", temperature tau); c_a, c_v the shared classifier's logits of the audio and visual
+    branches (`RetrievalStudent` outputs). Returns {"loss": L, "metric": L_metric, "ce": the mean CE}.
+    """
+    check_choice("retrieval objective", objective, OBJECTIVES)
+    a, v = outputs["audio_emb"], outputs["visual_emb"]  # (B, E)
+    if objective == "triplet":
+        metric = cross_modal_triplet_loss(a, v, labels, margin)
+    else:
+        metric = supcon_loss(a, v, labels, temperature)
+    ce = (F.cross_entropy(outputs["audio_logits"], labels) + F.cross_entropy(outputs["visual_logits"], labels)) / 2
+    return {"loss": metric + ce_weight * ce, "metric": metric, "ce": ce}
+
+
+def branch_kd_loss(branch_logits: torch.Tensor | Sequence[torch.Tensor], teacher_logits: torch.Tensor,
+                   temperature: float) -> torch.Tensor:
+    """Hinton KD of each branch's class distribution towards the teacher's soft labels, averaged:
+
+        L_KD = 1/|branches| sum_b T^2 * KL(softmax(c_T / T) || softmax(c_b / T))
+
+    c_b (B, K): the audio and the visual branch's logits (one tensor, or a sequence of them);
+    c_T (B, K): the audio-visual teacher's logits of the same clips (a constant target). Each term
+    is `losses.kd_loss` (Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network",
+    2015); VideoAdviser's retrieval distillation (DESIGN.md): the student's inference is unchanged.
+    """
+    branches = [branch_logits] if isinstance(branch_logits, torch.Tensor) else list(branch_logits)
+    if not branches:
+        raise ValueError("branch_kd_loss needs at least one branch's logits")
+    for logits in branches:
+        if logits.shape != teacher_logits.shape:
+            raise ValueError(f"branch_kd_loss: branch logits {tuple(logits.shape)} and teacher logits "
+                             f"{tuple(teacher_logits.shape)} differ in shape")
+    return sum(kd_loss(logits, teacher_logits, temperature) for logits in branches) / len(branches)
