@@ -36,11 +36,12 @@ def small_params() -> dict:
 
 
 def write_project(root: Path, params: dict, with_code: bool = False) -> Path:
-    """params.yaml (and, for DVC runs, dvc.yaml and the pipeline code its deps name) under root."""
+    """params.yaml (and, for DVC runs, dvc.yaml, .dvcignore and the pipeline code its deps name) under root."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     if with_code:
         shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+        shutil.copy(ROOT / ".dvcignore", root / ".dvcignore")
         shutil.copytree(ROOT / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     return root
 

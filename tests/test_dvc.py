@@ -70,6 +70,16 @@ def test_report_lists_every_model(repo: Path) -> None:
         assert f"| {name} " in text
 
 
+def test_plots_show_renders_every_curve(repo: Path) -> None:
+    shown = json.loads(sh("dvc", "plots", "show", "--json", cwd=repo))
+    assert not shown.get("errors"), shown.get("errors")
+    files = set(shown["data"])
+    for name in ("teacher", *(f"student_{m}" for m in METHODS)):
+        for seed in (0, 1):
+            assert f"dvclive/synthetic_sentiment/{name}/seed_{seed}/plots/metrics/valid/mae.tsv" in files
+    assert "dvclive/synthetic_sentiment/student_msd-learned/seed_0/plots/metrics/train/w_text.tsv" in files
+
+
 def test_distill_param_experiment_skips_upstream_stages(repo: Path) -> None:
     out = sh("dvc", "exp", "run", "-S", "distill.train.lr=0.002", cwd=repo)
     for stage in ("prepare", "extract@video", "extract@audio", "extract@text", "teacher"):
