@@ -40,7 +40,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -49,7 +48,7 @@ from . import media
 from .clip import FrozenClip
 from .config import AudioParams, LatencyParams, VideoParams
 from .distill import tokenize
-from .extract import log_mel, transcript_problem
+from .extract import LoadFrames, LoadLogMel, transcript_problem
 from .features import pool_time
 from .models import MODALITIES, PromptTeacher
 
@@ -146,19 +145,13 @@ class MediaInputs:
     def __init__(self, clip: FrozenClip, video: VideoParams, audio: AudioParams, video_tokens: int,
                  audio_tokens: int) -> None:
         self.clip = clip
-        self.sampler = media.FrameSampler.from_params(video)
-        self.backend = video.backend
+        # extract's own per-clip loaders (decoder threads chosen by the decoder: no workers here)
+        self.load_frames = LoadFrames(media.FrameSampler.from_params(video), video.backend, clip.preprocess, threads=0)
+        self.load_log_mel = LoadLogMel(audio)
         self.audio_params = audio
         self.video_tokens = video_tokens
         self.audio_tokens = audio_tokens
         self.embed_dim = int(clip.encode_texts([""]).shape[1])  # D of the CLIP space (for masked clips' zeros)
-
-    def _frames(self, path: Path) -> torch.Tensor:
-        frames = media.read_frames(path, self.sampler, self.backend, threads=0)  # (F, H, W, 3) uint8
-        return self.clip.preprocess(torch.from_numpy(frames))  # (F, 3, S, S)
-
-    def _log_mel(self, path: Path) -> np.ndarray:
-        return log_mel(media.read_audio(path, self.audio_params.sample_rate), self.audio_params)  # (T, n_mels)
 
     def __call__(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
         """rows -> video (B, Fv, D), audio (B, A, n_mels) float32 and present (B, 3) bool (MODALITIES order;
@@ -171,11 +164,11 @@ class MediaInputs:
         for i, row in enumerate(rows):
             path = Path(row["video"])
             try:
-                decoded.append((i, self._frames(path)))
+                decoded.append((i, self.load_frames(path)))  # (F, 3, S, S)
             except DECODE_ERRORS as err:
                 log.warning("clip %s: video masked (%s)", path, err)
             try:
-                audio[i] = pool_time(self._log_mel(path), self.audio_tokens)  # (A, n_mels)
+                audio[i] = pool_time(self.load_log_mel(path), self.audio_tokens)  # (A, n_mels)
                 present[i, MODALITIES.index("audio")] = True
             except DECODE_ERRORS as err:
                 log.warning("clip %s: audio masked (%s)", path, err)
