@@ -244,7 +244,7 @@ class MSDParams:
     temperature: float  # T of that KD term
     distance: str  # D between S(x_m) and T(x_m): mse | l1 | smooth_l1
     instance_temperature: float  # tau of the per-clip softmax over saliencies (`instance`)
-    meta_lr: float  # step size of the look-ahead SGD step and of the weight update (`learned`)
+    meta_lr: float  # beta: SGD step size of the weight logits phi (`learned`; the look-ahead step uses train.lr)
 
     def __post_init__(self) -> None:
         from .losses import DISTANCES
