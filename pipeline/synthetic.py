@@ -307,16 +307,18 @@ def _background(n_frames: int, size: int, rng: np.random.Generator) -> np.ndarra
     return image + rng.normal(0.0, 3.0, size=image.shape)  # (T, H, W)
 
 
-def render_frames(video_cue: float, n_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Frames uint8 (T, size, size, 3) RGB of a bouncing square whose colour encodes ``video_cue``."""
+def bouncing_square(rgb: np.ndarray, n_frames: int, size: int, rng: np.random.Generator,
+                    max_brightness: float) -> np.ndarray:
+    """Frames uint8 (T, size, size, 3) RGB of a square of colour ``rgb`` (3,) bouncing over a textured
+    background; a random brightness in [0.6, max_brightness) scales the colour (a nuisance)."""
     side = max(2, size // 3)
     span = float(size - side)
     speed = rng.uniform(0.5, 1.5) * size / 16.0  # pixels per frame
     angle = rng.uniform(0.0, 2 * np.pi)
     top = np.round(_bounce(rng.uniform(0, span), speed * np.sin(angle), n_frames, span)).astype(int)  # (T,)
     left = np.round(_bounce(rng.uniform(0, span), speed * np.cos(angle), n_frames, span)).astype(int)  # (T,)
-    brightness = rng.uniform(0.6, 1.05)  # nuisance, independent of the cue
-    color = np.clip(cue_to_rgb(video_cue) * brightness, 0.0, 255.0)  # (3,)
+    brightness = rng.uniform(0.6, max_brightness)  # nuisance, independent of the colour's meaning
+    color = np.clip(np.asarray(rgb, dtype=float) * brightness, 0.0, 255.0)  # (3,)
 
     background = _background(n_frames, size, rng)[..., None]  # (T, H, W, 1)
     rows = np.arange(size)  # (H,)
@@ -325,6 +327,11 @@ def render_frames(video_cue: float, n_frames: int, size: int, rng: np.random.Gen
     mask = in_rows[:, :, None] & in_cols[:, None, :]  # (T, H, W)
     frames = np.where(mask[..., None], color, background)  # (T, H, W, 3)
     return np.clip(np.round(frames), 0, 255).astype(np.uint8)  # (T, H, W, 3)
+
+
+def render_frames(video_cue: float, n_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Frames uint8 (T, size, size, 3) RGB of a bouncing square whose colour encodes ``video_cue``."""
+    return bouncing_square(cue_to_rgb(video_cue), n_frames, size, rng, max_brightness=1.05)
 
 
 # --------------------------------------------------------------------------- audio
@@ -632,22 +639,7 @@ def av_pitch(audio_cue: float) -> float:
 
 def render_av_frames(color: np.ndarray, n_frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Frames uint8 (T, size, size, 3): the bouncing square of `render_frames`, in RGB ``color`` (3,)."""
-    side = max(2, size // 3)
-    span = float(size - side)
-    speed = rng.uniform(0.5, 1.5) * size / 16.0  # pixels per frame
-    angle = rng.uniform(0.0, 2 * np.pi)
-    top = np.round(_bounce(rng.uniform(0, span), speed * np.sin(angle), n_frames, span)).astype(int)  # (T,)
-    left = np.round(_bounce(rng.uniform(0, span), speed * np.cos(angle), n_frames, span)).astype(int)  # (T,)
-    brightness = rng.uniform(0.6, 1.0)  # nuisance, independent of the class
-    color = np.clip(np.asarray(color, dtype=float) * brightness, 0.0, 255.0)  # (3,)
-
-    background = _background(n_frames, size, rng)[..., None]  # (T, H, W, 1)
-    rows = np.arange(size)  # (H,)
-    in_rows = (rows[None, :] >= top[:, None]) & (rows[None, :] < top[:, None] + side)  # (T, H)
-    in_cols = (rows[None, :] >= left[:, None]) & (rows[None, :] < left[:, None] + side)  # (T, W)
-    mask = in_rows[:, :, None] & in_cols[:, None, :]  # (T, H, W)
-    frames = np.where(mask[..., None], color, background)  # (T, H, W, 3)
-    return np.clip(np.round(frames), 0, 255).astype(np.uint8)  # (T, H, W, 3)
+    return bouncing_square(color, n_frames, size, rng, max_brightness=1.0)
 
 
 def _av_layout(n_clips: int, n_folds: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -28,18 +28,23 @@ def sh(*args: str, cwd: Path) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    params = small_params()
-    params["seeds"] = [0, 1]
-    params["distill"]["methods"] = METHODS
-    root = write_project(tmp_path_factory.mktemp("dvc") / "project", params, with_code=True)
+def init_repo(root: Path) -> Path:
+    """A user's project: git and DVC initialised, outputs ignored by git."""
     (root / ".gitignore").write_text("/data/\n/models/\n/predictions/\n/dvclive/\n/reports/\n/checkpoints/\n"
                                      "__pycache__/\n")
     sh("git", "init", "-q", cwd=root)
     sh("git", "config", "user.email", "test@example.com", cwd=root)
     sh("git", "config", "user.name", "test", cwd=root)
     sh("dvc", "init", "-q", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    params = small_params()
+    params["seeds"] = [0, 1]
+    params["distill"]["methods"] = METHODS
+    root = init_repo(write_project(tmp_path_factory.mktemp("dvc") / "project", params, with_code=True))
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "project", cwd=root)  # a clone has commits (dvclive needs one)
     sh("dvc", "repro", cwd=root)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import small_params, write_project
-from test_dvc import sh
+from test_dvc import init_repo, sh
 
 EXTRACT = ["extract@video", "extract@audio", "extract@text"]
 
@@ -16,13 +16,7 @@ EXTRACT = ["extract@video", "extract@audio", "extract@text"]
 @pytest.fixture(scope="module")
 def clones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("remote")
-    first = write_project(base / "first", small_params(), with_code=True)
-    (first / ".gitignore").write_text("/data/\n/models/\n/predictions/\n/dvclive/\n/reports/\n/checkpoints/\n"
-                                      "__pycache__/\n")
-    sh("git", "init", "-q", cwd=first)
-    sh("git", "config", "user.email", "test@example.com", cwd=first)
-    sh("git", "config", "user.name", "test", cwd=first)
-    sh("dvc", "init", "-q", cwd=first)
+    first = init_repo(write_project(base / "first", small_params(), with_code=True))
     sh("dvc", "remote", "add", "-d", "shared", str(base / "dvc-remote"), cwd=first)
     sh("git", "add", "-A", cwd=first)
     sh("git", "commit", "-qm", "project", cwd=first)
