@@ -202,6 +202,27 @@ def _plain_name(value: str) -> bool:
     return value not in ("", ".", "..") and not any(c in value for c in ("/", "\\", "\0"))
 
 
+def _read_table(path: Path, text_columns: tuple[str, ...]) -> pd.DataFrame:
+    """A dataset's CSV with `text_columns` kept as strings (empty cells stay "").
+
+    Bytes that are not UTF-8 become U+FFFD: a clip's bad transcript is reported by extract@text,
+    not as an unreadable file."""
+    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, encoding="utf-8",
+                       encoding_errors="replace")
+
+
+def _table_problems(table: pd.DataFrame, required: tuple[str, ...], optional: str, name: str) -> list[str]:
+    """Missing required columns and an empty table: the first problems every layout checks."""
+    problems = []
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        problems.append(f"missing columns {missing}; expected at least {list(required)} (optional {optional}), "
+                        f"found {list(table.columns)}")
+    if table.empty:
+        problems.append(f"no clips: {name} has no rows")
+    return problems
+
+
 def read_mmsa(root: Path, spec: DatasetSpec) -> pd.DataFrame:
     """Validate an MMSA-layout directory and return its manifest (MANIFEST_COLUMNS, then any unimodal labels).
 
@@ -216,16 +237,8 @@ def read_mmsa(root: Path, spec: DatasetSpec) -> pd.DataFrame:
     label_csv = root / "label.csv"
     if not label_csv.is_file():
         raise DatasetError(f"{label_csv} not found: an MMSA-layout dataset has label.csv at its root")
-    # bytes that are not UTF-8 become U+FFFD: that clip's transcript is reported by extract@text, not the file
-    table = pd.read_csv(label_csv, dtype={"video_id": str, "clip_id": str, "text": str, "mode": str},
-                        keep_default_na=False, encoding="utf-8", encoding_errors="replace")
-    problems: list[str] = []
-    missing = [c for c in MMSA_COLUMNS if c not in table.columns]
-    if missing:
-        problems.append(f"missing columns {missing}; expected at least {list(MMSA_COLUMNS)} (optional "
-                        f"{list(UNIMODAL_LABELS)}, annotation), found {list(table.columns)}")
-    if table.empty:
-        problems.append("no clips: label.csv has no rows")
+    table = _read_table(label_csv, ("video_id", "clip_id", "text", "mode"))
+    problems = _table_problems(table, MMSA_COLUMNS, f"{list(UNIMODAL_LABELS)}, annotation", label_csv.name)
     has_ids = {"video_id", "clip_id"} <= set(table.columns)
     ids = (pd.Series([clip_key(v, c) for v, c in zip(table["video_id"], table["clip_id"], strict=True)],
                      index=table.index, dtype=object) if has_ids else None)
@@ -316,15 +329,8 @@ def read_csv_dataset(root: Path, spec: DatasetSpec) -> pd.DataFrame:
             f"{list(CSV_OPTIONAL_COLUMNS)}) there, one row per clip; video and audio paths are relative to "
             f"{root} or absolute."
         )
-    table = pd.read_csv(source, dtype={c: str for c in ("id", "split", "text", "video", "audio")},
-                        keep_default_na=False, encoding="utf-8", encoding_errors="replace")
-    problems: list[str] = []
-    missing = [c for c in CSV_COLUMNS if c not in table.columns]
-    if missing:
-        problems.append(f"missing columns {missing}; expected at least {list(CSV_COLUMNS)} (optional "
-                        f"{list(CSV_OPTIONAL_COLUMNS)}), found {list(table.columns)}")
-    if table.empty:
-        problems.append(f"no clips: {CSV_MANIFEST} has no rows")
+    table = _read_table(source, ("id", "split", "text", "video", "audio"))
+    problems = _table_problems(table, CSV_COLUMNS, f"{list(CSV_OPTIONAL_COLUMNS)}", CSV_MANIFEST)
     ids = table["id"].astype(str) if "id" in table.columns else None
     names = _row_names(table, ids)
     splits = table["split"].astype(str) if "split" in table.columns else None
