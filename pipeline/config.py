@@ -82,6 +82,20 @@ class NoiseParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class AVNoiseParams:
+    audio: float  # std of the gaussian noise on the audio's class cue, in class spacings
+    visual: float  # the same for the frames' colour
+
+
+@dataclasses.dataclass(frozen=True)
+class AVGenerateParams:
+    """synthetic_av (VEGAS-like retrieval data): n_clips, seconds, fps, size, sample_rate and seed are shared."""
+
+    n_folds: int  # fold files (VEGAS protocol: 5)
+    noise: AVNoiseParams
+
+
+@dataclasses.dataclass(frozen=True)
 class GenerateParams:
     """Synthetic dataset generation (stage `generate`)."""
 
@@ -92,7 +106,23 @@ class GenerateParams:
     fps: int
     size: int
     sample_rate: int
-    noise: NoiseParams
+    noise: NoiseParams  # synthetic_sentiment
+    av: AVGenerateParams  # synthetic_av
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareParams:
+    """How stage `prepare` splits a dataset without fixed splits (VEGAS layout: 5 fold files)."""
+
+    test_fold: int  # the fold (1..5) that is the test split (VEGAS's 5-fold protocol: run each for CV)
+    valid_fraction: float  # part of the other folds' clips held out as `valid`, stratified by class
+    split_seed: int  # seed of that draw
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ConfigError(f"prepare.valid_fraction must be in (0, 1), got {self.valid_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +179,7 @@ class AudioParams:
 class TextParams:
     templates: list[str]  # class prompt templates, "{}" is replaced by the class name
     classes: list[str]  # one name per sentiment bin, from most negative to most positive
+    class_templates: list[str]  # datasets with named classes (retrieval): prompts over the manifest's class names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,9 +286,28 @@ class MSDParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class RetrievalParams:
+    """The two-branch retrieval student (retrieval datasets) and its loss (retrieval.retrieval_loss)."""
+
+    embed_dim: int  # common space E
+    hidden_dim: int  # hidden layer of each branch
+    dropout: float
+    objective: str  # supcon | triplet
+    temperature: float  # supcon tau
+    margin: float  # triplet margin
+    ce_weight: float  # weight of the shared classifier's cross-entropy
+
+    def __post_init__(self) -> None:
+        from .retrieval import OBJECTIVES
+
+        check_choice("distill.retrieval.objective", self.objective, OBJECTIVES)
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillParams:
     methods: list[str]
     student: StudentParams
+    retrieval: RetrievalParams
     train: TrainParams
     kd: KDParams
     videoadviser: VideoAdviserParams
@@ -286,6 +336,7 @@ class ReportParams:
 
 SECTIONS: dict[str, type] = {
     "generate": GenerateParams,
+    "prepare": PrepareParams,
     "clip": ClipParams,
     "extract": ExtractParams,
     "teacher": TeacherParams,

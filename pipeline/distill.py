@@ -18,7 +18,21 @@ Methods (distill.methods), with y the label, r the regression output, c the K bi
                     MSD (Jin et al. 2021), weighting uniform | population | instance | learned
 (formulas and sources: losses.py, msd.py).
 
-Students (`distill.student.kind`): `text` sees only the transcript (VideoAdviser's setting); its
+Retrieval datasets (task `retrieval`; DESIGN.md "Retrieval task (VEGAS)"): the student is
+retrieval.RetrievalStudent, an audio branch over the cached log-mel and a visual branch over the
+cached CLIP frames (pooled to `student.audio_tokens` / `student.video_tokens`, then averaged), into
+a common space with a shared classifier, saved as models/<ds>/student_<method>/seed_<s>/retrieval_student.pt
+and selected on validation mAP. With c_a, c_v its branches' logits, c_T the teacher's, c_T^m the
+teacher's with only modality m kept and L_ret = retrieval.retrieval_loss (`distill.retrieval`):
+    none            L = L_ret
+    kd              L = L_ret + alpha KD_T(c_a, c_v; c_T)                  branch_kd_loss (mean over branches)
+    videoadviser    L = L_ret + lambda 1/2 sum_b D(c_b, c_T)               the teacher's logits as regression
+                                                                           targets (its step-1 output; no r_T)
+    msd-<weighting> L = L_ret + alpha KD_T(c_a, c_v; c_T) + sum_{m in (video, audio)} w_m KD_T(c^m, c_T^m)
+                    branch m (visual for video) mimics the teacher given m alone (losses.msd_kd_loss);
+                    w from the teacher's class saliencies, as for sentiment (msd.py)
+
+Students (`distill.student.kind`, sentiment datasets): `text` sees only the transcript (VideoAdviser's setting); its
 only MSD term is the text one, S(x_text) = S(x). `multimodal` also sees the cached video and
 audio features, and S(x_m) is its output with the other modalities masked. With
 `distill.student.pretrained` empty the text encoder is a tiny random RoBERTa with a
@@ -49,11 +63,19 @@ from .config import (
     load_value,
     to_dict,
 )
-from .datasets import read_manifest
+from .datasets import DATASETS, read_manifest
 from .features import FeatureArrays, load_features
-from .losses import kd_loss, msd_loss, task_loss, videoadviser_loss
+from .losses import kd_loss, msd_kd_loss, msd_loss, task_loss, videoadviser_loss
 from .models import MODALITIES, STUDENTS, StudentConfig, TextStudent, only_modality, save_student
 from .msd import WEIGHTINGS, MetaWeights, build_weighting, functional_forward, student_columns
+from .retrieval import (
+    RetrievalStudent,
+    RetrievalStudentConfig,
+    branch_kd_loss,
+    retrieval_loss,
+    retrieval_metrics,
+    save_retrieval_student,
+)
 from .runtime import is_main_process, process_group, seed_everything, setup_logging, stage, train_device
 from .teacher import read_teacher_predictions
 from .training import fit
@@ -290,8 +312,178 @@ def train_student(method: str, texts: list[str], labels: torch.Tensor, splits: n
     return model.cpu(), tokenizer, best
 
 
+# --------------------------------------------------------------------------- retrieval students
+
+RETRIEVAL_MODALITIES = ("video", "audio")  # the student's branches, in the teacher's modality names
+BRANCH_LOGITS = {"video": "visual_logits", "audio": "audio_logits"}
+RETRIEVAL_CHECKPOINT = "retrieval_student.pt"  # in paths.student_dir
+
+
+def _retrieval_task(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> dict[str, torch.Tensor]:
+    r = params.retrieval
+    return retrieval_loss(out, batch["y"].long(), r.objective, margin=r.margin, temperature=r.temperature,
+                          ce_weight=r.ce_weight)
+
+
+def _branches(out: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    return [out[BRANCH_LOGITS[m]] for m in RETRIEVAL_MODALITIES]
+
+
+RETRIEVAL_METHODS: Registry[MethodLoss] = Registry("distillation method (retrieval)")
+
+
+@RETRIEVAL_METHODS.register("none")
+def _retrieval_none(out: dict[str, torch.Tensor], batch: Batch,
+                    params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
+    task = _retrieval_task(out, batch, params)
+    return task["loss"], {"metric": task["metric"].item(), "ce": task["ce"].item()}
+
+
+@RETRIEVAL_METHODS.register("kd")
+def _retrieval_kd(out: dict[str, torch.Tensor], batch: Batch,
+                  params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
+    task = _retrieval_task(out, batch, params)
+    kd = branch_kd_loss(_branches(out), batch["teacher_logits"], params.kd.temperature)
+    return task["loss"] + params.kd.weight * kd, {"task": task["loss"].item(), "distill": kd.item()}
+
+
+@RETRIEVAL_METHODS.register("videoadviser")
+def _retrieval_videoadviser(out: dict[str, torch.Tensor], batch: Batch,
+                            params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
+    task = _retrieval_task(out, batch, params)
+    va = sum(videoadviser_loss(c, batch["teacher_logits"], params.videoadviser.distance)
+             for c in _branches(out)) / len(RETRIEVAL_MODALITIES)
+    return task["loss"] + params.videoadviser.weight * va, {"task": task["loss"].item(), "distill": va.item()}
+
+
+def _retrieval_msd(out: dict[str, torch.Tensor], batch: Batch,
+                   params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
+    """batch["teacher_mod"] (B, 2, K) = c_T^m and batch["weights"] (B, 2) = w_m(x), RETRIEVAL_MODALITIES order."""
+    task = _retrieval_task(out, batch, params)
+    kd = branch_kd_loss(_branches(out), batch["teacher_logits"], params.msd.temperature)
+    aux = msd_kd_loss(torch.stack(_branches(out), dim=1), batch["teacher_mod"], batch["weights"],
+                      params.msd.temperature)
+    return (task["loss"] + params.msd.kd_weight * kd + aux,
+            {"task": task["loss"].item(), "distill": kd.item(), "msd": aux.item()})
+
+
+for _weighting in WEIGHTINGS:
+    RETRIEVAL_METHODS.add(MSD_PREFIX + _weighting, _retrieval_msd)
+
+
+def build_retrieval_student(params: DistillParams, features: FeatureArrays, num_classes: int) -> RetrievalStudent:
+    r = params.retrieval
+    return RetrievalStudent(RetrievalStudentConfig(
+        audio_dim=features.audio.shape[2], visual_dim=features.video.shape[2], embed_dim=r.embed_dim,
+        hidden_dim=r.hidden_dim, num_classes=num_classes, dropout=r.dropout))
+
+
+@torch.no_grad()
+def retrieval_embeddings(model: RetrievalStudent, audio: torch.Tensor, visual: torch.Tensor,
+                         batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(audio (N, E), visual (N, E)) embeddings on the CPU, in eval mode, batch by batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    outs = [model(audio=a.to(device), visual=v.to(device)) for a, v in
+            zip(audio.split(batch_size), visual.split(batch_size), strict=True)]
+    return (torch.cat([o["audio_emb"] for o in outs]).cpu(), torch.cat([o["visual_emb"] for o in outs]).cpu())
+
+
+def train_retrieval_student(method: str, labels: torch.Tensor, splits: np.ndarray, teacher: dict[str, torch.Tensor],
+                            features: FeatureArrays, params: DistillParams, seed: int,
+                            dataset: str) -> tuple[RetrievalStudent, dict[str, float]]:
+    """Train one two-branch retrieval student with `method` on the train split, selecting the epoch
+    on validation mAP (map_mean, audio <-> visual over the validation clips)."""
+    loss_of = RETRIEVAL_METHODS.get(method)
+    weighting = msd_weighting(method)
+    train_idx = torch.from_numpy(np.flatnonzero(splits == "train"))
+    valid_idx = torch.from_numpy(np.flatnonzero(splits == "valid"))
+    model = build_retrieval_student(params, features, teacher["logits"].shape[1])
+    device = train_device(params.train.device)
+    model.to(device)
+    weights = (build_weighting(weighting, teacher["saliency"][train_idx],
+                               instance_temperature=params.msd.instance_temperature, meta_lr=params.msd.meta_lr,
+                               lookahead_lr=params.train.lr) if weighting else None)
+    meta = weights if isinstance(weights, MetaWeights) else None
+    learned_state = LearnedState(meta, torch.Generator().manual_seed(seed + 1)) if meta is not None else None
+    mod_index = [MODALITIES.index(m) for m in RETRIEVAL_MODALITIES]
+    inputs = {"audio": features.audio, "visual": features.video}
+
+    def get_batch(i: torch.Tensor) -> Batch:
+        j = train_idx[i]
+        batch = {"audio": inputs["audio"][j], "visual": inputs["visual"][j], "y": labels[j],
+                 "teacher_logits": teacher["logits"][j], "teacher_mod": teacher["logits_only"][j][:, mod_index],
+                 "saliency": teacher["saliency"][j]}
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def method_loss(m: nn.Module, batch: Batch, w: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        out = m(audio=batch["audio"], visual=batch["visual"])
+        return loss_of(out, batch if w is None else {**batch, "weights": w}, params)
+
+    def valid_batch() -> Batch:  # the validation loss of the `learned` look-ahead step
+        j = valid_idx[torch.randperm(len(valid_idx), generator=learned_state.valid_draw)[: params.train.batch_size]]
+        return {"audio": inputs["audio"][j].to(device), "visual": inputs["visual"][j].to(device),
+                "y": labels[j].to(device)}
+
+    def loss_fn(m: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        if weights is None:
+            return method_loss(m, batch, None)
+        parts: dict[str, float] = {}
+        if meta is not None:  # learned: one look-ahead meta step on the weights first
+            vb = valid_batch()
+            parts = meta.step(
+                m, train_loss=lambda p, w: method_loss(lambda **x: functional_forward(m, p, **x), batch,
+                                                       student_columns(w, RETRIEVAL_MODALITIES))[0],
+                valid_loss=lambda p: _retrieval_task(functional_forward(m, p, audio=vb["audio"], visual=vb["visual"]),
+                                                     vb, params)["loss"])
+        w = weights(batch["saliency"])  # (M_T,) or (B, M_T)
+        w = w.expand(len(batch["y"]), -1) if w.dim() == 1 else w  # (B, M_T)
+        loss, more = method_loss(m, batch, student_columns(w, RETRIEVAL_MODALITIES))
+        return loss, {**parts, **more, **{f"w_{name}": w[:, k].mean().item() for k, name in enumerate(MODALITIES)}}
+
+    def valid_map(m: nn.Module) -> float:
+        audio, visual = retrieval_embeddings(m, inputs["audio"][valid_idx], inputs["visual"][valid_idx],
+                                             params.train.batch_size)
+        return retrieval_metrics(audio, visual, labels[valid_idx].long())[0]["map_mean"]
+
+    fingerprint = {"method": method, "distill": to_dict(params), "seed": seed, "dataset": dataset,
+                   "n_train": len(train_idx), "task": "retrieval"}
+    best = fit(model, model.parameters(), n_train=len(train_idx), get_batch=get_batch, loss_fn=loss_fn,
+               validate=valid_map, params=params.train, epochs=params.train.epochs, seed=seed,
+               curves=paths.curves(dataset, f"student_{method}", seed), desc=f"student_{method} seed {seed}",
+               valid_metric="map", maximize=True, state_path=paths.training_state(dataset, f"student_{method}", seed),
+               fingerprint=fingerprint, extra_state=learned_state)
+    return model.cpu(), best
+
+
+def run_retrieval(method: str, dataset: str, params: DistillParams, seeds: list[int], clip: ClipParams,
+                  extract: ExtractParams) -> None:
+    """distill@<method> on a retrieval dataset: one RetrievalStudent per seed."""
+    RETRIEVAL_METHODS.get(method)  # unknown method: fail before any work
+    preds = [paths.teacher_predictions(dataset, s) for s in seeds]
+    with stage(f"distill@{method}", [paths.manifest(dataset), *preds], [paths.student_root(dataset, method)]):
+        manifest = read_manifest(paths.manifest(dataset))
+        features = load_features(manifest, dataset, clip, extract, params.student.video_tokens,
+                                 params.student.audio_tokens)
+        splits = manifest["split"].to_numpy()
+        labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
+        for seed, preds_path in zip(seeds, preds, strict=True):
+            seed_everything(seed)
+            teacher = read_teacher_predictions(manifest, preds_path)
+            model, best = train_retrieval_student(method, labels, splits, teacher, features, params, seed, dataset)
+            if is_main_process():
+                save_retrieval_student(paths.student_dir(dataset, method, seed) / RETRIEVAL_CHECKPOINT, model,
+                                       {"method": method, "params": to_dict(params), "seed": seed,
+                                        "dataset": dataset, "classes": features.classes, "best": best,
+                                        "video_tokens": params.student.video_tokens,
+                                        "audio_tokens": params.student.audio_tokens})
+
+
 def run(method: str, dataset: str, params: DistillParams, seeds: list[int], clip: ClipParams,
         extract: ExtractParams) -> None:
+    if DATASETS.get(dataset).task == "retrieval":
+        run_retrieval(method, dataset, params, seeds, clip, extract)
+        return
     METHODS.get(method)  # unknown method: fail before any work
     out_root = paths.student_root(dataset, method)
     preds = [paths.teacher_predictions(dataset, s) for s in seeds]

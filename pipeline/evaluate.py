@@ -5,7 +5,8 @@ Reads  models/<ds>/student_<method>/seed_<s>/ (or models/<ds>/teacher/seed_<s>/ 
        data/prepared/<ds>/manifest.csv; for latency the raw test clips (teacher, multimodal student)
 Writes metrics/<ds>/<name>.json             {"mean": {...}, "std": {...}, "seeds": {"<s>": {...}},
                                              "efficiency": {...}} with the dataset's metric set
-       predictions/<ds>/<name>/seed_<s>.csv  id, label, pred (test split)
+       predictions/<ds>/<name>/seed_<s>.csv  id, label, pred (test split); retrieval: the per-query
+                                             AP table direction, id, label, ap
 
 Command: python -m pipeline.evaluate {teacher,<method>}
 
@@ -13,6 +14,13 @@ The metrics follow the MMSA conventions (pipeline/metrics.py), CH-SIMS's variant
 mean and std (ddof = 1) are over `seeds`. Each seed's numbers are recomputable from its CSV:
 `python -m pipeline.metrics predictions/<ds>/<name>/seed_<s>.csv` (`--metric-set sims`). A
 student is rebuilt from its saved directory, not from today's params.
+
+Retrieval datasets: map_a2v, map_v2a, map_mean over the test clips (retrieval.retrieval_metrics:
+each clip's audio queries every test clip's visual item, and the reverse; cosine similarity, relevant
+= same class). A student ranks by its branches' embeddings. The teacher, which sees both modalities
+at once, is scored as a retrieval model through its modality-specific outputs: a clip's audio item
+is softmax(c_T^audio), the class posterior given its audio alone, and its visual item
+softmax(c_T^video) (stored by the teacher stage as logits_only_<m>).
 
 Efficiency (the models of the first seed; latency does not depend on the seed): `params` counts
 every parameter inference needs (the teacher includes the frozen CLIP; a multimodal student
@@ -33,16 +41,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import paths
 from .clip import load_clip
 from .config import ClipParams, EvaluateParams, ExtractParams, check_params, load_section, load_value
 from .datasets import DATASETS, read_manifest
-from .distill import predict_student, student_inputs, tokenize
+from .distill import RETRIEVAL_CHECKPOINT, predict_student, retrieval_embeddings, student_inputs, tokenize
 from .features import load_features
 from .latency import (
     MediaInputs,
     MultimodalStudentPipeline,
+    RetrievalStudentPipeline,
     TeacherPipeline,
     TextStudentPipeline,
     count_parameters,
@@ -51,6 +61,7 @@ from .latency import (
 )
 from .metrics import CSV_COLUMNS, METRIC_SETS, json_safe, summarize_seeds
 from .models import MODALITIES, load_student, load_teacher
+from .retrieval import load_retrieval_student, retrieval_metrics, write_per_query_ap
 from .runtime import resolve_device, setup_logging, stage
 from .teacher import read_teacher_predictions
 
@@ -79,6 +90,24 @@ def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path, metr
     return METRIC_SETS.get(metric_set).compute(table["pred"].to_numpy(), table["label"].to_numpy())
 
 
+def retrieval_test_metrics(name: str, dataset: str, manifest: pd.DataFrame, test: pd.DataFrame, source: Path,
+                           params: EvaluateParams, clip: ClipParams, extract: ExtractParams,
+                           csv_path: Path) -> dict[str, float]:
+    """mAP of the model in `source` on the test clips (module docstring); writes the per-query APs."""
+    labels = test["label"].to_numpy().astype(np.int64)
+    if name == TEACHER:
+        only = read_teacher_predictions(test, source)["logits_only"]  # (N, 3, K)
+        audio, visual = (only[:, MODALITIES.index(m)].softmax(-1) for m in ("audio", "video"))  # (N, K) each
+    else:
+        model, ckpt = load_retrieval_student(source / RETRIEVAL_CHECKPOINT, resolve_device(params.device))
+        features = load_features(manifest, dataset, clip, extract, ckpt["video_tokens"], ckpt["audio_tokens"])
+        rows = torch.from_numpy(manifest.index[manifest["split"] == "test"].to_numpy())
+        audio, visual = retrieval_embeddings(model, features.audio[rows], features.video[rows], params.batch_size)
+    metrics, table = retrieval_metrics(audio, visual, labels, ids=test["id"].tolist())
+    write_per_query_ap(table, csv_path)
+    return metrics
+
+
 def inference_pipeline(name: str, dataset: str, seed: int, clip: ClipParams, extract: ExtractParams,
                        device) -> tuple[object, str]:
     """The model of `name` (its `seed`) wrapped end to end, from raw clip to prediction, and its inputs."""
@@ -87,8 +116,12 @@ def inference_pipeline(name: str, dataset: str, seed: int, clip: ClipParams, ext
 
     if name == TEACHER:
         teacher, _ = load_teacher(paths.teacher_checkpoint(dataset, seed))
-        return TeacherPipeline.build(teacher.to(device), frozen_clip(), extract.video, extract.audio), "+".join(
-            MODALITIES)
+        inputs = "+".join(MODALITIES) if DATASETS.get(dataset).task == "sentiment" else "video+audio"
+        return TeacherPipeline.build(teacher.to(device), frozen_clip(), extract.video, extract.audio), inputs
+    if DATASETS.get(dataset).task == "retrieval":
+        model, ckpt = load_retrieval_student(paths.student_dir(dataset, name, seed) / RETRIEVAL_CHECKPOINT, device)
+        media = MediaInputs(frozen_clip(), extract.video, extract.audio, ckpt["video_tokens"], ckpt["audio_tokens"])
+        return RetrievalStudentPipeline(model, media), "video+audio"
     model, tokenizer, meta = load_student(paths.student_dir(dataset, name, seed))
     model.to(device)
     config = meta["config"]
@@ -124,14 +157,19 @@ def run(name: str, dataset: str, params: EvaluateParams, seeds: list[int], clip:
                                                                           paths.predictions_dir(dataset, name)]):
         manifest = read_manifest(paths.manifest(dataset))
         test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+        spec = DATASETS.get(dataset)
         per_seed: dict[str, dict[str, float]] = {}
         for seed, source in zip(seeds, sources, strict=True):
-            if name == TEACHER:
-                pred = read_teacher_predictions(test, source)["reg"].double().numpy()
+            csv_path = paths.predictions(dataset, name, seed)
+            if spec.task == "retrieval":
+                per_seed[str(seed)] = retrieval_test_metrics(name, dataset, manifest, test, source, params, clip,
+                                                             extract, csv_path)
             else:
-                pred = student_test_predictions(test, source, params, dataset, clip, extract)
-            per_seed[str(seed)] = write_predictions(test, pred, paths.predictions(dataset, name, seed),
-                                                    DATASETS.get(dataset).metric_set)
+                if name == TEACHER:
+                    pred = read_teacher_predictions(test, source)["reg"].double().numpy()
+                else:
+                    pred = student_test_predictions(test, source, params, dataset, clip, extract)
+                per_seed[str(seed)] = write_predictions(test, pred, csv_path, spec.metric_set)
             log.info("%s seed %d on %d test clips: %s", name, seed, len(test),
                      ", ".join(f"{k} {v:.4f}" for k, v in per_seed[str(seed)].items()))
         summary = summarize_seeds(per_seed)
@@ -140,8 +178,9 @@ def run(name: str, dataset: str, params: EvaluateParams, seeds: list[int], clip:
                   "efficiency": efficiency(name, dataset, test, params, clip, extract, seeds[0])}
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text(json.dumps(result, indent=2) + "\n")  # nan -> null
-        log.info("%s over %d seeds: mae %.4f ± %.4f", name, len(seeds), summary["mean"]["mae"],
-                 summary["std"]["mae"])
+        primary = METRIC_SETS.get(spec.metric_set).primary
+        log.info("%s over %d seeds: %s %.4f ± %.4f", name, len(seeds), primary, summary["mean"][primary],
+                 summary["std"][primary])
     return result
 
 

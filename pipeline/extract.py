@@ -6,6 +6,9 @@ Writes data/features/<ds>/<modality>.h5 and data/features/<ds>/failures_<modalit
     video  sampled frames -> frozen CLIP image embeddings, `frames` (F, D)
     audio  mono waveform -> librosa log-mel frames, `logmel` (T, n_mels)
     text   transcript -> frozen CLIP text embedding, `text` (D,); class prompts in extra/prompts
+           (`extract.text.templates` x the sentiment bins `extract.text.classes`; for a dataset with
+           named classes, the retrieval task, `class_templates` x the manifest's class names, and no
+           transcripts: those datasets have none, so every clip's text modality is absent)
 
 Command: python -m pipeline.extract {video,audio,text}
    or    torchrun --nproc-per-node N -m pipeline.extract {video,audio,text}
@@ -54,7 +57,7 @@ from .config import (
     load_section,
     load_value,
 )
-from .datasets import read_manifest
+from .datasets import dataset_classes, read_manifest
 from .models import MODALITIES
 from .runtime import Ranks, process_group, rank_device, seed_everything, setup_logging, stage
 from .store import FeatureWriter
@@ -81,19 +84,29 @@ def audio_config(audio: AudioParams) -> dict[str, Any]:
     return {"modality": "audio", **dataclasses.asdict(audio), "feature": "logmel_db"}
 
 
-def text_config(clip: ClipParams, templates: list[str], classes: list[str]) -> dict[str, Any]:
+def text_config(clip: ClipParams, templates: list[str], classes: list[str], transcripts: bool = True) -> dict[str, Any]:
     return {"modality": "text", "clip": clip_config(clip.model, clip.pretrained, clip.init_seed),
-            "templates": templates, "classes": classes, "normalized": True}
+            "templates": templates, "classes": classes, "normalized": True, "transcripts": transcripts}
 
 
-def feature_config(modality: str, params: ExtractParams, clip_params: ClipParams) -> dict[str, Any]:
-    """The configuration recorded in (and required of) the feature file of `modality`."""
+def prompt_classes(params: ExtractParams, classes: list[str] | None) -> tuple[list[str], list[str]]:
+    """(templates, class names) of the class prompts: the sentiment bins of params, or a dataset's
+    named classes (`datasets.dataset_classes`) with `extract.text.class_templates`."""
+    if classes is None:
+        return params.text.templates, params.text.classes
+    return params.text.class_templates, classes
+
+
+def feature_config(modality: str, params: ExtractParams, clip_params: ClipParams,
+                   classes: list[str] | None = None) -> dict[str, Any]:
+    """The configuration recorded in (and required of) the feature file of `modality`; `classes`:
+    the dataset's named classes (None for sentiment datasets)."""
     if modality == "video":
         return video_config(clip_params, params.video)
     if modality == "audio":
         return audio_config(params.audio)
     if modality == "text":
-        return text_config(clip_params, params.text.templates, params.text.classes)
+        return text_config(clip_params, *prompt_classes(params, classes), transcripts=classes is None)
     raise ConfigError(f"unknown modality {modality!r}. Available: {list(MODALITIES)}")
 
 
@@ -269,12 +282,16 @@ def prompt_embeddings(encode: Callable[[list[str]], torch.Tensor], templates: li
 
 def extract_text(todo: pd.DataFrame, writer: FeatureWriter, clip_params: ClipParams, templates: list[str],
                  classes: list[str], batch_size: int, device: torch.device, precision: str,
-                 failures: Failures, write_prompts: bool) -> None:
-    """CLIP text embeddings of transcripts (`text` (D,)) and of the class prompts (extra/prompts)."""
+                 failures: Failures, write_prompts: bool, transcripts: bool = True) -> None:
+    """CLIP text embeddings of transcripts (`text` (D,)) and of the class prompts (extra/prompts);
+    `transcripts=False` (datasets without any, e.g. VEGAS): the prompts only."""
     clip = load_clip(clip_params.model, clip_params.pretrained, device, clip_params.init_seed, precision)
     if write_prompts:
         writer.write_extra("prompts", {"embeddings": prompt_embeddings(clip.encode_texts, templates, classes).numpy(),
                                        "classes": list(classes), "templates": list(templates)})
+    if not transcripts:
+        log.info("extract@text: the dataset has no transcripts; wrote the %d class prompts only", len(classes))
+        return
     problems = [transcript_problem(t) for t in todo["text"]]
     for cid, path, reason in zip(todo["id"], todo["video"], problems, strict=True):
         if reason:
@@ -304,7 +321,8 @@ def check_failures(failures: Failures, total: int, max_ratio: float, csv_path: P
 
 
 def extract_shard(modality: str, todo: pd.DataFrame, writer: FeatureWriter, params: ExtractParams,
-                  clip_params: ClipParams, device: torch.device, failures: Failures, write_extra: bool) -> None:
+                  clip_params: ClipParams, device: torch.device, failures: Failures, write_extra: bool,
+                  classes: list[str] | None = None) -> None:
     run = params.run
     if modality == "video":
         extract_video(todo, writer, clip_params, params.video, run.batch_size, run.num_workers, device,
@@ -312,8 +330,8 @@ def extract_shard(modality: str, todo: pd.DataFrame, writer: FeatureWriter, para
     elif modality == "audio":
         extract_audio(todo, writer, params.audio, run.batch_size, run.num_workers, failures)
     else:
-        extract_text(todo, writer, clip_params, params.text.templates, params.text.classes, run.batch_size,
-                     device, run.precision, failures, write_prompts=write_extra)
+        extract_text(todo, writer, clip_params, *prompt_classes(params, classes), run.batch_size,
+                     device, run.precision, failures, write_prompts=write_extra, transcripts=classes is None)
 
 
 def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipParams,
@@ -321,8 +339,9 @@ def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipPar
     """Extract one modality for every manifest clip (this rank's share under torchrun; all of them
     when `ranks` is None, a single process)."""
     ranks = ranks or Ranks()
-    config = feature_config(modality, params, clip_params)
     manifest = read_manifest(paths.manifest(dataset))
+    classes = dataset_classes(manifest)
+    config = feature_config(modality, params, clip_params, classes)
     out, fail_csv = paths.features(dataset, modality), paths.failures(dataset, modality)
     device = rank_device(params.run.device, ranks)
     failures = Failures()
@@ -335,7 +354,7 @@ def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipPar
             writer = FeatureWriter(out, config, versions(), tag=ranks.tag, fresh=False)
         with writer:
             todo = _todo(manifest.iloc[ranks.rank :: ranks.world], writer)
-            extract_shard(modality, todo, writer, params, clip_params, device, failures, ranks.rank == 0)
+            extract_shard(modality, todo, writer, params, clip_params, device, failures, ranks.rank == 0, classes)
             failures.write(writer.partial / f"failures-{ranks.tag}.csv")
         ranks.barrier()
         if ranks.rank == 0:

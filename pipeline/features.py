@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from . import paths
 from .config import ClipParams, ExtractParams
+from .datasets import dataset_classes
 from .extract import feature_config
 from .models import MODALITIES
 from .store import FeatureReader
@@ -65,7 +66,8 @@ def load_features(manifest: pd.DataFrame, dataset: str, clip: ClipParams, extrac
                   video_tokens: int, audio_tokens: int) -> FeatureArrays:
     """Read the three feature files for the manifest's clips, checking their recorded configs."""
     ids = manifest["id"].tolist()
-    video_r, audio_r, text_r = (FeatureReader(paths.features(dataset, m), feature_config(m, extract, clip),
+    classes = dataset_classes(manifest)
+    video_r, audio_r, text_r = (FeatureReader(paths.features(dataset, m), feature_config(m, extract, clip, classes),
                                               stage=f"extract@{m}") for m in MODALITIES)
     with video_r, audio_r, text_r:
         prompts = text_r.extra("prompts")
@@ -78,7 +80,9 @@ def load_features(manifest: pd.DataFrame, dataset: str, clip: ClipParams, extrac
     present = torch.stack([v_ok, a_ok, t_ok], dim=1)  # (N, 3)
     for m, name in enumerate(MODALITIES):
         missing = int((~present[:, m]).sum())
-        if missing:
+        if name == "text" and classes is not None:
+            log.info("text: the dataset has no transcripts (masked for every clip; class prompts only)")
+        elif missing:
             log.warning("%d of %d clips have no %s features (masked)", missing, len(ids), name)
     return FeatureArrays(ids=ids, video=video, audio=audio, text=text, present=present,
                          prompts=torch.from_numpy(prompts["embeddings"]).float(), classes=prompts["classes"])

@@ -11,6 +11,8 @@ each model's metrics. A model's *inference cost* here is everything between a ma
     text student            tokenize the transcript; student forward          (`TextStudentPipeline`)
     multimodal student      the teacher's decode / encode / log-mel path (shared code), tokenize;
                             student forward                                   (`MultimodalStudentPipeline`)
+    retrieval student       the same decode / encode / log-mel path; both branches' embeddings
+                            (a clip is indexed as audio and as visual item)  (`RetrievalStudentPipeline`)
 
 Each pipeline computes exactly what the cached-feature path computes (extract -> store ->
 features.load_features -> forward), so its predictions equal the stored ones up to float
@@ -269,3 +271,22 @@ class MultimodalStudentPipeline:
         out = self.model(**{k: v.to(device) for k, v in inputs.items()})
         return out["reg"].float().cpu()  # (B,)
 
+
+
+class RetrievalStudentPipeline:
+    """Manifest rows -> a retrieval student's audio and visual embeddings (B, 2, E) on the CPU: the
+    teacher's decode / encode / log-mel path (`MediaInputs`, with the student's token counts) +
+    both branches (every clip is embedded as a query / gallery item of each modality)."""
+
+    def __init__(self, model: nn.Module, media_inputs: MediaInputs) -> None:
+        self.model = model.eval()
+        self.media = media_inputs
+
+    def modules(self) -> list[nn.Module]:
+        return [self.media.clip.model, self.model]
+
+    def __call__(self, rows: Sequence[Row]) -> torch.Tensor:
+        inputs = self.media(rows)  # video (B, Fv, D), audio (B, A, n_mels)
+        device = _device(self.model)
+        out = self.model(audio=inputs["audio"].to(device), visual=inputs["video"].to(device))
+        return torch.stack([out["audio_emb"], out["visual_emb"]], dim=1).float().cpu()  # (B, 2, E)

@@ -78,19 +78,23 @@ def videoadviser_loss(r_s: torch.Tensor, r_t: torch.Tensor, distance: str) -> to
     return DISTANCES.get(distance)(r_s, r_t.detach())
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, *,
+            reduction: str = "batchmean") -> torch.Tensor:
     """Hinton et al., "Distilling the Knowledge in a Neural Network" (2015), on the K bin logits:
 
         L_KD = T^2 * KL(softmax(c_T / T) || softmax(c_S / T)),  averaged over the batch
 
     The T^2 factor keeps the gradient scale independent of T (the soft targets' gradients
-    shrink as 1/T^2). The teacher's logits are a constant target.
+    shrink as 1/T^2). The teacher's logits are a constant target. `reduction="none"` returns
+    each row's term (leading dims kept, K summed), e.g. (B, M) for (B, M, K) logits.
     """
     if temperature <= 0:
         raise ValueError(f"distill.kd.temperature must be > 0, got {temperature}")
-    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)  # (B, K)
-    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)  # (B, K)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)  # (..., K)
+    log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)  # (..., K)
+    if reduction == "none":
+        return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1) * temperature**2  # (...,)
+    return F.kl_div(log_p_s, log_p_t, reduction=reduction, log_target=True) * temperature**2
 
 
 
@@ -116,4 +120,24 @@ def msd_loss(student_mod: torch.Tensor, teacher_mod: torch.Tensor, weights: torc
         raise ValueError(f"msd_loss expects weights of shape (B, M) = {tuple(student_mod.shape)} or "
                          f"(M,) = {tuple(student_mod.shape[1:])}, got {tuple(weights.shape)}")
     per_term = DISTANCES.get(distance)(student_mod, teacher_mod.detach(), reduction="none")  # (B, M)
+    return (weights * per_term).sum(dim=1).mean()
+
+
+def msd_kd_loss(student_mod: torch.Tensor, teacher_mod: torch.Tensor, weights: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """MSD's modality-specific term for class distributions (Jin et al. 2021, the KD form of their
+    classification setting), used by the retrieval student whose branch m sees modality m alone:
+
+        L_MSD = 1/B sum_b sum_m w_bm * T^2 KL(softmax(c_T^m(x_b) / T) || softmax(c_S^m(x_b) / T))
+
+    student_mod (B, M, K): branch m's logits; teacher_mod (B, M, K): the teacher's logits with only
+    m kept (a constant target); weights (B, M) or (M,), not detached (see msd_loss).
+    """
+    if student_mod.dim() != 3 or student_mod.shape != teacher_mod.shape:
+        raise ValueError(f"msd_kd_loss expects student and teacher logits of the same shape (B, M, K), "
+                         f"got {tuple(student_mod.shape)} and {tuple(teacher_mod.shape)}")
+    if weights.shape not in (student_mod.shape[:2], student_mod.shape[1:2]):
+        raise ValueError(f"msd_kd_loss expects weights of shape (B, M) = {tuple(student_mod.shape[:2])} or "
+                         f"(M,), got {tuple(weights.shape)}")
+    per_term = kd_loss(student_mod, teacher_mod, temperature, reduction="none")  # (B, M)
     return (weights * per_term).sum(dim=1).mean()

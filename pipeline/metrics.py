@@ -1,8 +1,20 @@
-"""Sentiment regression metrics, following the MMSA toolkit's conventions.
+"""Test metrics of each task: sentiment regression (MMSA conventions) and audio-visual retrieval (mAP).
 
-Two metric sets, chosen per dataset by ``DatasetSpec.metric_set`` through :data:`METRIC_SETS`:
-``mosi_mosei`` (:func:`sentiment_metrics`, :data:`METRIC_NAMES`; labels in [-3, 3]) and
-``sims`` (:func:`sims_metrics`, :data:`SIMS_METRIC_NAMES`; CH-SIMS, labels in [-1, 1]).
+Three metric sets, chosen per dataset by ``DatasetSpec.metric_set`` through :data:`METRIC_SETS`:
+``mosi_mosei`` (:func:`sentiment_metrics`, :data:`METRIC_NAMES`; labels in [-3, 3]),
+``sims`` (:func:`sims_metrics`, :data:`SIMS_METRIC_NAMES`; CH-SIMS, labels in [-1, 1]) and
+``retrieval`` (``retrieval.METRIC_NAMES``; VEGAS-like audio-visual retrieval, defined in
+``pipeline/retrieval.py``). Each :class:`MetricSet` also names its headline metric (``primary``,
+with its direction ``higher_is_better``), the validation curve students log (``curve``) and how
+one seed's predictions file is scored (``from_csv``), so that no other module hard-codes MAE:
+
+=============  ============  ================  ============  ======================================
+metric set     primary       higher_is_better  curve         predictions CSV (one seed)
+=============  ============  ================  ============  ======================================
+``mosi_mosei`` ``mae``       False             ``valid/mae`` per clip: id, label, pred
+``sims``       ``mae``       False             ``valid/mae`` per clip: id, label, pred
+``retrieval``  ``map_mean``  True              ``valid/map`` per query: direction, id, label, ap
+=============  ============  ================  ============  ======================================
 
 MOSI / MOSEI (``mosi_mosei``)
 -----------------------------
@@ -100,27 +112,41 @@ here values and edges are float64: a label given as the decimal 0.1 (as in label
 the edge 0.1 in both, but a value that went through float32 (0.1f = 0.10000000149...) falls one
 class higher here. Labels outside [-1, 1] are clipped, as in MMSA, with a logged warning.
 
-Command line: ``python -m pipeline.metrics [--metric-set sims] predictions.csv [...]`` reads
-per-clip prediction CSVs (columns ``id``, ``label``, ``pred``) and prints one JSON object
-mapping each path to its metrics (default metric set ``mosi_mosei``); ``nan`` is written as
-``null`` so the output is strict JSON.
+Retrieval (``retrieval``)
+-------------------------
+
+``map_a2v``, ``map_v2a`` (mean average precision of audio queries over the visual gallery and
+the reverse; full ranking by cosine similarity, relevance = same class) and ``map_mean`` (their
+average); formulas, tie-breaking and sources in ``pipeline/retrieval.py``. They are computed
+from embeddings (``retrieval.retrieval_metrics``), not from ``(pred, y)``, so this set's
+``compute`` raises a ValueError; a seed's file is its per-query AP table
+(``retrieval.write_per_query_ap``), from which :func:`metrics_from_csv` recomputes the three
+values (``retrieval.metrics_from_per_query``: the mean AP of each direction's rows).
+
+Command line: ``python -m pipeline.metrics [--metric-set sims|retrieval] predictions.csv [...]``
+reads each seed's predictions CSV (per clip: ``id``, ``label``, ``pred``; for ``retrieval`` per
+query: ``direction``, ``id``, ``label``, ``ap``) and prints one JSON object mapping each path to
+its metrics (default metric set ``mosi_mosei``); ``nan`` is written as ``null`` so the output is
+strict JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import logging
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
+from . import retrieval  # retrieval imports config and losses, never this module: no cycle
 from .config import Registry
 
 logger = logging.getLogger(__name__)
@@ -253,26 +279,9 @@ def sims_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {name: values[name] for name in SIMS_METRIC_NAMES}
 
 
-class MetricSet(NamedTuple):
-    """The metric names (in output order) and the function ``(pred, y) -> {name: value}`` of one convention."""
-
-    names: tuple[str, ...]
-    compute: Callable[[np.ndarray, np.ndarray], dict[str, float]]
-
-
-METRIC_SETS: Registry[MetricSet] = Registry("metric set")
-METRIC_SETS.add("mosi_mosei", MetricSet(METRIC_NAMES, sentiment_metrics))
-METRIC_SETS.add("sims", MetricSet(SIMS_METRIC_NAMES, sims_metrics))
-
-
-def metrics_from_csv(path: Path, metric_set: str = "mosi_mosei") -> dict[str, float]:
-    """Recompute the metrics of `metric_set` from a per-clip predictions CSV with columns id, label, pred.
-
-    Errors (missing columns, non-numeric, empty or non-finite values)
-    are raised as ValueError naming the file; row indices count data rows from 0.
-    """
-    compute = METRIC_SETS.get(metric_set).compute
-    path = Path(path)
+def _per_clip_csv_metrics(path: Path, compute: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+                          ) -> dict[str, float]:
+    """`compute(pred, label)` of a per-clip predictions CSV (columns id, label, pred); errors name the file."""
     df = pd.read_csv(path, dtype={"id": str})
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
     if missing:
@@ -286,6 +295,85 @@ def metrics_from_csv(path: Path, metric_set: str = "mosi_mosei") -> dict[str, fl
         return compute(pred, label)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def _per_query_csv_metrics(path: Path) -> dict[str, float]:
+    """map_a2v, map_v2a, map_mean of a per-query AP CSV (retrieval.write_per_query_ap); errors name the file.
+
+    Every AP must be a number in [0, 1]: anything else means the file is not what evaluate writes.
+    """
+    table = retrieval.read_per_query_ap(path)  # FileNotFoundError / ValueError (missing columns) name the file
+    try:
+        ap = table["ap"].to_numpy(dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: column ap is not numeric ({exc})") from exc
+    bad = np.flatnonzero(~((ap >= 0.0) & (ap <= 1.0)))  # also catches nan
+    if bad.size:
+        raise ValueError(f"{path}: {bad.size} AP value(s) outside [0, 1] or nan; first at row {int(bad[0])}: "
+                         f"{float(ap[bad[0]])!r}")
+    try:
+        return retrieval.metrics_from_per_query(table.assign(ap=ap))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def _retrieval_compute(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    raise ValueError("metric set 'retrieval' is not computed from (pred, y): use retrieval.retrieval_metrics on "
+                     "the embeddings, or metrics_from_csv(path, 'retrieval') on a per-query AP CSV")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSet:
+    """One scoring convention: its metrics, its headline metric and how a seed is scored.
+
+    names             metric keys, in output (and report table) order
+    compute           ``(pred, y) -> {name: value}`` of per-clip regression predictions; for sets
+                      not scored from (pred, y) (retrieval: embeddings) a function that raises
+                      ValueError saying what to use instead
+    primary           the headline metric (one of `names`): the one methods are compared on
+                      (report: paired differences, efficiency plot)
+    higher_is_better  the direction of `primary` (False for MAE, True for mAP)
+    curve             the validation metric students log with dvclive every epoch, as its name
+                      under plots/metrics without ``.tsv`` (``valid/mae``, ``valid/map``)
+    from_csv          ``path -> {name: value}``: the metrics of one seed's predictions CSV
+                      (``predictions/<ds>/<name>/seed_<s>.csv``), in `names` order
+    """
+
+    names: tuple[str, ...]
+    compute: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    primary: str
+    higher_is_better: bool
+    curve: str
+    from_csv: Callable[[Path], dict[str, float]]
+
+    def __post_init__(self) -> None:
+        if self.primary not in self.names:
+            raise ValueError(f"MetricSet: primary metric {self.primary!r} is not one of its names {list(self.names)}")
+
+
+def _sentiment_set(names: tuple[str, ...], compute: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+                   ) -> MetricSet:
+    """A sentiment regression set: headline MAE (lower is better), curve valid/mae, per-clip CSVs."""
+    return MetricSet(names, compute, primary="mae", higher_is_better=False, curve="valid/mae",
+                     from_csv=functools.partial(_per_clip_csv_metrics, compute=compute))
+
+
+METRIC_SETS: Registry[MetricSet] = Registry("metric set")
+METRIC_SETS.add("mosi_mosei", _sentiment_set(METRIC_NAMES, sentiment_metrics))
+METRIC_SETS.add("sims", _sentiment_set(SIMS_METRIC_NAMES, sims_metrics))
+METRIC_SETS.add("retrieval", MetricSet(retrieval.METRIC_NAMES, _retrieval_compute, primary="map_mean",
+                                       higher_is_better=True, curve="valid/map", from_csv=_per_query_csv_metrics))
+
+
+def metrics_from_csv(path: Path, metric_set: str = "mosi_mosei") -> dict[str, float]:
+    """Recompute the metrics of `metric_set` from one seed's predictions CSV (``MetricSet.from_csv``).
+
+    The file is per clip (columns id, label, pred) for the sentiment sets and per query (columns
+    direction, id, label, ap; retrieval.write_per_query_ap) for ``retrieval``. Errors (missing
+    columns, non-numeric, empty or non-finite values, APs outside [0, 1]) are raised as ValueError
+    naming the file; row indices count data rows from 0.
+    """
+    return METRIC_SETS.get(metric_set).from_csv(Path(path))
 
 
 def summarize_seeds(per_seed: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -326,12 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.metrics",
-        description="Recompute MMSA-style sentiment metrics from per-clip prediction CSVs "
-        "(columns id, label, pred).",
+        description="Recompute a seed's test metrics from its predictions CSV: per clip (columns id, label, "
+        "pred) for the sentiment sets, per query (direction, id, label, ap) for retrieval.",
     )
     parser.add_argument("csv", nargs="+", type=Path, help="predictions CSV file(s)")
     parser.add_argument("--metric-set", default="mosi_mosei", choices=METRIC_SETS.names(),
-                        help="mosi_mosei (CMU-MOSI/MOSEI, labels in [-3, 3]; default) or sims (CH-SIMS, [-1, 1])")
+                        help="mosi_mosei (CMU-MOSI/MOSEI, labels in [-3, 3]; default), sims (CH-SIMS, [-1, 1]) "
+                        "or retrieval (audio-visual mAP from a per-query AP CSV)")
     args = parser.parse_args(argv)
 
     results: dict[str, dict[str, float | None]] = {}

@@ -1,9 +1,11 @@
 """Stage prepare: validate the raw dataset and write its manifest.
 
 Reads  data/raw/<dataset>/ (layout given by the dataset: MMSA for synthetic_sentiment, mosi, mosei,
-       sims: label.csv + Raw/<video_id>/<clip_id>.mp4; csv: data/raw/csv/manifest.csv)
+       sims: label.csv + Raw/<video_id>/<clip_id>.mp4; csv: data/raw/csv/manifest.csv; VEGAS for
+       synthetic_av, vegas: <class>/<id>.mp4 + folds/fold_<k>.txt, split by params `prepare`)
 Writes data/prepared/<dataset>/manifest.csv (id, split, label, text, video, video_id, clip_id, then
-       label_T, label_A, label_V and audio when the dataset has them)
+       label_T, label_A, label_V, audio, class_name and fold when the dataset has them; a VEGAS
+       manifest's label is the class index and its text is empty)
 
 Command: python -m pipeline.prepare
 
@@ -20,16 +22,16 @@ import logging
 from pathlib import Path
 
 from . import paths
-from .config import check_params, load_value
+from .config import PrepareParams, check_params, load_section, load_value
 from .datasets import MANIFEST_COLUMNS, manifest_columns, read_dataset, write_manifest
 from .runtime import setup_logging, stage
 
 log = logging.getLogger(__name__)
 
 
-def run(dataset: str, root: Path, out: Path) -> None:
+def run(dataset: str, root: Path, out: Path, params: PrepareParams) -> None:
     with stage("prepare", [root], [out]):
-        spec, manifest = read_dataset(dataset, root)
+        spec, manifest = read_dataset(dataset, root, params)
         write_manifest(manifest, out)
         extra = [c for c in manifest_columns(manifest) if c not in MANIFEST_COLUMNS]
         log.info("%s (%s): %s clips per split%s", dataset, spec.task, manifest["split"].value_counts().to_dict(),
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     check_params()
     dataset = load_value("dataset")
-    run(dataset, paths.raw_dir(dataset), paths.manifest(dataset))
+    run(dataset, paths.raw_dir(dataset), paths.manifest(dataset), load_section("prepare"))
 
 
 if __name__ == "__main__":

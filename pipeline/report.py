@@ -8,27 +8,35 @@ Writes reports/<ds>/report.md, efficiency.png, saliency.png, curves.png, and msd
 
 Command: python -m pipeline.report
 
+What is read and compared follows the dataset's metric set (``DatasetSpec.metric_set``, a key of
+metrics.METRIC_SETS): its metrics are the table's columns, its ``primary`` metric (MAE for the
+sentiment sets, lower is better; ``map_mean`` for retrieval, higher is better) is the one the
+paired differences and the efficiency plot use, and its ``curve`` (``valid/mae``; ``valid/map``
+for retrieval) is the validation curve drawn for every model that logged it (students must; the
+retrieval teacher logs ``valid/ce`` instead and is left out of the curves, with a log line).
+
 Every number on the page is defined where it is printed (the "Definitions" section of the
 report repeats them for the reader):
 
 * **metric cells**: ``mean ± std`` of the metrics file, i.e. the mean and the sample standard
   deviation (ddof = 1) over `seeds` of each seed's test metric (metrics.summarize_seeds); a
   lone mean when the std is undefined (one seed), ``n/a`` when the mean is undefined (a seed
-  gave nan, e.g. Corr of a constant prediction). Accuracies and F1 are fractions in [0, 1].
+  gave nan, e.g. Corr of a constant prediction). Accuracies, F1 and mAP are fractions in [0, 1].
 * **params / latency**: the metrics file's `efficiency` (evaluate / latency.py): parameters
   inference needs (frozen encoders included), and wall time per clip from raw inputs to the
   prediction, at batch 1 and batched, median of the timed passes.
-* **paired difference to `none`**: for each seed s in both files, ``d_s = MAE_method(s) -
-  MAE_none(s)`` (the same seed trains both students, so seed-level noise shared by both
-  cancels); reported as ``mean_s d_s ± std_s d_s`` (ddof = 1) and as the number of seeds with
-  ``d_s < 0`` (the method's MAE is lower). Negative is better. No significance test is made.
+* **paired difference to `none`**: for each seed s in both files, ``d_s = P_method(s) -
+  P_none(s)`` with P the primary metric (the same seed trains both students, so seed-level
+  noise shared by both cancels); reported as ``mean_s d_s ± std_s d_s`` (ddof = 1) and as the
+  number of seeds where the method is better: ``d_s < 0`` for MAE (lower is better), ``d_s > 0``
+  for mAP (higher is better). No significance test is made.
 * **population saliency** of modality m for one seed: the mean of the teacher's per-clip
   saliency s_m over the training clips (teacher.py, recorded in its predictions table); the
   figure shows its mean ± std (ddof = 1) over seeds, and the per-clip train-split values of
   every seed pooled, as box plots (median, quartiles, whiskers at 1.5 IQR).
-* **curves**: a model's validation MAE per epoch; at each epoch the mean over the seeds that
-  logged it, and a band from their minimum to their maximum. MSD weights likewise (each value
-  is the epoch's mean over training batches of the batch-mean weight).
+* **curves**: a model's validation metric (the metric set's ``curve``) per epoch; at each epoch
+  the mean over the seeds that logged it, and a band from their minimum to their maximum. MSD
+  weights likewise (each value is the epoch's mean over training batches of the batch-mean weight).
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 from . import paths
 from .config import ReportParams, check_params, load_section, load_value
 from .datasets import DATASETS
-from .metrics import METRIC_SETS
+from .metrics import METRIC_SETS, MetricSet
 from .models import MODALITIES
 from .runtime import setup_logging, stage
 from .store import read_table
@@ -64,7 +72,10 @@ METRIC_LABELS: dict[str, str] = {  # the papers' column names
     "mae": "MAE", "corr": "Corr", "acc7": "Acc-7", "acc5": "Acc-5", "acc2_has0": "Acc-2 (has0)",
     "f1_has0": "F1 (has0)", "acc2_non0": "Acc-2 (non0)", "f1_non0": "F1 (non0)",  # MOSI / MOSEI
     "acc2": "Acc-2", "acc3": "Acc-3", "f1": "F1",  # CH-SIMS
+    "map_a2v": "mAP a→v", "map_v2a": "mAP v→a", "map_mean": "mAP (mean)",  # retrieval
 }
+SHORT_LABELS: dict[str, str] = {"map_mean": "mAP"}  # in sentences and axis labels, where no qualifier is needed
+CURVE_LABELS: dict[str, str] = {"valid/mae": "Validation MAE", "valid/map": "Validation mAP"}
 EFFICIENCY_KEYS = ("params", "latency_ms_b1", "latency_ms_batched", "batch_size", "device", "inputs")
 FIGURES = ("efficiency.png", "saliency.png", "curves.png")
 WEIGHTS_FIGURE = "msd_weights.png"
@@ -103,13 +114,27 @@ class ModelMetrics:
     efficiency: dict[str, Any]
 
 
+def metric_set(dataset: str) -> MetricSet:
+    """The dataset's metric set (metrics.METRIC_SETS): its metrics, primary metric and curve."""
+    return METRIC_SETS.get(DATASETS.get(dataset).metric_set)
+
+
 def metric_names(dataset: str) -> tuple[str, ...]:
-    """The metrics of the dataset's metric set (metrics.METRIC_SETS), in table order."""
-    return tuple(METRIC_SETS.get(DATASETS.get(dataset).metric_set).names)
+    """The metrics of the dataset's metric set, in table order."""
+    return tuple(metric_set(dataset).names)
+
+
+def short_label(metric: str) -> str:
+    """A metric's name in prose: "MAE", "mAP"."""
+    return SHORT_LABELS.get(metric, METRIC_LABELS.get(metric, metric))
+
+
+def better(higher_is_better: bool) -> str:
+    return "higher" if higher_is_better else "lower"
 
 
 def read_metrics(dataset: str, name: str, seeds: Sequence[int]) -> ModelMetrics:
-    """metrics/<ds>/<name>.json, checked: the four sections, the eight metrics, every seed of `seeds`."""
+    """metrics/<ds>/<name>.json, checked: the four sections, the metric set's metrics, every seed of `seeds`."""
     path = paths.metrics(dataset, name)
     rerun = f"run `dvc repro {evaluate_stage(name)}`"
     if not path.is_file():
@@ -156,19 +181,36 @@ def read_curve(path: Path, stage_name: str) -> pd.Series:
     return pd.Series(table[metric].to_numpy(np.float64), index=table["step"].to_numpy(), name=metric)
 
 
+def curve_path(dataset: str, name: str, seed: int, metric: str) -> Path:
+    """The dvclive TSV of `metric` (e.g. valid/mae) of one model and seed."""
+    return paths.curves(dataset, curves_name(name), seed) / "plots" / "metrics" / f"{metric}.tsv"
+
+
 def seed_curves(dataset: str, name: str, seeds: Sequence[int], metric: str) -> pd.DataFrame:
     """`metric` (e.g. valid/mae) of every seed: rows = steps (epochs), columns = seeds."""
     stage_name = curves_stage(name)
-    return pd.DataFrame({s: read_curve(paths.curves(dataset, curves_name(name), s) / "plots" / "metrics" /
-                                       f"{metric}.tsv", stage_name) for s in seeds})
+    return pd.DataFrame({s: read_curve(curve_path(dataset, name, s, metric), stage_name) for s in seeds})
+
+
+def validation_curves(dataset: str, names: Sequence[str], seeds: Sequence[int], metric: str
+                      ) -> dict[str, pd.DataFrame]:
+    """`metric` per epoch of every model in `names`; students must have logged it, the teacher may not
+    have (the retrieval teacher logs valid/ce, not the students' valid/map): then it is left out."""
+    out: dict[str, pd.DataFrame] = {}
+    for name in names:
+        if name == TEACHER and not any(curve_path(dataset, name, s, metric).is_file() for s in seeds):
+            log.info("the teacher logged no %s (%s): no teacher curve in the curves figure", metric,
+                     curve_path(dataset, name, seeds[0], metric).parent)
+            continue
+        out[name] = seed_curves(dataset, name, seeds, metric)
+    return out
 
 
 def weight_curves(dataset: str, method: str, seeds: Sequence[int]) -> dict[str, pd.DataFrame]:
     """MSD modality weights train/w_<m> per epoch, for the modalities some seed logged (else {})."""
     out: dict[str, pd.DataFrame] = {}
     for m in MODALITIES:
-        files = {s: paths.curves(dataset, curves_name(method), s) / "plots" / "metrics" / "train" / f"w_{m}.tsv"
-                 for s in seeds}
+        files = {s: curve_path(dataset, method, s, f"train/w_{m}") for s in seeds}
         found = {s: f for s, f in files.items() if f.is_file()}
         if found:
             out[m] = pd.DataFrame({s: read_curve(f, curves_stage(method)) for s, f in found.items()})
@@ -224,21 +266,25 @@ def mean_std(mean: float, std: float, digits: int = 3, signed: bool = False) -> 
 
 @dataclasses.dataclass(frozen=True)
 class PairedDifference:
-    """MAE of `method` minus MAE of `none`, seed by seed (module docstring)."""
+    """`metric` of `method` minus `metric` of `none`, seed by seed (module docstring)."""
 
     method: str
+    metric: str  # the metric set's primary metric
+    higher_is_better: bool
     seeds: list[int]
     diffs: list[float]  # d_s, in `seeds` order
     mean: float
     std: float  # nan for one seed
-    improved: int  # seeds with d_s < 0
+    improved: int  # seeds where the method is better: d_s > 0 when higher is better, else d_s < 0
 
     def sentence(self) -> str:
         """What the numbers say, and no more."""
         n = len(self.seeds)
+        label = short_label(self.metric)
         if not math.isfinite(self.mean):
-            return f"`{self.method}`: the paired MAE difference is undefined (a seed has no MAE)."
-        text = (f"`{self.method}`: MAE lower than `{BASELINE}` on {self.improved} of {n} seed{'s' * (n != 1)}; "
+            return f"`{self.method}`: the paired {label} difference is undefined (a seed has no {label})."
+        text = (f"`{self.method}`: {label} {better(self.higher_is_better)} than `{BASELINE}` on {self.improved} "
+                f"of {n} seed{'s' * (n != 1)}; "
                 f"mean paired difference {self.mean:+.3f}" + (f" ± {self.std:.3f}." if math.isfinite(self.std)
                                                                else " (one seed, no spread)."))
         if math.isfinite(self.std) and abs(self.mean) <= self.std:
@@ -246,12 +292,15 @@ class PairedDifference:
         return text
 
 
-def paired_difference(method: ModelMetrics, baseline: ModelMetrics, metric: str = "mae") -> PairedDifference:
+def paired_difference(method: ModelMetrics, baseline: ModelMetrics, metric: str,
+                      higher_is_better: bool) -> PairedDifference:
+    """d_s = metric(method, s) - metric(baseline, s) over the seeds both have (module docstring)."""
     seeds = sorted(set(method.seeds) & set(baseline.seeds))
     diffs = np.array([method.seeds[s][metric] - baseline.seeds[s][metric] for s in seeds], dtype=np.float64)
-    return PairedDifference(method=method.name, seeds=seeds, diffs=diffs.tolist(),
-                            mean=float(diffs.mean()) if len(diffs) else math.nan, std=_std(diffs),
-                            improved=int(np.sum(diffs < 0)))
+    improved = diffs > 0 if higher_is_better else diffs < 0
+    return PairedDifference(method=method.name, metric=metric, higher_is_better=higher_is_better, seeds=seeds,
+                            diffs=diffs.tolist(), mean=float(diffs.mean()) if len(diffs) else math.nan,
+                            std=_std(diffs), improved=int(np.sum(improved)))
 
 
 def _number(value: Any, fmt: str) -> str:
@@ -260,7 +309,7 @@ def _number(value: Any, fmt: str) -> str:
 
 
 def metrics_table(models: Sequence[ModelMetrics]) -> str:
-    """Markdown: one row per model, the eight metrics as mean ± std, then params, latency and inputs."""
+    """Markdown: one row per model, the metric set's metrics as mean ± std, then params, latency and inputs."""
     sizes = {m.efficiency["batch_size"] for m in models}
     shared = len(sizes) == 1  # one batch size: in the header; several: in each cell
     names = list(models[0].mean)
@@ -277,9 +326,12 @@ def metrics_table(models: Sequence[ModelMetrics]) -> str:
     return "\n".join(lines)
 
 
-def differences_table(diffs: Sequence[PairedDifference]) -> str:
-    header = ["Method", "Seeds", "MAE − MAE(none) per seed (negative: lower MAE)", "Mean ± std",
-              "Seeds with lower MAE"]
+def differences_table(diffs: Sequence[PairedDifference], metric: str, higher_is_better: bool) -> str:
+    """Markdown: one row per method, its paired differences to `none` on `metric`."""
+    label, direction = short_label(metric), better(higher_is_better)
+    sign = "positive" if higher_is_better else "negative"
+    header = ["Method", "Seeds", f"{label} − {label}({BASELINE}) per seed ({sign}: {direction} {label})",
+              "Mean ± std", f"Seeds with {direction} {label}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for d in diffs:
         per_seed = ", ".join(f"{s}: {v:+.3f}" for s, v in zip(d.seeds, d.diffs, strict=True))
@@ -316,15 +368,17 @@ def _color(i: int) -> str:
     return f"C{i % 10}"
 
 
-def plot_efficiency(models: Sequence[ModelMetrics], path: Path, dpi: int) -> None:
-    """Test MAE (mean ± std over seeds) against latency per clip, batch 1 and batched, log x axis."""
+def plot_efficiency(models: Sequence[ModelMetrics], metric: str, higher_is_better: bool, path: Path,
+                    dpi: int) -> None:
+    """Test `metric` (mean ± std over seeds) against latency per clip, batch 1 and batched, log x axis."""
+    label = short_label(metric)
     fig, axes = _figure(11, 4.5, cols=2)
     for ax, key, title in ((axes[0], "latency_ms_b1", "batch 1"), (axes[1], "latency_ms_batched", "batched")):
         shown = 0
         for i, m in enumerate(models):
-            x, y, err = _float(m.efficiency[key]), m.mean["mae"], m.std["mae"]
+            x, y, err = _float(m.efficiency[key]), m.mean[metric], m.std[metric]
             if not (math.isfinite(x) and x > 0 and math.isfinite(y)):
-                log.warning("%s: no positive %s or no MAE; left out of the efficiency plot", m.name, key)
+                log.warning("%s: no positive %s or no %s; left out of the efficiency plot", m.name, key, label)
                 continue
             teacher = m.name == TEACHER
             ax.errorbar([x], [y], yerr=[err] if math.isfinite(err) else None, fmt="s" if teacher else "o",
@@ -338,9 +392,9 @@ def plot_efficiency(models: Sequence[ModelMetrics], path: Path, dpi: int) -> Non
         if key == "latency_ms_batched":
             sizes = sorted({m.efficiency["batch_size"] for m in models})
             title = f"batch {sizes[0]}" if len(sizes) == 1 else f"batched (batch sizes {sizes})"
-        ax.set_title(f"Test MAE vs. inference latency, {title}")
+        ax.set_title(f"Test {label} vs. inference latency, {title}")
         ax.set_xlabel("end-to-end latency per clip (ms, log scale)")
-        ax.set_ylabel("test MAE (mean ± std over seeds; lower is better)")
+        ax.set_ylabel(f"test {label} (mean ± std over seeds; {better(higher_is_better)} is better)")
         ax.grid(True, which="both", alpha=0.3)
     fig.savefig(path, dpi=dpi)
 
@@ -372,14 +426,21 @@ def _band(ax: Any, curves: pd.DataFrame, label: str, color: str, style: str = "-
                     linewidth=0)
 
 
-def plot_curves(curves: dict[str, pd.DataFrame], path: Path, dpi: int) -> None:
+def curve_label(metric: str) -> str:
+    """A logged curve's name for titles and axes: "Validation MAE" for valid/mae."""
+    return CURVE_LABELS.get(metric, metric)
+
+
+def plot_curves(curves: dict[str, pd.DataFrame], metric: str, path: Path, dpi: int) -> None:
+    """`metric` (a dvclive curve, e.g. valid/mae) per epoch of every model in `curves`."""
+    label = curve_label(metric)
     fig, (ax,) = _figure(8, 4.5)
     for i, (name, frame) in enumerate(curves.items()):
         _band(ax, frame, name, "black" if name == TEACHER else _color(i), "--" if name == TEACHER else "-")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title("Validation MAE per epoch (mean over seeds, band: min to max)")
+    ax.set_title(f"{label} per epoch (mean over seeds, band: min to max)")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation MAE")
+    ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=dpi)
@@ -417,23 +478,50 @@ def _provenance(dataset: str, methods: Sequence[str], seeds: Sequence[int], mode
     return lines
 
 
-DEFINITIONS = """\
+_SENTIMENT_METRICS = """\
 - Metrics (MMSA conventions, `pipeline/metrics.py`): MAE (lower is better), Pearson Corr, Acc-7 and
   Acc-5 (rounded, clipped to [-3, 3] / [-2, 2]), Acc-2 and weighted F1 with neutral clips counted as
-  positive (has0) or removed (non0); accuracies and F1 are fractions in [0, 1].
+  positive (has0) or removed (non0); accuracies and F1 are fractions in [0, 1]."""
+_RETRIEVAL_METRICS = """\
+- Metrics (`pipeline/retrieval.py`): mean average precision (mAP, higher is better, in [0, 1]) of
+  cross-modal retrieval on the test clips. Each clip's audio embedding is a query that ranks the visual
+  embeddings of all test clips by cosine similarity, the full ranking with no cut-off (a→v), and each
+  visual embedding ranks the audio ones (v→a); an item is relevant when it has the query's class.
+  AP of a query: the mean, over the relevant items, of the precision at the item's rank; mAP a→v and
+  mAP v→a: the mean AP over that direction's queries; mAP (mean): their average. Per-query APs:
+  `{predictions}/seed_<s>.csv` (`python -m pipeline.metrics --metric-set retrieval <csv>`
+  recomputes a seed's mAP from it)."""
+METRIC_DEFINITIONS: dict[str, str] = {  # metric set -> its bullet; {predictions}: the predictions folder
+    "mosi_mosei": _SENTIMENT_METRICS, "sims": _SENTIMENT_METRICS, "retrieval": _RETRIEVAL_METRICS,
+}
+_SPREAD_AND_COST = """\
 - `mean ± std`: mean and sample standard deviation (ddof = 1) over the seeds of each seed's test metric;
   a lone mean means one seed, `n/a` an undefined value.
 - Params: every parameter inference needs, frozen encoders included. Latency: end-to-end wall time per
-  clip from the raw inputs to the prediction (median of the timed passes), at batch 1 and batched.
-- Paired difference: d_s = MAE(method, seed s) - MAE(none, seed s) for each seed; mean ± std over seeds,
-  and the number of seeds with d_s < 0. No significance test: with few seeds these are descriptive.
+  clip from the raw inputs to the prediction (median of the timed passes), at batch 1 and batched."""
+_SALIENCY = """\
 - Saliency of modality m on a clip: how much the teacher's output (or loss) changes when m is masked;
   population saliency: its mean over the training clips."""
 
 
+def definitions(dataset: str) -> str:
+    """The report's Definitions section for the dataset's metric set."""
+    name = DATASETS.get(dataset).metric_set
+    ms = METRIC_SETS.get(name)
+    label = short_label(ms.primary)
+    paired = (f"- Paired difference: d_s = {label}(method, seed s) - {label}(none, seed s) for each seed; "
+              f"mean ± std over seeds,\n  and the number of seeds with d_s {'>' if ms.higher_is_better else '<'} 0. "
+              "No significance test: with few seeds these are descriptive.")
+    metrics = METRIC_DEFINITIONS[name].format(predictions=paths.predictions_dir(dataset, "<name>"))
+    return "\n".join([metrics, _SPREAD_AND_COST, paired, _SALIENCY])
+
+
 def write_report(path: Path, dataset: str, methods: Sequence[str], seeds: Sequence[int],
                  models: Sequence[ModelMetrics], diffs: Sequence[PairedDifference] | None, saliency: Saliency,
-                 teacher_config: dict[str, Any], figures: Sequence[str]) -> None:
+                 teacher_config: dict[str, Any], figures: Sequence[str], curves_drawn: Sequence[str]) -> None:
+    """The Markdown page; `curves_drawn`: the models whose validation curve is in curves.png."""
+    ms = metric_set(dataset)
+    label, curve = short_label(ms.primary), curve_label(ms.curve)
     parts = [f"# Report: {dataset}", "", *_provenance(dataset, methods, seeds, models, teacher_config), "",
              "## Test metrics", "", metrics_table(models), ""]
     parts += ["## Distillation vs. none", ""]
@@ -442,14 +530,18 @@ def write_report(path: Path, dataset: str, methods: Sequence[str], seeds: Sequen
     elif not diffs:
         parts += [f"Only `{BASELINE}` was trained: nothing to compare with it.", ""]
     else:
-        parts += [differences_table(diffs), "", *(f"- {d.sentence()}" for d in diffs), ""]
-    parts += ["## Efficiency", "", "![Test MAE against end-to-end latency per clip](efficiency.png)", "",
+        parts += [differences_table(diffs, ms.primary, ms.higher_is_better), "",
+                  *(f"- {d.sentence()}" for d in diffs), ""]
+    parts += ["## Efficiency", "", f"![Test {label} against end-to-end latency per clip](efficiency.png)", "",
               "## Teacher saliency", "", saliency_table(saliency), "",
               "![Teacher saliency per modality](saliency.png)", "",
-              "## Training curves", "", "![Validation MAE per epoch](curves.png)", ""]
+              "## Training curves", "", f"![{curve} per epoch](curves.png)", ""]
+    missing = [m.name for m in models if m.name not in curves_drawn]
+    if missing:
+        parts += [f"Not drawn (no `{ms.curve}` logged): {', '.join(f'`{n}`' for n in missing)}.", ""]
     if WEIGHTS_FIGURE in figures:
         parts += ["## MSD modality weights", "", f"![MSD modality weights per epoch]({WEIGHTS_FIGURE})", ""]
-    parts += ["## Definitions", "", DEFINITIONS, ""]
+    parts += ["## Definitions", "", definitions(dataset), ""]
     path.write_text("\n".join(parts))
 
 
@@ -462,27 +554,28 @@ def run(dataset: str, methods: Sequence[str], seeds: Sequence[int], params: Repo
     report = out_dir / "report.md"
     reads = [*(paths.metrics(dataset, n) for n in names), paths.teacher_dir(dataset), paths.CURVES / dataset]
     with stage("report", reads, [report]):
+        ms = metric_set(dataset)
         models = [read_metrics(dataset, n, seeds) for n in names]
         by_name = {m.name: m for m in models}
         saliency = read_saliency(dataset, seeds)
         _, teacher_config = read_table(paths.teacher_predictions(dataset, seeds[0]), stage="teacher")
-        curves = {n: seed_curves(dataset, n, seeds, "valid/mae") for n in names}
+        curves = validation_curves(dataset, names, seeds, ms.curve)
         weights = {m: w for m in methods if (w := weight_curves(dataset, m, seeds))}
-        diffs = ([paired_difference(by_name[m], by_name[BASELINE]) for m in methods if m != BASELINE]
-                 if BASELINE in methods else None)
+        diffs = ([paired_difference(by_name[m], by_name[BASELINE], ms.primary, ms.higher_is_better)
+                  for m in methods if m != BASELINE] if BASELINE in methods else None)
 
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob("*.png"):  # a figure of an earlier run must not outlive its data
             stale.unlink()
-        plot_efficiency(models, out_dir / "efficiency.png", params.dpi)
+        plot_efficiency(models, ms.primary, ms.higher_is_better, out_dir / "efficiency.png", params.dpi)
         plot_saliency(saliency, out_dir / "saliency.png", params.dpi)
-        plot_curves(curves, out_dir / "curves.png", params.dpi)
+        plot_curves(curves, ms.curve, out_dir / "curves.png", params.dpi)
         figures = list(FIGURES)
         if weights:
             plot_weights(weights, out_dir / WEIGHTS_FIGURE, params.dpi)
             figures.append(WEIGHTS_FIGURE)
         write_report(report, dataset, methods, seeds, models, diffs, saliency,
-                     teacher_config.get("teacher", {}), figures)
+                     teacher_config.get("teacher", {}), figures, list(curves))
         log.info("report: %d models, %d seeds, figures %s", len(models), len(seeds), ", ".join(figures))
     return report
 

@@ -238,11 +238,11 @@ class Stateful(Protocol):
 
 def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_batch: Callable[[torch.Tensor], Batch],
         loss_fn: LossFn, validate: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
-        curves: Path, desc: str, valid_metric: str = "mae", *, state_path: Path | None = None,
+        curves: Path, desc: str, valid_metric: str = "mae", *, maximize: bool = False, state_path: Path | None = None,
         fingerprint: dict[str, Any] | None = None, extra_state: Stateful | None = None) -> dict[str, float]:
     """Train `parameters` of `model` for `epochs`, keeping the weights of the epoch with the lowest
-    `validate(model)` (named `valid_metric`); returns that epoch and its value,
-    `{"epoch": e, f"valid_{valid_metric}": v}`.
+    `validate(model)` (named `valid_metric`; the highest with `maximize`, e.g. a mAP); returns that
+    epoch and its value, `{"epoch": e, f"valid_{valid_metric}": v}`.
 
     `model` is already on its training device (`runtime.train_device(params.device)`), and
     `get_batch(indices)` returns the batch of those training-set indices on that device.
@@ -269,8 +269,9 @@ def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_
     frozen = _freeze_others(model, trained)
     try:
         best = _fit(model, trained, n_train, get_batch, loss_fn, validate, params, epochs, seed, curves, desc,
-                    valid_metric, state_path, _run_fingerprint(fingerprint, n_train, epochs, seed, valid_metric,
-                                                               params), ranks, device, extra_state)
+                    valid_metric, -1.0 if maximize else 1.0, state_path,
+                    _run_fingerprint(fingerprint, n_train, epochs, seed, valid_metric, params), ranks, device,
+                    extra_state)
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
@@ -282,7 +283,7 @@ def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_
 
 def _fit(model: nn.Module, trained: list[nn.Parameter], n_train: int, get_batch: Callable[[torch.Tensor], Batch],
          loss_fn: LossFn, validate: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
-         curves: Path, desc: str, valid_metric: str, state_path: Path | None, fingerprint: dict[str, Any],
+         curves: Path, desc: str, valid_metric: str, sign: float, state_path: Path | None, fingerprint: dict[str, Any],
          ranks: Ranks, device: torch.device, extra_state: Stateful | None) -> dict[str, float]:
     main = ranks.rank == 0
     optimizer = torch.optim.AdamW(trained, lr=params.lr, weight_decay=params.weight_decay)
@@ -298,7 +299,7 @@ def _fit(model: nn.Module, trained: list[nn.Parameter], n_train: int, get_batch:
             "generator": torch.Generator().manual_seed(seed).get_state(),  # shuffling state at the epoch's start
             "sums": {},  # loss terms summed over the epoch's steps so far
             "rows": [],  # curve rows of the finished epochs
-            "best": {"epoch": -1, key: float("inf")}, "best_state": copy.deepcopy(model.state_dict()),
+            "best": {"epoch": -1, key: sign * float("inf")}, "best_state": copy.deepcopy(model.state_dict()),
         }
     else:
         model.load_state_dict(saved["model"])
@@ -363,7 +364,7 @@ def _fit(model: nn.Module, trained: list[nn.Parameter], n_train: int, get_batch:
                 for k, v in row.items():
                     live.log_metric(k, v)
                 live.next_step()
-            if value < progress["best"][key]:
+            if sign * value < sign * progress["best"][key]:  # sign -1: higher is better
                 progress["best"] = {"epoch": epoch, key: value}
                 progress["best_state"] = copy.deepcopy(model.state_dict())
             progress.update(epoch=epoch + 1, done=0, generator=generator.get_state(), sums={},

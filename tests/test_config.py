@@ -314,7 +314,8 @@ def test_check_params_accepts_the_project_params() -> None:
     ("edits", "error", "message"),
     [
         ({"dataset": "nope"}, ConfigError,
-         r"unknown dataset 'nope'. Available: \['csv', 'mosei', 'mosi', 'sims', 'synthetic_sentiment'\]"),
+         r"unknown dataset 'nope'. Available: \['csv', 'mosei', 'mosi', 'sims', 'synthetic_av', "
+         r"'synthetic_sentiment', 'vegas'\]"),
         ({"distill__methods": ["none", "fitnets"]}, ConfigError,
          r"unknown distillation method 'fitnets'. Available: \['kd', 'msd-instance', 'msd-learned', "
          r"'msd-population', 'msd-uniform', 'none', 'videoadviser'\]"),

@@ -10,14 +10,24 @@ import pytest
 import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-from pipeline.config import DistillParams, KDParams, MSDParams, StudentParams, TrainParams, VideoAdviserParams
+from pipeline.config import (
+    DistillParams,
+    KDParams,
+    MSDParams,
+    RetrievalParams,
+    StudentParams,
+    TrainParams,
+    VideoAdviserParams,
+)
 from pipeline.distill import (
     METHODS,
+    RETRIEVAL_METHODS,
     build_student,
     forward_with_modalities,
     msd_weighting,
     tokenize,
     train_bpe_tokenizer,
+    train_retrieval_student,
 )
 from pipeline.features import FeatureArrays
 from pipeline.models import MODALITIES, MultimodalStudent, TextStudent
@@ -25,12 +35,14 @@ from pipeline.models import MODALITIES, MultimodalStudent, TextStudent
 TEXTS = ["i thought the movie was great", "honestly the acting felt awful to me", "it was okay i guess"] * 4
 STUDENT = StudentParams(kind="text", pretrained="", hidden_size=32, layers=1, heads=2, intermediate_size=64,
                         vocab_size=300, max_length=24, head_hidden=16, dropout=0.0, video_tokens=3, audio_tokens=5)
+RETRIEVAL = RetrievalParams(embed_dim=8, hidden_dim=16, dropout=0.0, objective="supcon", temperature=0.1, margin=0.2,
+                            ce_weight=1.0)
 TRAIN = TrainParams(epochs=1, batch_size=4, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu", precision="fp32",
                     grad_accum=1, checkpoint_every=0)
 
 
 def params(weight: float = 0.5, distance: str = "mse", msd_distance: str = "l1") -> DistillParams:
-    return DistillParams(methods=["none", "kd", "videoadviser"], student=STUDENT,
+    return DistillParams(methods=["none", "kd", "videoadviser"], student=STUDENT, retrieval=RETRIEVAL,
                          kd=KDParams(weight=0.5, temperature=2.0), train=TRAIN,
                          videoadviser=VideoAdviserParams(weight=weight, distance=distance),
                          msd=MSDParams(kd_weight=0.0, temperature=2.0, distance=msd_distance,
@@ -161,3 +173,68 @@ def test_multimodal_student_masks_what_it_does_not_keep() -> None:
 def test_multimodal_student_needs_features() -> None:
     with pytest.raises(ValueError, match="multimodal student needs the cached features"):
         build_student(dataclasses.replace(STUDENT, kind="multimodal"), TEXTS, num_classes=7)
+
+
+# --------------------------------------------------------------------------- retrieval students
+
+
+def retrieval_setup(n: int = 30, k: int = 3) -> tuple[torch.Tensor, object, dict[str, torch.Tensor], FeatureArrays]:
+    """Class labels visible in both modalities, a teacher whose logits and per-modality logits know them."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % k
+    data = features(n)
+    data.video = torch.randn(n, 3, 16, generator=g) + 3 * torch.nn.functional.one_hot(labels, 16)[:, None].float()
+    data.audio = torch.randn(n, 5, 8, generator=g) + 3 * torch.nn.functional.one_hot(labels, 8)[:, None].float()
+    onehot = 4 * torch.nn.functional.one_hot(labels, k).float()
+    teacher = {"logits": onehot, "logits_only": torch.stack([onehot, onehot / 2, torch.zeros(n, k)], dim=1),
+               "saliency": torch.rand(n, 3, generator=g) * torch.tensor([1.0, 1.0, 0.0])}
+    splits = np.array((["train"] * 4 + ["valid"]) * (n // 5))
+    return labels.float(), splits, teacher, data
+
+
+@pytest.mark.parametrize("method", RETRIEVAL_METHODS.names())
+def test_every_method_trains_a_retrieval_student(method: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    labels, splits, teacher, data = retrieval_setup()
+    torch.manual_seed(0)
+    p = dataclasses.replace(params(), train=dataclasses.replace(TRAIN, epochs=6, lr=1e-2))
+    model, best = train_retrieval_student(method, labels, splits, teacher, data, p, seed=0, dataset="toy")
+    assert set(best) == {"epoch", "valid_map"} and 0.0 < best["valid_map"] <= 1.0
+    assert best["valid_map"] > 0.7, best  # the classes are easy: the branches must have learned them
+    out = model(audio=data.audio[:4], visual=data.video[:4])
+    assert out["audio_emb"].shape == (4, 8) and out["visual_logits"].shape == (4, 3)
+    curves = tmp_path / "dvclive" / "toy" / f"student_{method}" / "seed_0" / "plots" / "metrics"
+    assert (curves / "valid" / "map.tsv").is_file()
+    if method.startswith("msd-"):  # the weights over the teacher's modalities are logged
+        assert (curves / "train" / "w_video.tsv").is_file()
+
+
+def test_retrieval_methods_add_their_distillation_terms() -> None:
+    labels, _, teacher, data = retrieval_setup(n=6)
+    torch.manual_seed(0)
+    from pipeline.distill import RETRIEVAL_MODALITIES, build_retrieval_student
+    from pipeline.losses import kd_loss
+    from pipeline.retrieval import retrieval_loss
+
+    model = build_retrieval_student(params(), data, 3)
+    out = model(audio=data.audio, visual=data.video)
+    batch = {"y": labels, "teacher_logits": teacher["logits"], "teacher_mod": teacher["logits_only"][:, [0, 1]],
+             "weights": torch.tensor([0.7, 0.2])}
+    task = retrieval_loss(out, labels.long(), "supcon", temperature=0.1)["loss"]
+    p = params()
+    none, _ = RETRIEVAL_METHODS.get("none")(out, batch, p)
+    torch.testing.assert_close(none, task)
+    kd, _ = RETRIEVAL_METHODS.get("kd")(out, batch, p)
+    expected_kd = (kd_loss(out["audio_logits"], teacher["logits"], 2.0)
+                   + kd_loss(out["visual_logits"], teacher["logits"], 2.0)) / 2
+    torch.testing.assert_close(kd, task + 0.5 * expected_kd)
+    va, _ = RETRIEVAL_METHODS.get("videoadviser")(out, batch, p)
+    expected_va = sum(((out[b] - teacher["logits"]) ** 2).mean() for b in ("audio_logits", "visual_logits")) / 2
+    torch.testing.assert_close(va, task + 0.5 * expected_va)
+    msd, _ = RETRIEVAL_METHODS.get("msd-population")(out, batch, p)  # kd_weight 0: the MSD term alone
+    branch = {"video": "visual_logits", "audio": "audio_logits"}
+    expected_msd = sum(w * kd_loss(out[branch[m]], teacher["logits_only"][:, i], 2.0)
+                       for i, (m, w) in enumerate(zip(RETRIEVAL_MODALITIES, (0.7, 0.2), strict=True)))
+    torch.testing.assert_close(msd, task + expected_msd)

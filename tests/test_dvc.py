@@ -92,3 +92,24 @@ def test_distill_param_experiment_skips_upstream_stages(repo: Path) -> None:
     for stage in [f"{s}@{m}" for s in ("distill", "evaluate") for m in METHODS] + ["report"]:
         assert f"Running stage '{stage}'" in out
     assert "Running stage 'teacher'" not in out
+
+
+def test_switching_dataset_runs_retrieval_and_switching_back_recomputes_nothing(repo: Path) -> None:
+    """`dataset` is the one params change that swaps tasks; every output path carries it, so the
+    default's outputs stay in the DVC cache (and run-cache) and come back without running anything."""
+    before = {p: p.read_bytes() for p in sorted((repo / "metrics" / "synthetic_sentiment").glob("*.json"))}
+    out = sh("dvc", "exp", "run", "-S", "dataset=synthetic_av", "-S", "seeds=[0]", cwd=repo)
+    for stage in ("prepare", "extract@video", "teacher", *(f"distill@{m}" for m in METHODS), "report"):
+        assert f"Running stage '{stage}'" in out
+    for name in ("teacher", *METHODS):
+        metrics = json.loads((repo / "metrics" / "synthetic_av" / f"{name}.json").read_text())
+        assert list(metrics["mean"]) == ["map_a2v", "map_v2a", "map_mean"] and list(metrics["seeds"]) == ["0"]
+        assert 0.0 < metrics["mean"]["map_mean"] <= 1.0
+        assert (repo / "predictions" / "synthetic_av" / name / "seed_0.csv").is_file()
+    assert "map" in (repo / "reports" / "synthetic_av" / "report.md").read_text().lower()
+
+    out = sh("dvc", "exp", "run", "-S", "dataset=synthetic_sentiment", "-S", "seeds=[0,1]", cwd=repo)
+    assert "Running stage" not in out, out
+    assert "skipping run, checking out outputs" in out  # restored from the run-cache, not recomputed
+    assert {p: p.read_bytes() for p in before} == before
+    assert (repo / "models" / "synthetic_sentiment" / "teacher" / "seed_1" / "teacher.pt").is_file()

@@ -37,7 +37,7 @@ def _params(max_failure_ratio: float = 0.1, batch_size: int = 5) -> ExtractParam
         "video": {"backend": "decord", "sampling": "uniform", "frames": FRAMES, "fps": 1.0, "max_frames": 16},
         "audio": {"sample_rate": SAMPLE_RATE, "n_mels": N_MELS, "win_ms": 25.0, "hop_ms": 10.0,
                   "fmin": 0.0, "fmax": 8000.0},
-        "text": {"templates": TEMPLATES, "classes": CLASSES},
+        "text": {"templates": TEMPLATES, "classes": CLASSES, "class_templates": ["a video of {}"]},
     }, where="extract")
 
 
@@ -236,7 +236,7 @@ def test_audio_track_missing_is_a_failure(workdir: Path, raw: Path) -> None:
 def test_extract_text(workdir: Path, raw: Path) -> None:
     _run("text", batch_size=5)
     expected_config = {"modality": "text", "clip": {"model": "mmdistill-tiny", "pretrained": "", "init_seed": 0},
-                       "templates": TEMPLATES, "classes": CLASSES, "normalized": True}
+                       "templates": TEMPLATES, "classes": CLASSES, "normalized": True, "transcripts": True}
     manifest = _clean_manifest(raw)
     torch.manual_seed(SEED)
     clip = load_clip(CLIP.model, CLIP.pretrained, torch.device("cpu"), CLIP.init_seed)

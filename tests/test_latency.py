@@ -125,7 +125,8 @@ def _extract_params() -> ExtractParams:
         "video": {"backend": "decord", "sampling": "uniform", "frames": FRAMES, "fps": 1.0, "max_frames": 16},
         "audio": {"sample_rate": 16000, "n_mels": N_MELS, "win_ms": 25.0, "hop_ms": 10.0, "fmin": 0.0,
                   "fmax": 8000.0},
-        "text": {"templates": ["a {} clip"], "classes": ["negative", "neutral", "positive"]},
+        "text": {"templates": ["a {} clip"], "classes": ["negative", "neutral", "positive"],
+                 "class_templates": ["a {}"]},
     }, where="extract")
 
 

@@ -15,12 +15,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
+from pipeline import retrieval
 from pipeline.config import ConfigError
 from pipeline.datasets import DATASETS
 from pipeline.metrics import (
     METRIC_NAMES,
     METRIC_SETS,
     SIMS_METRIC_NAMES,
+    MetricSet,
     main,
     metrics_from_csv,
     sentiment_metrics,
@@ -412,12 +414,30 @@ def test_sims_validation_errors():
 
 
 def test_metric_sets_registry():
-    assert METRIC_SETS.names() == ["mosi_mosei", "sims"]
-    assert METRIC_SETS.get("mosi_mosei") == (METRIC_NAMES, sentiment_metrics)
-    names, compute = METRIC_SETS.get("sims")
-    assert names == SIMS_METRIC_NAMES and compute is sims_metrics
-    with pytest.raises(ConfigError, match=r"unknown metric set 'mosi'. Available: \['mosi_mosei', 'sims'\]"):
+    assert METRIC_SETS.names() == ["mosi_mosei", "retrieval", "sims"]
+    for name, names, compute in (("mosi_mosei", METRIC_NAMES, sentiment_metrics),
+                                 ("sims", SIMS_METRIC_NAMES, sims_metrics)):
+        metric_set = METRIC_SETS.get(name)
+        assert metric_set.names == names and metric_set.compute is compute
+        assert (metric_set.primary, metric_set.higher_is_better, metric_set.curve) == ("mae", False, "valid/mae")
+    with pytest.raises(ConfigError,
+                       match=r"unknown metric set 'mosi'. Available: \['mosi_mosei', 'retrieval', 'sims'\]"):
         METRIC_SETS.get("mosi")
+
+
+def test_retrieval_metric_set():
+    metric_set = METRIC_SETS.get("retrieval")
+    assert metric_set.names == retrieval.METRIC_NAMES == ("map_a2v", "map_v2a", "map_mean")
+    assert metric_set.primary == "map_mean" and metric_set.higher_is_better is True
+    assert metric_set.curve == "valid/map"
+    with pytest.raises(ValueError, match=r"'retrieval' is not computed from \(pred, y\): use retrieval"):
+        metric_set.compute(np.zeros(3), np.zeros(3))
+
+
+def test_metric_set_primary_must_be_one_of_its_names():
+    with pytest.raises(ValueError, match=r"primary metric 'map' is not one of its names \['mae'\]"):
+        MetricSet(("mae",), sentiment_metrics, primary="map", higher_is_better=True, curve="valid/map",
+                  from_csv=metrics_from_csv)
 
 
 def test_every_dataset_names_a_metric_set():
@@ -425,6 +445,7 @@ def test_every_dataset_names_a_metric_set():
         METRIC_SETS.get(DATASETS.get(name).metric_set)
     assert DATASETS.get("sims").metric_set == "sims"
     assert {DATASETS.get(n).metric_set for n in ("mosi", "mosei", "synthetic_sentiment")} == {"mosi_mosei"}
+    assert {DATASETS.get(n).metric_set for n in ("synthetic_av", "vegas")} == {"retrieval"}
 
 
 def test_mosi_metrics_unchanged():
@@ -476,3 +497,70 @@ def test_sims_from_csv_and_cli(tmp_path, capsys):
     assert "invalid choice: 'nope'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="unknown metric set"):
         metrics_from_csv(path, "nope")
+
+
+# --------------------------------------------------------------------------- retrieval (per-query AP CSV)
+
+
+PER_QUERY_CSV = """\
+direction,id,label,ap
+a2v,c0,0,1.0
+a2v,c1,0,0.5
+a2v,c2,1,0.75
+v2a,c0,0,1.0
+v2a,c1,0,0.25
+v2a,c2,1,0.25
+"""
+
+
+def test_retrieval_from_csv_hand_computed(tmp_path):
+    path = tmp_path / "seed_0.csv"
+    path.write_text(PER_QUERY_CSV)
+    m = metrics_from_csv(path, "retrieval")
+    assert list(m) == ["map_a2v", "map_v2a", "map_mean"]
+    # a2v: (1 + 0.5 + 0.75) / 3 = 0.75; v2a: (1 + 0.25 + 0.25) / 3 = 0.5; mean: (0.75 + 0.5) / 2
+    assert m == pytest.approx({"map_a2v": 0.75, "map_v2a": 0.5, "map_mean": 0.625}, rel=0, abs=1e-15)
+
+
+def test_retrieval_from_csv_recomputes_what_retrieval_metrics_wrote(tmp_path):
+    # 3 clips, classes [0, 0, 1]; audio and visual embeddings in 2-D.
+    audio = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]])
+    visual = np.array([[1.0, 0.0], [1.0, 0.2], [0.0, 1.0]])
+    labels = np.array([0, 0, 1])
+    # a2v, query 0 (class 0): cos to v = [1, 0.98, 0] -> ranks v0 (rel), v1 (rel), v2: AP = (1/1 + 2/2) / 2 = 1
+    # a2v, query 1 (class 0): cos to v = [0, 0.196, 1] -> v2, v1 (rel), v0 (rel): AP = (1/2 + 2/3) / 2 = 7/12
+    # a2v, query 2 (class 1): cos to v = [0.995, 0.999, 0.0995] -> v1, v0, v2 (rel): AP = 1/3
+    metrics, table = retrieval.retrieval_metrics(audio, visual, labels, ids=["a", "b", "c"])
+    assert metrics["map_a2v"] == pytest.approx((1 + 7 / 12 + 1 / 3) / 3)
+    path = tmp_path / "seed_1.csv"
+    retrieval.write_per_query_ap(table, path)
+    assert metrics_from_csv(path, "retrieval") == pytest.approx(metrics, rel=1e-15, abs=0)
+
+
+def test_retrieval_cli(tmp_path, capsys):
+    path = tmp_path / "seed_0.csv"
+    path.write_text(PER_QUERY_CSV)
+    assert main(["--metric-set", "retrieval", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[str(path)] == pytest.approx({"map_a2v": 0.75, "map_v2a": 0.5, "map_mean": 0.625})
+
+
+@pytest.mark.parametrize(("text", "match"), [
+    ("direction,id,label,ap\na2v,c0,0,1.0\n", r"seed_0.csv: per-query AP table has no 'v2a' rows"),
+    ("direction,id,label,ap\na2v,c0,0,1.0\nv2a,c0,0,\n", r"seed_0.csv: column ap is not numeric"),
+    ("direction,id,label,ap\na2v,c0,0,1.0\nv2a,c0,0,1.5\n", r"seed_0.csv: 1 AP value\(s\) outside \[0, 1\].*row 1: "
+                                                            r"1.5"),
+    ("id,label,pred\nc0,0.5,0.2\n", r"seed_0.csv: missing columns \['direction', 'ap'\]"),
+])
+def test_retrieval_from_csv_errors_name_the_file(tmp_path, capsys, text, match):
+    path = tmp_path / "seed_0.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        metrics_from_csv(path, "retrieval")
+    assert main(["--metric-set", "retrieval", str(path)]) == 1
+    assert "seed_0.csv" in capsys.readouterr().err
+
+
+def test_retrieval_from_csv_missing_file_names_the_stage(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope.csv not found: run `dvc repro evaluate`"):
+        metrics_from_csv(tmp_path / "nope.csv", "retrieval")

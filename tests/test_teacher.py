@@ -84,10 +84,52 @@ def test_modality_predictions_mask_the_other_modalities(tmp_path, monkeypatch) -
     arrays, labels, splits = data()
     torch.manual_seed(0)
     model, _ = teacher_stage.train_teacher(arrays, labels, splits, PARAMS, seed=0, dataset="toy")
-    full = teacher_stage.predict(model, arrays, torch.arange(N))["reg"]
-    out = teacher_stage.modality_predictions(model, arrays, full, labels, "prediction")
+    full_out = teacher_stage.predict(model, arrays, torch.arange(N))
+    full = full_out["reg"]
+    out = teacher_stage.modality_predictions(model, arrays, full_out, labels, "prediction")
     only_text = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([False, False, True]))
     np.testing.assert_allclose(out["reg_only_text"], only_text["reg"].numpy())
     no_text = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([True, True, False]))
     np.testing.assert_allclose(out["saliency_text"], (full - no_text["reg"]).abs().numpy())
     assert out["saliency_text"].mean() > 0
+
+
+def class_data() -> tuple[FeatureArrays, torch.Tensor, np.ndarray]:
+    """K-class labels learnable from video; no transcripts (text absent), as in the retrieval datasets."""
+    arrays, _, splits = data()
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, K, (N,), generator=g).float()
+    arrays.video = torch.randn(N, F, D, generator=g) + 4 * torch.nn.functional.one_hot(labels.long(), D)[:, None]
+    arrays.present[:, 2] = False
+    return arrays, labels, splits
+
+
+def test_retrieval_teacher_classifies_without_the_regression_head(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    arrays, labels, splits = class_data()
+    torch.manual_seed(0)
+    g_before = {k: v.clone() for k, v in teacher_stage.PromptTeacher(
+        teacher_stage.TeacherConfig(embed_dim=D, audio_dim=M, num_classes=K, frames=F, audio_tokens=A, layers=1,
+                                    heads=2, dropout=0.0, prompt_alpha=0.1, mask="zeros", step1_hidden=8),
+        arrays.prompts).step1.state_dict().items()}
+    torch.manual_seed(0)
+    params = dataclasses.replace(PARAMS, train=dataclasses.replace(PARAMS.train, epochs=25, lr=5e-3))
+    model, best = teacher_stage.train_teacher(arrays, labels, splits, params, seed=0, dataset="toy", task="retrieval")
+    assert set(best) == {"epoch", "valid_ce"} and np.isfinite(best["valid_ce"])
+    for k, v in model.step1.state_dict().items():  # g is not trained (same init under the same seed)
+        torch.testing.assert_close(v, g_before[k])
+    curves = tmp_path / "dvclive" / "toy" / "teacher" / "seed_0" / "plots" / "metrics" / "valid"
+    assert (curves / "ce.tsv").is_file() and not (curves / "mae.tsv").exists()
+    full = teacher_stage.predict(model, arrays, torch.arange(N))
+    train = torch.from_numpy(splits == "train")
+    assert (full["logits"][train].argmax(-1) == labels[train].long()).float().mean() > 0.5
+    out = teacher_stage.modality_predictions(model, arrays, full, labels, "prediction", task="retrieval")
+    assert out["logits_only_video"].shape == (N, K) and "reg_only_video" not in out
+    no_video = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([False, True, True]))
+    tv = 0.5 * (full["logits"].softmax(-1) - no_video["logits"].softmax(-1)).abs().sum(-1)
+    np.testing.assert_allclose(out["saliency_video"], tv.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out["saliency_text"], 0.0, atol=1e-7)  # text is absent: masking it changes nothing
+    loss = teacher_stage.class_saliency(full["logits"], no_video["logits"], labels, "loss")
+    ce = torch.nn.functional.cross_entropy
+    torch.testing.assert_close(loss, ce(no_video["logits"], labels.long(), reduction="none")
+                               - ce(full["logits"], labels.long(), reduction="none"))

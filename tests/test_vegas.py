@@ -278,3 +278,24 @@ def test_store_read_arrays(tmp_path: Path) -> None:
 
 def test_feature_keys() -> None:
     assert set(FEATURE_KEYS) == {"audio_train", "visual_train", "lab_train", "audio_test", "visual_test", "lab_test"}
+
+
+# --------------------------------------------------------------------------- as a pipeline dataset
+
+
+def test_vegas_dataset_manifest_round_trips_with_its_classes(root: Path, tmp_path: Path) -> None:
+    from pipeline.config import PrepareParams
+    from pipeline.datasets import MANIFEST_COLUMNS as COMMON
+    from pipeline.datasets import dataset_classes, read_dataset, read_manifest, write_manifest
+
+    spec, manifest = read_dataset("vegas", root, PrepareParams(test_fold=2, valid_fraction=0.25, split_seed=0))
+    assert spec.task == "retrieval" and spec.metric_set == "retrieval"
+    write_manifest(manifest, tmp_path / "manifest.csv")
+    back = read_manifest(tmp_path / "manifest.csv")
+    assert list(back.columns) == [*COMMON, "class_name", "fold"]
+    assert (back["text"] == "").all() and (back["video_id"] == back["id"]).all()
+    assert dataset_classes(back) == ["baby_cry", "chainsaw", "dog"]
+    assert dataset_classes(back.drop(columns="class_name")) is None  # a sentiment manifest has no classes
+    broken = back.assign(class_name=back["class_name"].where(back["label"] != 1, "dog"))
+    with pytest.raises(DatasetError, match="do not pair one to one"):
+        dataset_classes(broken)
