@@ -67,7 +67,7 @@ from .datasets import DATASETS, read_manifest
 from .features import FeatureArrays, load_features
 from .losses import kd_loss, msd_kd_loss, msd_loss, task_loss, videoadviser_loss
 from .models import MODALITIES, STUDENTS, StudentConfig, TextStudent, only_modality, save_student
-from .msd import WEIGHTINGS, MetaWeights, build_weighting, functional_forward, student_columns
+from .msd import WEIGHTINGS, MetaWeights, Weighting, build_weighting, functional_forward, student_columns
 from .retrieval import (
     RetrievalStudent,
     RetrievalStudentConfig,
@@ -239,6 +239,46 @@ class LearnedState:
         self.valid_draw.set_state(state["valid_draw"])
 
 
+def msd_weights(weighting: str | None, train_saliency: torch.Tensor, params: DistillParams,
+                seed: int) -> tuple[Weighting | None, LearnedState | None]:
+    """The MSD weighting of a method (None without one) and, for `learned`, its resumable state."""
+    if weighting is None:
+        return None, None
+    weights = build_weighting(weighting, train_saliency, instance_temperature=params.msd.instance_temperature,
+                              meta_lr=params.msd.meta_lr, lookahead_lr=params.train.lr)
+    if not isinstance(weights, MetaWeights):
+        return weights, None
+    return weights, LearnedState(weights, torch.Generator().manual_seed(seed + 1))
+
+
+def msd_loss_fn(method_loss: Callable[[Callable[..., Batch], Batch, torch.Tensor | None],
+                                      tuple[torch.Tensor, dict[str, float]]],
+                weights: Weighting | None, learned_state: LearnedState | None, valid_batch: Callable[[], Batch],
+                valid_loss: Callable[[Callable[..., Batch], Batch], torch.Tensor],
+                modalities: tuple[str, ...]) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]:
+    """`fit`'s loss_fn for a student: method_loss(net, batch, w) with w the MSD weights of the student's
+    `modalities` (None for a method without them). `learned` first takes one look-ahead meta step on
+    the weights (msd.MetaWeights.step) with `valid_loss(net, valid_batch())`; every MSD method logs the
+    mean weight of each teacher modality (w_<m>)."""
+    if weights is None:
+        return lambda m, batch: method_loss(m, batch, None)
+
+    def loss_fn(m: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        parts: dict[str, float] = {}
+        if learned_state is not None:  # learned: one look-ahead meta step on the weights first
+            vb = valid_batch()
+            parts = learned_state.meta.step(
+                m, train_loss=lambda p, w: method_loss(lambda **x: functional_forward(m, p, **x), batch,
+                                                       student_columns(w, modalities))[0],
+                valid_loss=lambda p: valid_loss(lambda **x: functional_forward(m, p, **x), vb))
+        w = weights(batch["saliency"])  # (M_T,) or (B, M_T)
+        w = w.expand(len(batch["y"]), -1) if w.dim() == 1 else w  # (B, M_T)
+        loss, more = method_loss(m, batch, student_columns(w, modalities))
+        return loss, {**parts, **more, **{f"w_{name}": w[:, k].mean().item() for k, name in enumerate(MODALITIES)}}
+
+    return loss_fn
+
+
 def train_student(method: str, texts: list[str], labels: torch.Tensor, splits: np.ndarray,
                   teacher: dict[str, torch.Tensor], features: FeatureArrays | None, params: DistillParams,
                   seed: int, dataset: str) -> tuple[TextStudent, object, dict[str, float]]:
@@ -257,11 +297,7 @@ def train_student(method: str, texts: list[str], labels: torch.Tensor, splits: n
     device = train_device(params.train.device)
     model.to(device)
     modalities = model.modalities
-    weights = (build_weighting(weighting, teacher["saliency"][train_idx],
-                               instance_temperature=params.msd.instance_temperature, meta_lr=params.msd.meta_lr,
-                               lookahead_lr=params.train.lr) if weighting else None)
-    meta = weights if isinstance(weights, MetaWeights) else None
-    learned_state = LearnedState(meta, torch.Generator().manual_seed(seed + 1)) if meta is not None else None
+    weights, learned_state = msd_weights(weighting, teacher["saliency"][train_idx], params, seed)
     valid_inputs = {k: v[valid_idx] for k, v in inputs.items()}
 
     def get_batch(i: torch.Tensor) -> Batch:
@@ -284,20 +320,10 @@ def train_student(method: str, texts: list[str], labels: torch.Tensor, splits: n
         j = valid_idx[torch.randperm(len(valid_idx), generator=learned_state.valid_draw)[: params.train.batch_size]]
         return {**{k: v[j].to(device) for k, v in inputs.items()}, "y": labels[j].to(device)}
 
-    def loss_fn(m: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        if weights is None:
-            return method_loss(m, batch, None)
-        parts: dict[str, float] = {}
-        if meta is not None:  # learned: one look-ahead meta step on the weights first
-            vb = valid_batch()
-            parts = meta.step(
-                m, train_loss=lambda p, w: method_loss(lambda **x: functional_forward(m, p, **x), batch,
-                                                       student_columns(w, modalities).expand(len(batch["y"]), -1))[0],
-                valid_loss=lambda p: task_loss(functional_forward(m, p, **model_inputs(vb))["reg"], vb["y"]))
-        w = weights(batch["saliency"])  # (M_T,) or (B, M_T)
-        w = w.expand(len(batch["y"]), -1) if w.dim() == 1 else w  # (B, M_T)
-        loss, more = method_loss(m, batch, student_columns(w, modalities))
-        return loss, {**parts, **more, **{f"w_{name}": w[:, k].mean().item() for k, name in enumerate(MODALITIES)}}
+    def valid_loss(net: Callable[..., Batch], vb: Batch) -> torch.Tensor:
+        return task_loss(net(**model_inputs(vb))["reg"], vb["y"])
+
+    loss_fn = msd_loss_fn(method_loss, weights, learned_state, valid_batch, valid_loss, modalities)
 
     def valid_mae(m: nn.Module) -> float:
         return task_loss(predict_student(m, valid_inputs, params.train.batch_size), labels[valid_idx]).item()
@@ -401,11 +427,7 @@ def train_retrieval_student(method: str, labels: torch.Tensor, splits: np.ndarra
     model = build_retrieval_student(params, features, teacher["logits"].shape[1])
     device = train_device(params.train.device)
     model.to(device)
-    weights = (build_weighting(weighting, teacher["saliency"][train_idx],
-                               instance_temperature=params.msd.instance_temperature, meta_lr=params.msd.meta_lr,
-                               lookahead_lr=params.train.lr) if weighting else None)
-    meta = weights if isinstance(weights, MetaWeights) else None
-    learned_state = LearnedState(meta, torch.Generator().manual_seed(seed + 1)) if meta is not None else None
+    weights, learned_state = msd_weights(weighting, teacher["saliency"][train_idx], params, seed)
     mod_index = [MODALITIES.index(m) for m in RETRIEVAL_MODALITIES]
     inputs = {"audio": features.audio, "visual": features.video}
 
@@ -425,21 +447,10 @@ def train_retrieval_student(method: str, labels: torch.Tensor, splits: np.ndarra
         return {"audio": inputs["audio"][j].to(device), "visual": inputs["visual"][j].to(device),
                 "y": labels[j].to(device)}
 
-    def loss_fn(m: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        if weights is None:
-            return method_loss(m, batch, None)
-        parts: dict[str, float] = {}
-        if meta is not None:  # learned: one look-ahead meta step on the weights first
-            vb = valid_batch()
-            parts = meta.step(
-                m, train_loss=lambda p, w: method_loss(lambda **x: functional_forward(m, p, **x), batch,
-                                                       student_columns(w, RETRIEVAL_MODALITIES))[0],
-                valid_loss=lambda p: _retrieval_task(functional_forward(m, p, audio=vb["audio"], visual=vb["visual"]),
-                                                     vb, params)["loss"])
-        w = weights(batch["saliency"])  # (M_T,) or (B, M_T)
-        w = w.expand(len(batch["y"]), -1) if w.dim() == 1 else w  # (B, M_T)
-        loss, more = method_loss(m, batch, student_columns(w, RETRIEVAL_MODALITIES))
-        return loss, {**parts, **more, **{f"w_{name}": w[:, k].mean().item() for k, name in enumerate(MODALITIES)}}
+    def valid_loss(net: Callable[..., Batch], vb: Batch) -> torch.Tensor:
+        return _retrieval_task(net(audio=vb["audio"], visual=vb["visual"]), vb, params)["loss"]
+
+    loss_fn = msd_loss_fn(method_loss, weights, learned_state, valid_batch, valid_loss, RETRIEVAL_MODALITIES)
 
     def valid_map(m: nn.Module) -> float:
         audio, visual = retrieval_embeddings(m, inputs["audio"][valid_idx], inputs["visual"][valid_idx],
