@@ -11,20 +11,29 @@ Metrics
 ``average_precision`` (one query), ``retrieval_map`` (one direction), ``retrieval_metrics``
 (``map_a2v``, ``map_v2a``, ``map_mean`` and the per-query AP table, which ``write_per_query_ap``
 writes as CSV and ``metrics_from_per_query`` turns back into the metrics). With s_j the score of
-gallery item j, pi the ranking by descending score and rel(j) = 1[label_j == label_query],
+gallery item j, rel(j) = 1[label_j == label_query] and R = sum_j rel(j),
 
-    AP  = 1/R * sum_{n : rel(pi_n)} P@n,   P@n = (1/n) * sum_{m <= n} rel(pi_m),   R = sum_j rel(j)
+    AP  = sum over distinct scores t, descending, of (R_t - R_{t-1}) * P_t
+        = 1/R * sum_{j : rel(j)} P(s_j)
+    P_t = |{i : s_i >= t, rel(i)}| / |{i : s_i >= t}|,   R_t = |{i : s_i >= t, rel(i)}| / R
     mAP = mean over queries of AP
 
-computed over the full gallery (no cut-off), as the evaluation code of that line of work does
-(``fx_calc_map_label`` in zhangjiwei-japan/cross-modal-visual-audio-retrieval, ``evaluate.py``,
-the VEGAS/AVE evaluation of Yi Yu's group, with ``k = 0``: the whole gallery, cosine distance).
+computed over the full gallery (no cut-off). Items whose scores tie form one threshold: every
+relevant item of a tie is credited with the precision at the tie's lowest rank. This is exactly
+scikit-learn's ``average_precision_score`` (``sklearn.metrics``; its precision-recall curve has
+one point per distinct score), so AP does not depend on the order of the gallery. (It is not the
+mean AP over random orders of the tied items, which differs in general.) Without ties it is
+
+    AP = 1/R * sum_{n : rel(pi_n)} P@n,   P@n = (1/n) * sum_{m <= n} rel(pi_m),   pi the ranking
+
+the evaluation code of that line of work (``fx_calc_map_label`` in
+zhangjiwei-japan/cross-modal-visual-audio-retrieval, ``evaluate.py``, the VEGAS/AVE evaluation of
+Yi Yu's group, with ``k = 0``: the whole gallery, cosine distance); with ties,
+``fx_calc_map_label`` follows numpy's default (unstable) argsort, whose tie order is unspecified.
 Choices, each documented where it is made:
 
-* **Ties** in score are broken by gallery index, lower first (a stable sort of the descending
-  scores, rounded to 12 decimals first so that identical gallery vectors tie exactly even when
-  the matrix product rounds them 1 ulp apart). ``fx_calc_map_label`` uses numpy's default
-  (unstable) argsort, whose tie order is unspecified; a stable order makes AP reproducible.
+* **Ties**: scores are rounded to 12 decimals first, so that identical gallery vectors tie
+  exactly even when the matrix product rounds their scores 1 ulp apart.
 * **No relevant item** (R = 0): AP = 0, and the query stays in the mean, exactly as
   ``fx_calc_map_label`` (``res += [0]``). ``retrieval_map`` logs a warning with the count. With
   paired audio/visual test sets this cannot happen (a query's own clip has its class).
@@ -72,8 +81,8 @@ METRIC_NAMES: tuple[str, ...] = ("map_a2v", "map_v2a", "map_mean")
 PER_QUERY_COLUMNS: tuple[str, ...] = ("direction", "id", "label", "ap")
 OBJECTIVES: tuple[str, ...] = ("triplet", "supcon")
 _EPS = 1e-12
-_TIE_DECIMALS = 12  # scores equal to this many decimals tie (broken by gallery index)
-_QUERY_CHUNK = 1024  # queries ranked at once: bounds the (C, G) score/order matrices in memory
+_TIE_DECIMALS = 12  # scores equal to this many decimals tie (one threshold of the AP)
+_QUERY_CHUNK = 512  # queries ranked at once: bounds the dozen (C, G) score/rank matrices in memory
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -88,25 +97,33 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _ap_of_ranked(relevant_ranked: np.ndarray) -> np.ndarray:
-    """AP of each row of relevance flags already in ranked order: (Q, G) bool -> (Q,) float64; 0 without hits."""
-    hits = np.cumsum(relevant_ranked, axis=1)  # (Q, G) relevant items at or above each rank
-    precision = hits / np.arange(1, relevant_ranked.shape[1] + 1)  # (Q, G) P@n
-    n_relevant = relevant_ranked.sum(axis=1)  # (Q,)
-    total = (precision * relevant_ranked).sum(axis=1)  # (Q,)
+def _ap_of_scores(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Tie-aware AP of each row (module docstring): scores (Q, G) float64, relevant (Q, G) bool -> (Q,) float64.
+
+    Summed over the tie groups (scores equal to 12 decimals) in ranked order: the relevant items
+    of a group times the precision at its last rank, over R; 0 for a row without relevant items.
+    """
+    rounded = np.round(scores, _TIE_DECIMALS)  # (Q, G) float64
+    order = np.argsort(-rounded, axis=1)  # (Q, G) best first; the order inside a tie does not matter
+    ranked = np.take_along_axis(rounded, order, axis=1)  # (Q, G) descending scores
+    rel = np.take_along_axis(relevant, order, axis=1)  # (Q, G) relevance in ranked order
+    hits = np.cumsum(rel, axis=1)  # (Q, G) relevant items at or above each rank
+    group_end = np.ones(rel.shape, dtype=bool)  # (Q, G) last rank of a tie group (the last rank always is)
+    group_end[:, :-1] = ranked[:, :-1] != ranked[:, 1:]
+    before = np.zeros_like(hits)  # (Q, G) hits down to the end of the previous group
+    before[:, 1:] = np.maximum.accumulate(np.where(group_end, hits, 0)[:, :-1], axis=1)
+    gained = np.where(group_end, hits - before, 0)  # (Q, G) relevant items of the group ending at each rank
+    precision = hits / np.arange(1, rel.shape[1] + 1)  # (Q, G) P at each rank
+    n_relevant = hits[:, -1]  # (Q,)
+    total = (gained * precision).sum(axis=1)  # (Q,)
     return np.where(n_relevant > 0, total / np.maximum(n_relevant, 1), 0.0)  # (Q,)
 
 
-def _ranking(scores: np.ndarray) -> np.ndarray:
-    """Gallery indices by descending score, ties (to 12 decimals) by ascending index: (Q, G) -> (Q, G)."""
-    return np.argsort(-np.round(scores, _TIE_DECIMALS), axis=-1, kind="stable")
-
-
 def average_precision(scores: ArrayLike, relevant: ArrayLike) -> float:
-    """AP of one query over a full ranking: AP = 1/R sum_{n: rel(pi_n)} (hits in the top n) / n.
+    """AP of one query over a full ranking, tie-aware: AP = 1/R sum_{j: rel(j)} P(s_j) (module docstring).
 
-    scores (G,): higher ranks first, ties (equal to 12 decimals) by gallery index, lower first;
-    relevant (G,) bool.
+    scores (G,): higher ranks first, scores equal to 12 decimals tie (one threshold, as in
+    sklearn.metrics.average_precision_score); relevant (G,) bool.
     A query without any relevant item (R = 0) has AP = 0 (the VEGAS evaluation's convention,
     see the module docstring). Raises ValueError on shape mismatch, an empty gallery or a
     non-finite score.
@@ -118,7 +135,7 @@ def average_precision(scores: ArrayLike, relevant: ArrayLike) -> float:
                          f"got {s.shape} and {rel.shape}")
     if not np.isfinite(s).all():
         raise ValueError(f"average_precision: {int((~np.isfinite(s)).sum())} scores are not finite")
-    return float(_ap_of_ranked(rel[_ranking(s)][None, :])[0])
+    return float(_ap_of_scores(s[None, :], rel[None, :])[0])
 
 
 def cosine_similarity(query_emb: ArrayLike, gallery_emb: ArrayLike) -> np.ndarray:
@@ -137,7 +154,7 @@ def retrieval_map(query_emb: ArrayLike, query_labels: ArrayLike, gallery_emb: Ar
     """mAP of queries ranking a gallery by cosine similarity; relevant = same class label.
 
     query_emb (Q, D), query_labels (Q,), gallery_emb (G, D), gallery_labels (G,). Returns
-    (mAP, per-query AP (Q,) float64). Every query ranks the full gallery (ties by gallery index);
+    (mAP, per-query AP (Q,) float64). Every query ranks the full gallery (tie-aware AP);
     a query without a relevant item has AP 0 and counts in the mean (logged as a warning).
     """
     q, g = _normalise(_numpy(query_emb)), _normalise(_numpy(gallery_emb))  # (Q, D), (G, D)
@@ -154,9 +171,8 @@ def retrieval_map(query_emb: ArrayLike, query_labels: ArrayLike, gallery_emb: Ar
     ap = np.empty(len(q), dtype=np.float64)  # (Q,)
     for start in range(0, len(q), _QUERY_CHUNK):
         stop = min(start + _QUERY_CHUNK, len(q))
-        order = _ranking(q[start:stop] @ g.T)  # (C, G) gallery indices, best first
-        relevant = yq[start:stop, None] == yg[order]  # (C, G) in ranked order
-        ap[start:stop] = _ap_of_ranked(relevant)
+        relevant = yq[start:stop, None] == yg[None, :]  # (C, G)
+        ap[start:stop] = _ap_of_scores(q[start:stop] @ g.T, relevant)
     no_hit = int((~np.isin(yq, yg)).sum())
     if no_hit:
         log.warning("%d of %d queries have no relevant gallery item (no gallery item of their class): "

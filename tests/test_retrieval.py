@@ -64,13 +64,29 @@ def test_ap_no_relevant_item_is_zero() -> None:
     assert average_precision([0.3, 0.2, 0.1], [0, 0, 0]) == 0.0
 
 
-def test_ap_ties_broken_by_gallery_index() -> None:
-    # all scores equal: the ranking is the gallery order
-    assert average_precision([0.5, 0.5, 0.5], [0, 1, 0]) == pytest.approx(1 / 2)
-    assert average_precision([0.5, 0.5, 0.5], [1, 0, 0]) == 1.0
+def test_ap_ties_form_one_threshold() -> None:
+    # all scores equal: one threshold holding every item, P = 1/3 wherever the relevant item sits
+    assert average_precision([0.5, 0.5, 0.5], [0, 1, 0]) == pytest.approx(1 / 3)
+    assert average_precision([0.5, 0.5, 0.5], [1, 0, 0]) == pytest.approx(1 / 3)
     assert average_precision([0.5, 0.5, 0.5], [0, 0, 1]) == pytest.approx(1 / 3)
-    # a tie inside a ranking: items 1 and 2 tie at 0.7, item 1 first
+    # a tie inside a ranking: items 1 and 2 tie at 0.7, the threshold 0.7 holds 3 items, 1 relevant
     assert average_precision([0.9, 0.7, 0.7], [0, 0, 1]) == pytest.approx(1 / 3)
+    assert average_precision([0.9, 0.7, 0.7], [0, 1, 0]) == pytest.approx(1 / 3)
+    # thresholds 0.9 (1 item, relevant: P = 1), 0.4 (4 items, 2 relevant: P = 2/4), 0.1 (6 items, 3 relevant:
+    # P = 3/6): AP = (1 * 1 + 1 * 2/4 + 1 * 3/6) / 3 = 2/3
+    assert average_precision([0.4, 0.1, 0.9, 0.4, 0.4, 0.1], [0, 1, 1, 1, 0, 0]) == pytest.approx(2 / 3)
+    # scores 1 ulp apart tie (rounded to 12 decimals)
+    assert average_precision([0.3, 0.1 + 0.2], [0, 1]) == pytest.approx(1 / 2)
+
+
+def test_ap_matches_sklearn_with_many_ties() -> None:
+    rng = np.random.default_rng(3)
+    for levels in (2, 3, 5):  # few distinct scores: large tie groups
+        scores = rng.integers(0, levels, size=(12, 40)) / levels  # (Q, G)
+        relevant = rng.random((12, 40)) < 0.3
+        relevant[:, 0] = True
+        for s, rel in zip(scores, relevant, strict=True):
+            assert average_precision(s, rel) == pytest.approx(average_precision_score(rel, s), abs=1e-12)
 
 
 def test_ap_matches_sklearn_without_ties() -> None:
@@ -110,13 +126,40 @@ def test_retrieval_map_hand_computed() -> None:
     assert scaled == pytest.approx(mean_ap)
 
 
-def test_retrieval_map_ties_broken_by_gallery_index() -> None:
+def test_retrieval_map_ties_do_not_depend_on_gallery_order() -> None:
     v = np.array([0.3, -1.7, 0.2])
     gallery = np.stack([v, 3.0 * v, 0.7 * v, -v])  # (4, 3): the first three tie (cosine 1 up to rounding)
+    # threshold 1 holds items 0, 1, 2, of which 1 and 2 are relevant: P = 2/3 for both -> AP = 2/3
     _, per_query = retrieval_map(v[None, :], [0], gallery, [1, 0, 0, 1])
-    assert per_query == pytest.approx([(1 / 2 + 2 / 3) / 2])  # ranking 0, 1, 2, 3: hits at ranks 2 and 3
+    assert per_query == pytest.approx([2 / 3])
     _, per_query = retrieval_map(v[None, :], [0], gallery[[2, 1, 0, 3]], [0, 0, 1, 1])
-    assert per_query == pytest.approx([1.0])
+    assert per_query == pytest.approx([2 / 3])
+
+
+def test_retrieval_map_matches_sklearn_with_duplicate_gallery_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retrieval, "_QUERY_CHUNK", 4)  # several chunks
+    rng = np.random.default_rng(4)
+    prototypes = rng.normal(size=(4, 6))
+    gallery = prototypes[rng.integers(0, 4, 30)] * rng.uniform(0.5, 2.0, size=(30, 1))  # (30, 6): 4 directions
+    yg = rng.integers(0, 3, 30)
+    queries, yq = rng.normal(size=(10, 6)), rng.integers(0, 3, 10)
+    _, per_query = retrieval_map(queries, yq, gallery, yg)
+    scores = np.round(cosine_similarity(queries, gallery), 12)  # (10, 30): 4 distinct values per row
+    expected = [average_precision_score(yg == yq[i], scores[i]) if (yg == yq[i]).any() else 0.0 for i in range(10)]
+    assert per_query == pytest.approx(expected, abs=1e-12)
+
+
+def test_retrieval_map_invariant_to_gallery_permutation() -> None:
+    rng = np.random.default_rng(5)
+    gallery = rng.normal(size=(5, 8))[rng.integers(0, 5, 60)]  # (60, 8): identical vectors tie
+    yg = rng.integers(0, 4, 60)
+    queries, yq = rng.normal(size=(15, 8)), rng.integers(0, 4, 15)
+    mean_ap, per_query = retrieval_map(queries, yq, gallery, yg)
+    for seed in range(3):
+        perm = np.random.default_rng(seed).permutation(60)
+        permuted_mean, permuted = retrieval_map(queries, yq, gallery[perm], yg[perm])
+        np.testing.assert_allclose(permuted, per_query, rtol=1e-12, atol=0)
+        assert permuted_mean == pytest.approx(mean_ap, rel=1e-12)
 
 
 def test_retrieval_map_query_without_relevant_item(caplog: pytest.LogCaptureFixture) -> None:
