@@ -180,37 +180,86 @@ def retrieval_map(query_emb: ArrayLike, query_labels: ArrayLike, gallery_emb: Ar
     return float(ap.mean()), ap
 
 
+def _present(mask: ArrayLike | None, n: int, name: str) -> np.ndarray:
+    """A presence mask as bool (N,); None means every clip has the modality."""
+    if mask is None:
+        return np.ones(n, dtype=bool)
+    present = _numpy(mask)
+    if present.dtype != np.bool_ or present.shape != (n,):
+        raise ValueError(f"retrieval_metrics: {name} must be a boolean array of shape ({n},) (one flag per clip), "
+                         f"got dtype {present.dtype} and shape {present.shape}")
+    return present
+
+
+def _warn_identical(emb: np.ndarray, gallery: str) -> None:
+    """Warn when several gallery items have the same normalised embedding (to 12 decimals): they tie for every query."""
+    _, sizes = np.unique(np.round(_normalise(emb), _TIE_DECIMALS), axis=0, return_counts=True)  # (groups,)
+    shared = sizes[sizes > 1]
+    if shared.size:
+        log.warning("%s: %d of %d items share their (normalised) embedding with another item, in %d group(s) of "
+                    "identical vectors: they tie in every ranking (a modality missing without a mask?)",
+                    gallery, int(shared.sum()), len(emb), shared.size)
+
+
 def retrieval_metrics(audio_emb: ArrayLike, visual_emb: ArrayLike, labels: ArrayLike,
-                      ids: Sequence[str] | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+                      ids: Sequence[str] | None = None, *, audio_present: ArrayLike | None = None,
+                      visual_present: ArrayLike | None = None) -> tuple[dict[str, float], pd.DataFrame]:
     """Both retrieval directions over paired test clips: audio_emb (N, E), visual_emb (N, E), labels (N,).
 
-    a2v: each clip's audio ranks the N visual items; v2a: each clip's visual ranks the N audio
-    items (the query's own clip is in the gallery, as in the VEGAS protocol). Returns
+    a2v: each clip's audio ranks the visual items; v2a: each clip's visual ranks the audio items
+    (the query's own clip is in the gallery, as in the VEGAS protocol). Returns
     ({"map_a2v", "map_v2a", "map_mean" = (map_a2v + map_v2a) / 2}, per-query table with columns
     PER_QUERY_COLUMNS: direction (a2v | v2a), id (clip id; default the row index), label, ap).
+
+    Missing modalities: audio_present (N,) / visual_present (N,) bool (default: all present). A
+    clip's missing features are zeros, so its embedding would be the same vector as every other
+    such clip's and tie with it in every ranking. A clip without audio is therefore neither an a2v
+    query nor an item of the v2a gallery, and likewise for visual (a warning gives the counts); the
+    table has rows only for the queries that were ranked, and each mAP is the mean over them. A
+    warning also counts the present gallery items whose embeddings are identical (normalised, to
+    12 decimals), since those tie for every query.
     """
-    labels_np = _numpy(labels)  # (N,)
+    audio_np, visual_np, labels_np = _numpy(audio_emb), _numpy(visual_emb), _numpy(labels)  # (N, E), (N, E), (N,)
     n = len(labels_np)
-    if len(_numpy(audio_emb)) != n or len(_numpy(visual_emb)) != n:
-        raise ValueError(f"retrieval_metrics expects paired clips: {len(_numpy(audio_emb))} audio, "
-                         f"{len(_numpy(visual_emb))} visual embeddings and {n} labels")
-    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
-    if len(ids) != n:
-        raise ValueError(f"retrieval_metrics: {len(ids)} ids for {n} clips")
-    map_a2v, ap_a2v = retrieval_map(audio_emb, labels_np, visual_emb, labels_np)
-    map_v2a, ap_v2a = retrieval_map(visual_emb, labels_np, audio_emb, labels_np)
+    if len(audio_np) != n or len(visual_np) != n:
+        raise ValueError(f"retrieval_metrics expects paired clips: {len(audio_np)} audio, "
+                         f"{len(visual_np)} visual embeddings and {n} labels")
+    ids_np = np.array([str(i) for i in range(n)] if ids is None else [str(i) for i in ids], dtype=object)  # (N,)
+    if len(ids_np) != n:
+        raise ValueError(f"retrieval_metrics: {len(ids_np)} ids for {n} clips")
+    has_audio = _present(audio_present, n, "audio_present")  # (N,)
+    has_visual = _present(visual_present, n, "visual_present")  # (N,)
+    for modality, present, queries, gallery in (("audio", has_audio, "a2v", "v2a"),
+                                                ("visual", has_visual, "v2a", "a2v")):
+        missing = int((~present).sum())
+        if missing == n:
+            raise ValueError(f"retrieval_metrics: no clip has {modality} ({modality}_present is all False), so "
+                             f"neither direction can be ranked")
+        if missing:
+            log.warning("%d of %d clips have no %s: they are not %s queries and not items of the %s gallery",
+                        missing, n, modality, queries, gallery)
+    _warn_identical(visual_np[has_visual], "a2v gallery (visual embeddings)")
+    _warn_identical(audio_np[has_audio], "v2a gallery (audio embeddings)")
+    map_a2v, ap_a2v = retrieval_map(audio_np[has_audio], labels_np[has_audio], visual_np[has_visual],
+                                    labels_np[has_visual])
+    map_v2a, ap_v2a = retrieval_map(visual_np[has_visual], labels_np[has_visual], audio_np[has_audio],
+                                    labels_np[has_audio])
     metrics = {"map_a2v": map_a2v, "map_v2a": map_v2a, "map_mean": (map_a2v + map_v2a) / 2.0}
     table = pd.DataFrame({
-        "direction": ["a2v"] * n + ["v2a"] * n,
-        "id": ids + ids,
-        "label": np.concatenate([labels_np, labels_np]),
+        "direction": ["a2v"] * int(has_audio.sum()) + ["v2a"] * int(has_visual.sum()),
+        "id": np.concatenate([ids_np[has_audio], ids_np[has_visual]]).tolist(),
+        "label": np.concatenate([labels_np[has_audio], labels_np[has_visual]]),
         "ap": np.concatenate([ap_a2v, ap_v2a]),
     }, columns=list(PER_QUERY_COLUMNS))
     return metrics, table
 
 
 def metrics_from_per_query(table: pd.DataFrame) -> dict[str, float]:
-    """map_a2v, map_v2a (mean AP of each direction's rows) and map_mean from a per-query AP table."""
+    """map_a2v, map_v2a (mean AP of each direction's rows) and map_mean from a per-query AP table.
+
+    The table holds one row per ranked query (``retrieval_metrics``: a clip missing the query's
+    modality has no row), so these are the metrics ``retrieval_metrics`` returned.
+    """
     missing = [c for c in PER_QUERY_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"per-query AP table lacks columns {missing}; expected {list(PER_QUERY_COLUMNS)}")

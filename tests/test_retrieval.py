@@ -248,6 +248,73 @@ def test_retrieval_metrics_rejects_unpaired() -> None:
         retrieval_metrics(np.ones((3, 2)), np.ones((4, 2)), [0, 1, 2])
 
 
+def test_retrieval_metrics_missing_modalities_are_left_out(caplog: pytest.LogCaptureFixture,
+                                                            tmp_path: Path) -> None:
+    audio, visual, labels = _paired(n=12)
+    ids = [f"c{i}" for i in range(12)]
+    has_audio = np.ones(12, dtype=bool)
+    has_audio[[1, 5, 9]] = False
+    has_visual = np.ones(12, dtype=bool)
+    has_visual[[2, 9]] = False
+    audio[~has_audio] = 0.3  # what a branch gives every clip with zero features: one shared vector
+    visual[~has_visual] = -0.7
+    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+        metrics, table = retrieval_metrics(audio, visual, labels, ids=ids, audio_present=has_audio,
+                                           visual_present=has_visual)
+    assert "3 of 12 clips have no audio: they are not a2v queries and not items of the v2a gallery" in caplog.text
+    assert "2 of 12 clips have no visual: they are not v2a queries and not items of the a2v gallery" in caplog.text
+    assert "share their (normalised) embedding" not in caplog.text  # the shared vectors were left out
+    map_a2v, ap_a2v = retrieval_map(audio[has_audio], labels[has_audio], visual[has_visual], labels[has_visual])
+    map_v2a, ap_v2a = retrieval_map(visual[has_visual], labels[has_visual], audio[has_audio], labels[has_audio])
+    assert metrics == pytest.approx({"map_a2v": map_a2v, "map_v2a": map_v2a, "map_mean": (map_a2v + map_v2a) / 2})
+    a2v, v2a = table[table["direction"] == "a2v"], table[table["direction"] == "v2a"]
+    assert a2v["id"].tolist() == [ids[i] for i in range(12) if has_audio[i]]  # rows only for real queries
+    assert v2a["id"].tolist() == [ids[i] for i in range(12) if has_visual[i]]
+    assert a2v["label"].tolist() == labels[has_audio].tolist()
+    np.testing.assert_array_equal(a2v["ap"], ap_a2v)
+    np.testing.assert_array_equal(v2a["ap"], ap_v2a)
+    assert metrics_from_per_query(table) == pytest.approx(metrics, rel=1e-15)
+    path = tmp_path / "seed_0.csv"
+    write_per_query_ap(table, path)
+    assert metrics_from_per_query(read_per_query_ap(path)) == pytest.approx(metrics, rel=1e-15)
+    # without the masks the shared vectors tie in every ranking, and a warning counts them
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+        unmasked, unmasked_table = retrieval_metrics(audio, visual, labels, ids=ids)
+    assert "a2v gallery (visual embeddings): 2 of 12 items share their (normalised) embedding" in caplog.text
+    assert "v2a gallery (audio embeddings): 3 of 12 items share their (normalised) embedding" in caplog.text
+    assert len(unmasked_table) == 24 and unmasked != pytest.approx(metrics)
+
+
+def test_retrieval_metrics_counts_identical_gallery_items(caplog: pytest.LogCaptureFixture) -> None:
+    audio, visual, labels = _paired(n=12)
+    visual[[3, 7]] = visual[0]  # three identical items
+    visual[11] = 2.5 * visual[5]  # the same direction: identical once normalised
+    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+        retrieval_metrics(audio, visual, labels)
+    assert ("a2v gallery (visual embeddings): 5 of 12 items share their (normalised) embedding with another item, "
+            "in 2 group(s)") in caplog.text
+    assert "v2a gallery" not in caplog.text
+    caplog.clear()
+    present = np.ones(12, dtype=bool)
+    present[[3, 7, 11]] = False  # only present items count: nothing identical is left
+    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+        retrieval_metrics(audio, visual, labels, visual_present=present)
+    assert "share their" not in caplog.text
+
+
+def test_retrieval_metrics_rejects_bad_masks() -> None:
+    audio, visual, labels = _paired(n=6)
+    with pytest.raises(ValueError, match=r"audio_present must be a boolean array of shape \(6,\).*got dtype int64"):
+        retrieval_metrics(audio, visual, labels, audio_present=np.ones(6, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"visual_present must be a boolean array of shape \(6,\).*shape \(5,\)"):
+        retrieval_metrics(audio, visual, labels, visual_present=np.ones(5, dtype=bool))
+    with pytest.raises(ValueError, match=r"no clip has visual \(visual_present is all False\)"):
+        retrieval_metrics(audio, visual, labels, visual_present=np.zeros(6, dtype=bool))
+    metrics, _ = retrieval_metrics(audio, visual, labels, audio_present=torch.ones(6, dtype=torch.bool))
+    assert metrics == pytest.approx(retrieval_metrics(audio, visual, labels)[0])
+
+
 def test_per_query_csv_round_trip(tmp_path: Path) -> None:
     audio, visual, labels = _paired()
     metrics, table = retrieval_metrics(audio, visual, labels, ids=[f"0{i}" for i in range(12)])
