@@ -78,6 +78,47 @@ def videoadviser_loss(r_s: torch.Tensor, r_t: torch.Tensor, distance: str) -> to
     return DISTANCES.get(distance)(r_s, r_t.detach())
 
 
+def standardize_logits(c: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score of each row of logits over its K classes (Sun et al., "Logit Standardization in
+    Knowledge Distillation", CVPR 2024, arXiv 2403.01427):
+
+        z(c)_k = (c_k - mean_k c) / (std_k c + eps),   std_k c = sqrt(1/(K-1) sum_k (c_k - mean_k c)^2)
+
+    The standard deviation is Bessel-corrected and eps = 1e-7, as in the authors' code
+    (sunshangquan/logit-standardization-KD, ``normalize``: ``logit.std(dim=-1)``, ``1e-7 + stdv``).
+    z is invariant to a shift of c and, up to eps, to a positive rescaling, so it drops a
+    learnable logit scale such as CLIP's (up to 100). c (..., K), K >= 2 -> z (..., K). A
+    constant row gives z = 0, with the finite gradient dz/dc = (I - 11^T / K) / eps.
+    """
+    if c.shape[-1] < 2:
+        raise ValueError(f"standardize_logits needs at least 2 logits per row (K >= 2), got shape {tuple(c.shape)}")
+    if eps <= 0:
+        raise ValueError(f"standardize_logits: eps must be > 0, got {eps}")
+    centred = c - c.mean(dim=-1, keepdim=True)  # (..., K)
+    return centred / (c.std(dim=-1, keepdim=True) + eps)  # (..., K); std unbiased (K - 1)
+
+
+def logit_regression_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, distance: str, *,
+                          eps: float = 1e-7) -> torch.Tensor:
+    """Scale-free regression of the teacher's class logits (VideoAdviser step 2 on retrieval):
+
+        L = D(z(c_S), z(c_T)),   z = standardize_logits (Sun et al., CVPR 2024)
+
+    with D = DISTANCES[distance] averaged over all B * K elements (mse: mean (z_S - z_T)^2, l1:
+    mean |z_S - z_T|, smooth_l1: Huber with beta = 1). Regressing the raw logits c_T = s cos(.)
+    would tie the loss's scale to the teacher's learnable logit scale s (up to 100) and ask the
+    student to match it; standardising both sides keeps only the relations between the classes.
+    student_logits, teacher_logits (B, K) (any (..., K) of the same shape); the teacher's are a
+    constant target (no gradient flows into the teacher).
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"logit_regression_loss expects student and teacher logits of the same shape (B, K), "
+                         f"got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+    z_s = standardize_logits(student_logits, eps)  # (B, K)
+    z_t = standardize_logits(teacher_logits.detach(), eps)  # (B, K)
+    return DISTANCES.get(distance)(z_s, z_t)
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, *,
             reduction: str = "batchmean") -> torch.Tensor:
     """Hinton et al., "Distilling the Knowledge in a Neural Network" (2015), on the K bin logits:

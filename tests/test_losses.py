@@ -12,8 +12,10 @@ from pipeline.losses import (
     DISTANCES,
     classification_loss,
     kd_loss,
+    logit_regression_loss,
     msd_loss,
     sentiment_bins,
+    standardize_logits,
     task_loss,
     teacher_loss,
     videoadviser_loss,
@@ -270,3 +272,78 @@ def test_msd_loss_shape_errors():
         msd_loss(S_MOD[0], T_MOD[0], W_SHARED, "mse")  # (M,) without a batch
     with pytest.raises(ConfigError, match="unknown distance 'cos'"):
         msd_loss(S_MOD, T_MOD, W_SHARED, "cos")
+
+
+# --------------------------------------------------------------------------- logit standardization
+
+
+def test_standardize_logits_by_hand():
+    # [2, 4, 6, 8]: mean 5, centred [-3, -1, 1, 3], unbiased var (9 + 1 + 1 + 9) / 3 = 20/3, std 2.5819889
+    # z = centred / (std + 1e-7) = [-1.1618950, -0.3872983, 0.3872983, 1.1618950]
+    z = standardize_logits(torch.tensor([[2.0, 4.0, 6.0, 8.0]]))
+    torch.testing.assert_close(z, torch.tensor([[-1.1618950, -0.3872983, 0.3872983, 1.1618950]]))
+    # any leading dims; each row standardised on its own; a constant row gives 0
+    c = torch.tensor([[[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]]])  # (1, 2, 3)
+    z = standardize_logits(c)
+    assert z.shape == (1, 2, 3)
+    torch.testing.assert_close(z[0, 0], torch.tensor([-1.0, 0.0, 1.0]) / (1 + 1e-7))  # mean 2, std 1
+    assert torch.equal(z[0, 1], torch.zeros(3))
+
+
+def test_standardize_logits_is_shift_and_scale_free():
+    torch.manual_seed(0)
+    c = torch.randn(4, 10)
+    torch.testing.assert_close(standardize_logits(100.0 * c + 3.0), standardize_logits(c), atol=1e-5, rtol=1e-5)
+
+
+def test_standardize_logits_errors():
+    with pytest.raises(ValueError, match=r"K >= 2\), got shape \(3, 1\)"):
+        standardize_logits(torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        standardize_logits(torch.zeros(3, 2), eps=0.0)
+
+
+C_S = torch.tensor([[1.0, 2.0, 3.0]])  # z = [-1, 0, 1] (mean 2, std 1), up to eps
+C_T = torch.tensor([[3.0, 2.0, 1.0]])  # z = [1, 0, -1]; z_S - z_T = [-2, 0, 2]
+
+
+@pytest.mark.parametrize(("distance", "value"), [
+    ("mse", 8 / 3),  # (4 + 0 + 4) / 3
+    ("l1", 4 / 3),  # (2 + 0 + 2) / 3
+    ("smooth_l1", 1.0),  # (|d| - 0.5 = 1.5, 0, 1.5) / 3
+])
+def test_logit_regression_loss_by_hand(distance, value):
+    close(logit_regression_loss(C_S, C_T, distance), value, tol=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["mse", "l1", "smooth_l1"])
+def test_logit_regression_loss_ignores_the_teachers_scale(distance):
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
+    loss = logit_regression_loss(student, teacher, distance)
+    assert loss.item() > 0
+    close(logit_regression_loss(student, teacher * 50.0, distance), loss.item(), tol=1e-5)  # CLIP-like scale
+    close(logit_regression_loss(student, teacher - 7.0, distance), loss.item(), tol=1e-5)
+    close(logit_regression_loss(teacher * 20.0 + 1.0, teacher, distance), 0.0, tol=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["mse", "l1", "smooth_l1"])
+def test_logit_regression_loss_gradients(distance):
+    torch.manual_seed(0)
+    student = torch.randn(4, 6)
+    student[2] = 0.5  # a constant row: std 0, z = 0; dz/dc = (I - 1/K) / eps there, large but finite
+    student.requires_grad_(True)
+    teacher = (torch.randn(4, 6) * 50.0).requires_grad_(True)
+    logit_regression_loss(student, teacher, distance).backward()
+    assert teacher.grad is None, "no gradient may flow into the teacher target"
+    assert torch.isfinite(student.grad).all() and (student.grad.abs().sum(dim=1) > 0).all()
+    # z is shift invariant: each row's gradient sums to 0 (up to float32 rounding of the constant row's 1/eps)
+    sums = student.grad.sum(dim=1) / student.grad.abs().sum(dim=1)
+    torch.testing.assert_close(sums, torch.zeros(4), atol=1e-6, rtol=0)
+
+
+def test_logit_regression_loss_errors():
+    with pytest.raises(ValueError, match=r"same shape \(B, K\), got \(1, 3\) and \(1, 4\)"):
+        logit_regression_loss(C_S, torch.zeros(1, 4), "mse")
+    with pytest.raises(ConfigError, match="unknown distance 'cos'"):
+        logit_regression_loss(C_S, C_T, "cos")
