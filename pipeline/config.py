@@ -202,9 +202,12 @@ class TrainParams:
     precision: str  # fp32 | fp16 | bf16: autocast on GPU (fp16 with a gradient scaler); CPU runs fp32
     grad_accum: int  # micro-batches per optimizer step (the global batch is split, not multiplied)
     checkpoint_every: int  # optimizer steps between resumable checkpoints; 0 = only at the end of an epoch
+    patience: int = 0  # early stopping: stop after this many epochs without a better validation value; 0 = never
 
     def __post_init__(self) -> None:
         check_choice("train.precision", self.precision, PRECISIONS)
+        if self.patience < 0:
+            raise ConfigError(f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
         if self.grad_accum < 1 or self.batch_size < self.grad_accum:
             raise ConfigError(f"train: need 1 <= grad_accum <= batch_size, got grad_accum={self.grad_accum}, "
                               f"batch_size={self.batch_size}")
@@ -226,8 +229,11 @@ class TeacherParams:
     step1_hidden: int  # hidden width of g, the logits -> regression MLP
     saliency: str  # prediction: |r_T(x) - r_T(x without m)| | loss: |y - r_T(x without m)| - |y - r_T(x)|
     train: TrainParams
+    modality_dropout: float = 0.0  # training: each present modality masked with this probability, one always kept
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ConfigError(f"teacher.modality_dropout must be in [0, 1), got {self.modality_dropout}")
         check_choice("teacher.mask", self.mask, ("zeros", "learned"))
         check_choice("teacher.schedule", self.schedule, ("joint", "two_phase"))
         check_choice("teacher.saliency", self.saliency, ("prediction", "loss"))
@@ -235,7 +241,9 @@ class TeacherParams:
 
 @dataclasses.dataclass(frozen=True)
 class StudentParams:
-    kind: str  # text (transcript only, VideoAdviser's student) | multimodal (+ cached video/audio features)
+    """The text encoder of the text and multimodal students, and the multimodal student's feature pooling
+    (which student a method trains is its family's: families.py)."""
+
     pretrained: str  # HF hub id or local dir; "" builds a tiny random RoBERTa
     hidden_size: int
     layers: int
@@ -247,9 +255,6 @@ class StudentParams:
     dropout: float
     video_tokens: int  # multimodal student: frame embeddings pooled over time to this many tokens
     audio_tokens: int  # multimodal student: log-mel frames pooled over time to this many tokens
-
-    def __post_init__(self) -> None:
-        check_choice("distill.student.kind", self.kind, ("text", "multimodal"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,13 +281,18 @@ class MSDParams:
     distance: str  # D between S(x_m) and T(x_m): mse | l1 | smooth_l1
     instance_temperature: float  # tau of the per-clip softmax over saliencies (`instance`)
     meta_lr: float  # beta: SGD step size of the weight logits phi (`learned`; the look-ahead step uses train.lr)
+    meta_split: str  # train | valid: the split `learned`'s meta set is carved from (never the selection clips)
+    meta_fraction: float  # the part of that split held out as the meta set
 
     def __post_init__(self) -> None:
         from .losses import DISTANCES
 
         check_choice("distill.msd.distance", self.distance, tuple(DISTANCES.names()))
+        check_choice("distill.msd.meta_split", self.meta_split, ("train", "valid"))
         if self.instance_temperature <= 0:
             raise ConfigError(f"distill.msd.instance_temperature must be > 0, got {self.instance_temperature}")
+        if not 0.0 < self.meta_fraction < 1.0:
+            raise ConfigError(f"distill.msd.meta_fraction must be in (0, 1), got {self.meta_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,13 +315,27 @@ class RetrievalParams:
 
 @dataclasses.dataclass(frozen=True)
 class DistillParams:
-    methods: list[str]
+    students: list[str]  # <family>-<method> (families.py), one student per entry and seed
     student: StudentParams
     retrieval: RetrievalParams
     train: TrainParams
     kd: KDParams
     videoadviser: VideoAdviserParams
     msd: MSDParams
+
+
+@dataclasses.dataclass(frozen=True)
+class FloorParams:
+    """The linear floor (stage `floor`): TF-IDF + ridge on transcripts, or linear probes for retrieval."""
+
+    grid: list[float]  # regularisation strengths tried (ridge alpha; 1/C of the logistic regression), chosen on valid
+    ngrams: int  # word n-grams 1..ngrams of the TF-IDF
+
+    def __post_init__(self) -> None:
+        if not self.grid or any(not v > 0 for v in self.grid):
+            raise ConfigError(f"floor.grid must be a non-empty list of values > 0, got {self.grid}")
+        if self.ngrams < 1:
+            raise ConfigError(f"floor.ngrams must be >= 1, got {self.ngrams}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +356,17 @@ class EvaluateParams:
 @dataclasses.dataclass(frozen=True)
 class ReportParams:
     dpi: int  # resolution of the PNG figures
+    confidence: float  # of the bootstrap intervals of paired differences
+    alpha: float  # a difference holds when its Holm-adjusted p is below alpha (and its interval excludes 0)
+    resamples: int  # bootstrap and sign-flip resamples
+    seed: int  # of those resamples
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.confidence < 1.0 and 0.0 < self.alpha < 1.0):
+            raise ConfigError(f"report.confidence and report.alpha must be in (0, 1), got {self.confidence}, "
+                              f"{self.alpha}")
+        if self.resamples < 100:
+            raise ConfigError(f"report.resamples must be >= 100, got {self.resamples}")
 
 
 SECTIONS: dict[str, type] = {
@@ -340,6 +375,7 @@ SECTIONS: dict[str, type] = {
     "clip": ClipParams,
     "extract": ExtractParams,
     "teacher": TeacherParams,
+    "floor": FloorParams,
     "distill": DistillParams,
     "evaluate": EvaluateParams,
     "report": ReportParams,
@@ -393,15 +429,18 @@ def check_params(path: Path = PARAMS_FILE) -> None:
     """
     from .clip import check_clip_source
     from .datasets import DATASETS
-    from .distill import METHODS
+    from .families import parse_student
 
     sections = {name: load_section(name, path) for name in SECTIONS}
     seeds = load_value("seeds", path)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds}")
     DATASETS.get(load_value("dataset", path))
-    for method in sections["distill"].methods:
-        METHODS.get(method)
+    students = sections["distill"].students
+    for name in students:
+        parse_student(name)
+    if len(set(students)) != len(students):
+        raise ConfigError(f"{path}: distill.students has duplicates: {students}")
     check_clip_source(sections["clip"].model, sections["clip"].pretrained)
 
 

@@ -1,43 +1,53 @@
-"""Stage distill@<method>: train a student, optionally distilled from the teacher, once per seed.
+"""Stage distill@<student>: train one student, optionally distilled from a teacher, once per seed.
 
-Reads  data/prepared/<ds>/manifest.csv, models/<ds>/teacher/seed_<s>/preds.h5,
-       data/features/<ds>/{video,audio,text}.h5 (multimodal student only)
-Writes models/<ds>/student_<method>/seed_<s>/  HF save_pretrained dir (encoder + tokenizer),
-                                               student_head.pt, student.json (config + provenance)
-       dvclive/<ds>/student_<method>/seed_<s>/ training curves
+Reads  data/prepared/<ds>/manifest.csv, models/<ds>/teacher/seed_<s>/preds.h5 (`va-self`:
+       models/<ds>/teacher_self/seed_<s>/preds.h5), data/features/<ds>/{video,audio,text}.h5
+       (multimodal and retrieval students)
+Writes models/<ds>/student_<student>/seed_<s>/  HF save_pretrained dir (encoder + tokenizer),
+                                                student_head.pt, student.json (config + provenance);
+                                                retrieval: retrieval_student.pt
+       dvclive/<ds>/student_<student>/seed_<s>/ training curves
 for every seed in `seeds`; the student of seed s learns from the teacher of seed s.
 
-Command: python -m pipeline.distill <method>
-   or    torchrun --nproc-per-node N -m pipeline.distill <method>    (DDP; rank 0 writes)
+Command: python -m pipeline.distill <student>          e.g. va-videoadviser, msd-learned
+   or    torchrun --nproc-per-node N -m pipeline.distill <student>    (DDP; rank 0 writes)
 
-Methods (distill.methods), with y the label, r the regression output, c the K bin logits:
+A student is `<family>-<method>` (families.py): the `va` family trains the text-only student
+(VideoAdviser's setting), the `msd` family the multimodal one (MSD's setting). Every student is
+selected on the validation split (`train.patience` stops early). Methods, with y the label, r the
+regression output, c the K bin logits:
     none            L = |r_S - y|
     kd              L = |r_S - y| + alpha T^2 KL(p_T^T || p_S^T)          Hinton KD on the bin logits
     videoadviser    L = |r_S - y| + lambda D(r_S, r_T)                    VideoAdviser step 2
+    self            the same loss with r_T from the `self` control teacher (teacher.py: it saw only
+                    what the student sees), so `videoadviser - self` isolates the multimodal knowledge
     msd-<weighting> L = |r_S - y| + alpha KD(c_S, c_T) + sum_m w_m D(S(x_m), r_T^m)
                     MSD (Jin et al. 2021), weighting uniform | population | instance | learned
-(formulas and sources: losses.py, msd.py).
+(formulas and sources: losses.py, msd.py). `msd-learned` fits its weights on a meta set carved from
+the training split (or the validation split: `distill.msd.meta_split`, `meta_fraction`), never the
+clips the epoch is selected on; its meta step runs once per optimizer step from the training loop's
+step hook, on the whole batch, so `train.grad_accum` does not change it.
 
-Retrieval datasets (task `retrieval`; DESIGN.md "Retrieval task (VEGAS)"): the student is
+Retrieval datasets (task `retrieval`; DESIGN.md "Retrieval task (VEGAS)"): both families' student is
 retrieval.RetrievalStudent, an audio branch over the cached log-mel and a visual branch over the
 cached CLIP frames (pooled to `student.audio_tokens` / `student.video_tokens`, then averaged), into
-a common space with a shared classifier, saved as models/<ds>/student_<method>/seed_<s>/retrieval_student.pt
+a common space with a shared classifier, saved as models/<ds>/student_<student>/seed_<s>/retrieval_student.pt
 and selected on validation mAP. With c_a, c_v its branches' logits, c_T the teacher's, c_T^m the
 teacher's with only modality m kept and L_ret = retrieval.retrieval_loss (`distill.retrieval`):
     none            L = L_ret
     kd              L = L_ret + alpha KD_T(c_a, c_v; c_T)                  branch_kd_loss (mean over branches)
-    videoadviser    L = L_ret + lambda 1/2 sum_b D(c_b, c_T)               the teacher's logits as regression
-                                                                           targets (its step-1 output; no r_T)
+    videoadviser    L = L_ret + lambda 1/2 sum_b D(z(c_b), z(c_T))         the teacher's logits as regression
+                    targets, both standardised per clip (losses.logit_regression_loss: the teacher's
+                    logits carry CLIP's scale, up to 100; standardising makes the target scale-free)
+    self            the same from teacher_self (on retrieval the same model as the teacher)
     msd-<weighting> L = L_ret + alpha KD_T(c_a, c_v; c_T) + sum_{m in (video, audio)} w_m KD_T(c^m, c_T^m)
                     branch m (visual for video) mimics the teacher given m alone (losses.msd_kd_loss);
                     w from the teacher's class saliencies, as for sentiment (msd.py)
 
-Students (`distill.student.kind`, sentiment datasets): `text` sees only the transcript (VideoAdviser's setting); its
-only MSD term is the text one, S(x_text) = S(x). `multimodal` also sees the cached video and
-audio features, and S(x_m) is its output with the other modalities masked. With
-`distill.student.pretrained` empty the text encoder is a tiny random RoBERTa with a
-byte-level BPE tokenizer trained on the train transcripts (offline); otherwise tokenizer and
-encoder load with `from_pretrained` (hub id or local dir).
+Text encoder: with `distill.student.pretrained` empty, a tiny random RoBERTa with a byte-level BPE
+tokenizer trained on the train transcripts (offline); otherwise tokenizer and encoder load with
+`from_pretrained` (hub id or local dir). The multimodal student also sees the cached video and audio
+features, and S(x_m) is its output with the other modalities masked.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from .config import (
     ClipParams,
     DistillParams,
     ExtractParams,
+    MSDParams,
     Registry,
     StudentParams,
     check_params,
@@ -64,10 +75,12 @@ from .config import (
     to_dict,
 )
 from .datasets import DATASETS, read_manifest
+from .families import WEIGHTINGS as WEIGHTING_NAMES
+from .families import Student, parse_student
 from .features import FeatureArrays, load_features
-from .losses import kd_loss, msd_kd_loss, msd_loss, task_loss, videoadviser_loss
+from .losses import kd_loss, logit_regression_loss, msd_kd_loss, msd_loss, task_loss, videoadviser_loss
 from .models import MODALITIES, STUDENTS, StudentConfig, TextStudent, only_modality, save_student
-from .msd import WEIGHTINGS, MetaWeights, Weighting, build_weighting, functional_forward, student_columns
+from .msd import MetaWeights, Weighting, build_weighting, functional_forward, student_columns
 from .retrieval import (
     RetrievalStudent,
     RetrievalStudentConfig,
@@ -77,13 +90,16 @@ from .retrieval import (
     save_retrieval_student,
 )
 from .runtime import is_main_process, process_group, seed_everything, setup_logging, stage, train_device
-from .teacher import read_teacher_predictions
-from .training import fit
+from .teacher import SELF_TEACHER, TEACHER, read_teacher_predictions
+from .training import StepHook, fit
 
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
                   "cls_token": "<s>", "pad_token": "<pad>", "mask_token": "<mask>"}
+META_SEED_OFFSET = 7919  # the meta set's draw: seeded apart from the training seed's other draws
+
+Batch = dict[str, torch.Tensor]
 
 
 # --------------------------------------------------------------------------- student
@@ -102,15 +118,15 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int):
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, model_max_length=max_length, **SPECIAL_TOKENS)
 
 
-def build_student(params: StudentParams, train_texts: list[str], num_classes: int,
+def build_student(params: StudentParams, kind: str, train_texts: list[str], num_classes: int,
                   features: FeatureArrays | None = None) -> tuple[TextStudent, object]:
-    """Tokenizer + student of `params.kind`: text encoder via from_pretrained, or a tiny random RoBERTa.
-    A multimodal student takes its feature sizes from `features`."""
+    """Tokenizer + student of `kind` (text | multimodal): text encoder via from_pretrained, or a tiny random
+    RoBERTa. A multimodal student takes its feature sizes from `features`."""
     from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel
 
     config = StudentConfig(num_classes=num_classes, head_hidden=params.head_hidden, dropout=params.dropout,
-                           max_length=params.max_length, kind=params.kind)
-    if params.kind == "multimodal":
+                           max_length=params.max_length, kind=kind)
+    if kind == "multimodal":
         if features is None:
             raise ValueError("a multimodal student needs the cached features")
         config = dataclasses.replace(config, video_dim=features.video.shape[2], audio_dim=features.audio.shape[2],
@@ -130,7 +146,7 @@ def build_student(params: StudentParams, train_texts: list[str], num_classes: in
             eos_token_id=tokenizer.eos_token_id))
         log.info("student encoder: tiny random RoBERTa (%d params), BPE vocab %d",
                  sum(p.numel() for p in encoder.parameters()), len(tokenizer))
-    return STUDENTS[params.kind](encoder, config), tokenizer
+    return STUDENTS[kind](encoder, config), tokenizer
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -156,30 +172,29 @@ def predict_student(model: TextStudent, inputs: dict[str, torch.Tensor], batch_s
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def forward_with_modalities(model: nn.Module, inputs: Batch,
+def forward_with_modalities(model: Callable[..., Batch], inputs: Batch,
                             modalities: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The student's outputs on the full input and S(x_m) for each modality m it sees, (B, M_S).
 
     A text-only student sees one modality, so S(x_text) = S(x) is its ordinary output. A
-    multimodal student runs once on the batch repeated 1 + M_S times, copy k with every
-    modality but the k-th masked: one forward (and one backward), as DDP expects.
+    multimodal student runs once with 1 + M_S masking patterns (present (1 + M_S, B, 3): the clip's
+    own, then every modality but the k-th masked): its encoders run once, and DDP sees one forward.
     """
     if modalities == ("text",):
         out = model(**inputs)
         return out, out["reg"].unsqueeze(1)  # (B, 1)
-    b = inputs["present"].shape[0]
-    present = [inputs["present"]] + [only_modality(inputs["present"], MODALITIES.index(m)) for m in modalities]
-    tiled = {k: v.repeat(len(present), *[1] * (v.dim() - 1)) for k, v in inputs.items() if k != "present"}
-    out = model(**tiled, present=torch.cat(present))  # ((1 + M_S) B, ...)
-    reg = out["reg"].view(len(present), b)  # (1 + M_S, B)
-    return {"reg": reg[0], "logits": out["logits"][:b]}, reg[1:].T  # (B,), (B, K), (B, M_S)
+    present = inputs["present"]  # (B, 3)
+    patterns = torch.stack([present, *(only_modality(present, MODALITIES.index(m)) for m in modalities)])
+    out = model(**{**inputs, "present": patterns})  # reg (1 + M_S, B), logits (1 + M_S, B, K)
+    return {"reg": out["reg"][0], "logits": out["logits"][0]}, out["reg"][1:].T  # (B,), (B, K), (B, M_S)
 
 
 # --------------------------------------------------------------------------- methods
 
-Batch = dict[str, torch.Tensor]
 MethodLoss = Callable[[dict[str, torch.Tensor], Batch, DistillParams], tuple[torch.Tensor, dict[str, float]]]
-METHODS: Registry[MethodLoss] = Registry("distillation method")
+METHODS: Registry[MethodLoss] = Registry("distillation method")  # sentiment: text and multimodal students
+RETRIEVAL_METHODS: Registry[MethodLoss] = Registry("distillation method (retrieval)")
+METHOD_TEACHER = {"self": SELF_TEACHER}  # the teacher whose predictions a method reads; default TEACHER
 MSD_PREFIX = "msd-"
 
 
@@ -195,12 +210,15 @@ def _kd(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> tu
     return task + params.kd.weight * kd, {"task": task.item(), "distill": kd.item()}
 
 
-@METHODS.register("videoadviser")
 def _videoadviser(out: dict[str, torch.Tensor], batch: Batch,
                   params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
     task = task_loss(out["reg"], batch["y"])
     kd = videoadviser_loss(out["reg"], batch["teacher_reg"], params.videoadviser.distance)
     return task + params.videoadviser.weight * kd, {"task": task.item(), "distill": kd.item()}
+
+
+METHODS.add("videoadviser", _videoadviser)
+METHODS.add("self", _videoadviser)  # exactly VideoAdviser's step 2; only the teacher differs (METHOD_TEACHER)
 
 
 def _msd(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
@@ -211,151 +229,19 @@ def _msd(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> t
     return task + params.msd.kd_weight * kd + aux, {"task": task.item(), "distill": kd.item(), "msd": aux.item()}
 
 
-for _weighting in WEIGHTINGS:
-    METHODS.add(MSD_PREFIX + _weighting, _msd)
-
-
-def msd_weighting(method: str) -> str | None:
-    """`population` for `msd-population`; None for a method without modality-specific terms."""
-    return method[len(MSD_PREFIX):] if method.startswith(MSD_PREFIX) else None
-
-
-# --------------------------------------------------------------------------- stage
-
-
-@dataclasses.dataclass
-class LearnedState:
-    """What `msd-learned` adds to a resumable training state: the weights' logits phi and the
-    generator that draws the validation batch of each look-ahead step."""
-
-    meta: MetaWeights
-    valid_draw: torch.Generator
-
-    def state_dict(self) -> dict:
-        return {"meta": self.meta.state_dict(), "valid_draw": self.valid_draw.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.meta.load_state_dict(state["meta"])
-        self.valid_draw.set_state(state["valid_draw"])
-
-
-def msd_weights(weighting: str | None, train_saliency: torch.Tensor, params: DistillParams,
-                seed: int) -> tuple[Weighting | None, LearnedState | None]:
-    """The MSD weighting of a method (None without one) and, for `learned`, its resumable state."""
-    if weighting is None:
-        return None, None
-    weights = build_weighting(weighting, train_saliency, instance_temperature=params.msd.instance_temperature,
-                              meta_lr=params.msd.meta_lr, lookahead_lr=params.train.lr)
-    if not isinstance(weights, MetaWeights):
-        return weights, None
-    return weights, LearnedState(weights, torch.Generator().manual_seed(seed + 1))
-
-
-def msd_loss_fn(method_loss: Callable[[Callable[..., Batch], Batch, torch.Tensor | None],
-                                      tuple[torch.Tensor, dict[str, float]]],
-                weights: Weighting | None, learned_state: LearnedState | None, valid_batch: Callable[[], Batch],
-                valid_loss: Callable[[Callable[..., Batch], Batch], torch.Tensor],
-                modalities: tuple[str, ...]) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]:
-    """`fit`'s loss_fn for a student: method_loss(net, batch, w) with w the MSD weights of the student's
-    `modalities` (None for a method without them). `learned` first takes one look-ahead meta step on
-    the weights (msd.MetaWeights.step) with `valid_loss(net, valid_batch())`; every MSD method logs the
-    mean weight of each teacher modality (w_<m>)."""
-    if weights is None:
-        return lambda m, batch: method_loss(m, batch, None)
-
-    def loss_fn(m: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        parts: dict[str, float] = {}
-        if learned_state is not None:  # learned: one look-ahead meta step on the weights first
-            vb = valid_batch()
-            parts = learned_state.meta.step(
-                m, train_loss=lambda p, w: method_loss(lambda **x: functional_forward(m, p, **x), batch,
-                                                       student_columns(w, modalities))[0],
-                valid_loss=lambda p: valid_loss(lambda **x: functional_forward(m, p, **x), vb))
-        w = weights(batch["saliency"])  # (M_T,) or (B, M_T)
-        w = w.expand(len(batch["y"]), -1) if w.dim() == 1 else w  # (B, M_T)
-        loss, more = method_loss(m, batch, student_columns(w, modalities))
-        return loss, {**parts, **more, **{f"w_{name}": w[:, k].mean().item() for k, name in enumerate(MODALITIES)}}
-
-    return loss_fn
-
-
-def train_student(method: str, texts: list[str], labels: torch.Tensor, splits: np.ndarray,
-                  teacher: dict[str, torch.Tensor], features: FeatureArrays | None, params: DistillParams,
-                  seed: int, dataset: str) -> tuple[TextStudent, object, dict[str, float]]:
-    """Train one student with `method` on the train split, selecting the epoch on validation MAE.
-
-    texts, labels, splits, teacher outputs and features: one row per manifest clip."""
-    loss_of = METHODS.get(method)
-    weighting = msd_weighting(method)
-    train_idx = torch.from_numpy(np.flatnonzero(splits == "train"))
-    valid_idx = torch.from_numpy(np.flatnonzero(splits == "valid"))
-    model, tokenizer = build_student(params.student, [texts[i] for i in train_idx], teacher["logits"].shape[1],
-                                     features)
-    if features is not None:
-        model.set_audio_stats(features.audio[train_idx], features.present[train_idx, MODALITIES.index("audio")])
-    inputs = student_inputs(tokenize(tokenizer, texts, params.student.max_length), features)
-    device = train_device(params.train.device)
-    model.to(device)
-    modalities = model.modalities
-    weights, learned_state = msd_weights(weighting, teacher["saliency"][train_idx], params, seed)
-    valid_inputs = {k: v[valid_idx] for k, v in inputs.items()}
-
-    def get_batch(i: torch.Tensor) -> Batch:
-        j = train_idx[i]
-        batch = {**{k: v[j] for k, v in inputs.items()}, "y": labels[j],
-                 "teacher_reg": teacher["reg"][j], "teacher_logits": teacher["logits"][j],
-                 "teacher_mod": student_columns(teacher["reg_only"][j], modalities), "saliency": teacher["saliency"][j]}
-        return {k: v.to(device) for k, v in batch.items()}
-
-    def model_inputs(batch: Batch) -> Batch:
-        return {k: batch[k] for k in inputs}
-
-    def method_loss(m: nn.Module, batch: Batch, w: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        if w is None:
-            return loss_of(m(**model_inputs(batch)), batch, params)
-        out, mod = forward_with_modalities(m, model_inputs(batch), modalities)
-        return loss_of({**out, "mod": mod}, {**batch, "weights": w}, params)
-
-    def valid_batch() -> Batch:  # the validation loss of the `learned` look-ahead step
-        j = valid_idx[torch.randperm(len(valid_idx), generator=learned_state.valid_draw)[: params.train.batch_size]]
-        return {**{k: v[j].to(device) for k, v in inputs.items()}, "y": labels[j].to(device)}
-
-    def valid_loss(net: Callable[..., Batch], vb: Batch) -> torch.Tensor:
-        return task_loss(net(**model_inputs(vb))["reg"], vb["y"])
-
-    loss_fn = msd_loss_fn(method_loss, weights, learned_state, valid_batch, valid_loss, modalities)
-
-    def valid_mae(m: nn.Module) -> float:
-        return task_loss(predict_student(m, valid_inputs, params.train.batch_size), labels[valid_idx]).item()
-
-    fingerprint = {"method": method, "distill": to_dict(params), "seed": seed, "dataset": dataset,
-                   "n_train": len(train_idx)}
-    best = fit(model, model.parameters(), n_train=len(train_idx), get_batch=get_batch, loss_fn=loss_fn,
-               validate=valid_mae, params=params.train, epochs=params.train.epochs, seed=seed,
-               curves=paths.curves(dataset, f"student_{method}", seed), desc=f"student_{method} seed {seed}",
-               state_path=paths.training_state(dataset, f"student_{method}", seed), fingerprint=fingerprint,
-               extra_state=learned_state)
-    return model.cpu(), tokenizer, best
-
-
-# --------------------------------------------------------------------------- retrieval students
-
-RETRIEVAL_MODALITIES = ("video", "audio")  # the student's branches, in the teacher's modality names
-BRANCH_LOGITS = {"video": "visual_logits", "audio": "audio_logits"}
-RETRIEVAL_CHECKPOINT = "retrieval_student.pt"  # in paths.student_dir
-
-
 def _retrieval_task(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> dict[str, torch.Tensor]:
     r = params.retrieval
     return retrieval_loss(out, batch["y"].long(), r.objective, margin=r.margin, temperature=r.temperature,
                           ce_weight=r.ce_weight)
 
 
+RETRIEVAL_MODALITIES = ("video", "audio")  # the student's branches, in the teacher's modality names
+BRANCH_LOGITS = {"video": "visual_logits", "audio": "audio_logits"}
+RETRIEVAL_CHECKPOINT = "retrieval_student.pt"  # in paths.student_dir
+
+
 def _branches(out: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     return [out[BRANCH_LOGITS[m]] for m in RETRIEVAL_MODALITIES]
-
-
-RETRIEVAL_METHODS: Registry[MethodLoss] = Registry("distillation method (retrieval)")
 
 
 @RETRIEVAL_METHODS.register("none")
@@ -373,13 +259,16 @@ def _retrieval_kd(out: dict[str, torch.Tensor], batch: Batch,
     return task["loss"] + params.kd.weight * kd, {"task": task["loss"].item(), "distill": kd.item()}
 
 
-@RETRIEVAL_METHODS.register("videoadviser")
 def _retrieval_videoadviser(out: dict[str, torch.Tensor], batch: Batch,
                             params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
     task = _retrieval_task(out, batch, params)
-    va = sum(videoadviser_loss(c, batch["teacher_logits"], params.videoadviser.distance)
+    va = sum(logit_regression_loss(c, batch["teacher_logits"], params.videoadviser.distance)
              for c in _branches(out)) / len(RETRIEVAL_MODALITIES)
     return task["loss"] + params.videoadviser.weight * va, {"task": task["loss"].item(), "distill": va.item()}
+
+
+RETRIEVAL_METHODS.add("videoadviser", _retrieval_videoadviser)
+RETRIEVAL_METHODS.add("self", _retrieval_videoadviser)
 
 
 def _retrieval_msd(out: dict[str, torch.Tensor], batch: Batch,
@@ -393,8 +282,198 @@ def _retrieval_msd(out: dict[str, torch.Tensor], batch: Batch,
             {"task": task["loss"].item(), "distill": kd.item(), "msd": aux.item()})
 
 
-for _weighting in WEIGHTINGS:
+for _weighting in WEIGHTING_NAMES:
+    METHODS.add(MSD_PREFIX + _weighting, _msd)
     RETRIEVAL_METHODS.add(MSD_PREFIX + _weighting, _retrieval_msd)
+
+
+def msd_weighting(method: str) -> str | None:
+    """`population` for `msd-population`; None for a method without modality-specific terms."""
+    return method[len(MSD_PREFIX):] if method.startswith(MSD_PREFIX) else None
+
+
+# --------------------------------------------------------------------------- MSD weights and the meta step
+
+
+@dataclasses.dataclass
+class LearnedState:
+    """What `msd-learned` adds to a resumable training state: the weights' logits phi and the
+    generator that draws the meta batch of each look-ahead step."""
+
+    meta: MetaWeights
+    meta_draw: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"meta": self.meta.state_dict(), "meta_draw": self.meta_draw.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.meta.load_state_dict(state["meta"])
+        self.meta_draw.set_state(state["meta_draw"])
+
+
+def carve_meta_set(train_idx: torch.Tensor, valid_idx: torch.Tensor, params: MSDParams,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train, selection, meta) clip indices for `msd-learned`: `meta_fraction` of the `meta_split` split,
+    drawn with the seed, is the meta set and leaves that split, so the weights are never fitted on the
+    clips the epoch is selected on (nor, with meta_split=train, on clips the student trains on)."""
+    source = train_idx if params.meta_split == "train" else valid_idx
+    order = source[torch.randperm(len(source), generator=torch.Generator().manual_seed(seed + META_SEED_OFFSET))]
+    n_meta = max(1, round(params.meta_fraction * len(source)))
+    meta, rest = order[:n_meta].sort().values, order[n_meta:].sort().values
+    if len(rest) == 0:
+        raise ValueError(f"distill.msd.meta_fraction={params.meta_fraction} leaves no {params.meta_split} clip out "
+                         f"of {len(source)} outside the meta set: lower it")
+    return (rest, valid_idx, meta) if params.meta_split == "train" else (train_idx, rest, meta)
+
+
+def msd_weights(method: str, teacher: dict[str, torch.Tensor], train_idx: torch.Tensor, params: DistillParams,
+                seed: int) -> tuple[Weighting | None, LearnedState | None]:
+    """The MSD weighting of a method (None without one), built from the teacher's saliency on the training
+    clips, and, for `learned`, its resumable state."""
+    weighting = msd_weighting(method)
+    if weighting is None:
+        return None, None
+    weights = build_weighting(weighting, teacher["saliency"][train_idx], instance_temperature=params.msd.instance_temperature,
+                              meta_lr=params.msd.meta_lr, lookahead_lr=params.train.lr)
+    if not isinstance(weights, MetaWeights):
+        return weights, None
+    return weights, LearnedState(weights, torch.Generator().manual_seed(seed + 1))
+
+
+MethodCall = Callable[[Callable[..., Batch], Batch, torch.Tensor | None], tuple[torch.Tensor, dict[str, float]]]
+
+
+def msd_loss_fn(method_loss: MethodCall, weights: Weighting | None,
+                modalities: tuple[str, ...]) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]:
+    """`fit`'s loss_fn for a student: method_loss(net, batch, w) with w the MSD weights of the student's
+    `modalities` (None for a method without them, detached); every MSD method logs the mean weight of
+    each teacher modality (w_<m>)."""
+    if weights is None:
+        return lambda m, batch: method_loss(m, batch, None)
+
+    def loss_fn(m: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        w = weights(batch["saliency"])  # (M_T,) or (B, M_T)
+        w = w.expand(len(batch["y"]), -1) if w.dim() == 1 else w  # (B, M_T)
+        loss, more = method_loss(m, batch, student_columns(w, modalities))
+        return loss, {**more, **{f"w_{name}": w[:, k].mean().item() for k, name in enumerate(MODALITIES)}}
+
+    return loss_fn
+
+
+def meta_step_hook(state: LearnedState | None, method_loss: MethodCall, get_batch: Callable[[torch.Tensor], Batch],
+                   meta_batch: Callable[[torch.Generator], Batch],
+                   valid_loss: Callable[[Callable[..., Batch], Batch], torch.Tensor],
+                   modalities: tuple[str, ...]) -> StepHook | None:
+    """`fit`'s step hook for `msd-learned` (None otherwise): once per optimizer step, one look-ahead meta step
+    on the weights (msd.MetaWeights.step) with the training loss of the step's whole batch (this rank's
+    shard) and `valid_loss` on a meta batch; logs meta/train_loss, meta/valid_loss, meta/phi_grad_norm."""
+    if state is None:
+        return None
+
+    def hook(model: nn.Module, shard: torch.Tensor) -> dict[str, float]:
+        batch, mb = get_batch(shard), meta_batch(state.meta_draw)
+        parts = state.meta.step(
+            model, train_loss=lambda p, w: method_loss(lambda **x: functional_forward(model, p, **x), batch,
+                                                       student_columns(w, modalities))[0],
+            valid_loss=lambda p: valid_loss(lambda **x: functional_forward(model, p, **x), mb))
+        return {f"meta/{k}": v for k, v in parts.items() if not k.startswith("w_")}
+
+    return hook
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Clip indices (manifest rows) a student trains on, is selected on, and (msd-learned) meta-learns on."""
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    meta: torch.Tensor | None
+
+    @staticmethod
+    def of(splits: np.ndarray, method: str, params: DistillParams, seed: int) -> Splits:
+        train = torch.from_numpy(np.flatnonzero(splits == "train"))
+        valid = torch.from_numpy(np.flatnonzero(splits == "valid"))
+        if msd_weighting(method) != "learned":
+            return Splits(train, valid, None)
+        return Splits(*carve_meta_set(train, valid, params.msd, seed))
+
+
+def _draw(idx: torch.Tensor, generator: torch.Generator, size: int) -> torch.Tensor:
+    return idx[torch.randperm(len(idx), generator=generator)[:size]]
+
+
+def train_student(student: Student, texts: list[str], labels: torch.Tensor, splits: np.ndarray,
+                  teacher: dict[str, torch.Tensor], features: FeatureArrays | None, params: DistillParams,
+                  seed: int, dataset: str) -> tuple[TextStudent, object, dict[str, float]]:
+    """Train one text or multimodal student on the train split, selecting the epoch on validation MAE.
+
+    texts, labels, splits, teacher outputs and features: one row per manifest clip."""
+    method = student.method
+    loss_of = METHODS.get(method)
+    split = Splits.of(splits, method, params, seed)
+    model, tokenizer = build_student(params.student, student.kind("sentiment"), [texts[i] for i in split.train],
+                                     teacher["logits"].shape[1], features)
+    if features is not None:
+        model.set_audio_stats(features.audio[split.train], features.present[split.train, MODALITIES.index("audio")])
+    inputs = student_inputs(tokenize(tokenizer, texts, params.student.max_length), features)
+    device = train_device(params.train.device)
+    model.to(device)
+    modalities = model.modalities
+    weights, learned = msd_weights(method, teacher, split.train, params, seed)
+
+    def get_batch(i: torch.Tensor) -> Batch:
+        j = split.train[i]
+        batch = {**{k: v[j] for k, v in inputs.items()}, "y": labels[j], "teacher_logits": teacher["logits"][j]}
+        if "reg" in teacher:
+            batch["teacher_reg"] = teacher["reg"][j]
+        if weights is not None:
+            batch.update(teacher_mod=student_columns(teacher["reg_only"][j], modalities),
+                         saliency=teacher["saliency"][j])
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def model_inputs(batch: Batch) -> Batch:
+        return {k: batch[k] for k in inputs}
+
+    def method_loss(m: Callable[..., Batch], batch: Batch, w: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if w is None:
+            return loss_of(m(**model_inputs(batch)), batch, params)
+        out, mod = forward_with_modalities(m, model_inputs(batch), modalities)
+        return loss_of({**out, "mod": mod}, {**batch, "weights": w}, params)
+
+    def meta_batch(generator: torch.Generator) -> Batch:
+        j = _draw(split.meta, generator, params.train.batch_size)
+        return {**{k: v[j].to(device) for k, v in inputs.items()}, "y": labels[j].to(device)}
+
+    def valid_loss(net: Callable[..., Batch], vb: Batch) -> torch.Tensor:
+        return task_loss(net(**model_inputs(vb))["reg"], vb["y"])
+
+    valid_inputs = {k: v[split.valid] for k, v in inputs.items()}
+
+    def valid_mae(m: nn.Module) -> float:
+        return task_loss(predict_student(m, valid_inputs, params.train.batch_size), labels[split.valid]).item()
+
+    fingerprint = {"student": student.name, "distill": to_dict(params), "seed": seed, "dataset": dataset,
+                   "n_train": len(split.train)}
+    best = fit(model, model.parameters(), n_train=len(split.train), get_batch=get_batch,
+               loss_fn=msd_loss_fn(method_loss, weights, modalities), validate=valid_mae, params=params.train,
+               epochs=params.train.epochs, seed=seed, curves=paths.curves(dataset, f"student_{student.name}", seed),
+               desc=f"student_{student.name} seed {seed}",
+               state_path=paths.training_state(dataset, f"student_{student.name}", seed), fingerprint=fingerprint,
+               extra_state=learned,
+               step_hook=meta_step_hook(learned, method_loss, get_batch, meta_batch, valid_loss, modalities))
+    return model.cpu(), tokenizer, {**best, **_meta_summary(split, learned)}
+
+
+def _meta_summary(split: Splits, learned: LearnedState | None) -> dict[str, float]:
+    """What student.json records of `msd-learned`: the meta set's size and the final weights."""
+    if learned is None:
+        return {}
+    return {"n_meta": len(split.meta), **{f"w_{m}": float(w) for m, w in zip(learned.meta.names,
+                                                                            learned.meta.weights(), strict=True)}}
 
 
 def build_retrieval_student(params: DistillParams, features: FeatureArrays, num_classes: int) -> RetrievalStudent:
@@ -415,115 +494,112 @@ def retrieval_embeddings(model: RetrievalStudent, audio: torch.Tensor, visual: t
     return (torch.cat([o["audio_emb"] for o in outs]).cpu(), torch.cat([o["visual_emb"] for o in outs]).cpu())
 
 
-def train_retrieval_student(method: str, labels: torch.Tensor, splits: np.ndarray, teacher: dict[str, torch.Tensor],
-                            features: FeatureArrays, params: DistillParams, seed: int,
-                            dataset: str) -> tuple[RetrievalStudent, dict[str, float]]:
-    """Train one two-branch retrieval student with `method` on the train split, selecting the epoch
-    on validation mAP (map_mean, audio <-> visual over the validation clips)."""
+def train_retrieval_student(student: Student, labels: torch.Tensor, splits: np.ndarray,
+                            teacher: dict[str, torch.Tensor], features: FeatureArrays, params: DistillParams,
+                            seed: int, dataset: str) -> tuple[RetrievalStudent, dict[str, float]]:
+    """Train one two-branch retrieval student on the train split, selecting the epoch on validation mAP
+    (map_mean, audio <-> visual over the validation clips)."""
+    method = student.method
     loss_of = RETRIEVAL_METHODS.get(method)
-    weighting = msd_weighting(method)
-    train_idx = torch.from_numpy(np.flatnonzero(splits == "train"))
-    valid_idx = torch.from_numpy(np.flatnonzero(splits == "valid"))
+    split = Splits.of(splits, method, params, seed)
     model = build_retrieval_student(params, features, teacher["logits"].shape[1])
     device = train_device(params.train.device)
     model.to(device)
-    weights, learned_state = msd_weights(weighting, teacher["saliency"][train_idx], params, seed)
+    weights, learned = msd_weights(method, teacher, split.train, params, seed)
     mod_index = [MODALITIES.index(m) for m in RETRIEVAL_MODALITIES]
     inputs = {"audio": features.audio, "visual": features.video}
 
     def get_batch(i: torch.Tensor) -> Batch:
-        j = train_idx[i]
+        j = split.train[i]
         batch = {"audio": inputs["audio"][j], "visual": inputs["visual"][j], "y": labels[j],
-                 "teacher_logits": teacher["logits"][j], "teacher_mod": teacher["logits_only"][j][:, mod_index],
-                 "saliency": teacher["saliency"][j]}
+                 "teacher_logits": teacher["logits"][j]}
+        if weights is not None:
+            batch.update(teacher_mod=teacher["logits_only"][j][:, mod_index], saliency=teacher["saliency"][j])
         return {k: v.to(device) for k, v in batch.items()}
 
-    def method_loss(m: nn.Module, batch: Batch, w: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    def method_loss(m: Callable[..., Batch], batch: Batch, w: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
         out = m(audio=batch["audio"], visual=batch["visual"])
         return loss_of(out, batch if w is None else {**batch, "weights": w}, params)
 
-    def valid_batch() -> Batch:  # the validation loss of the `learned` look-ahead step
-        j = valid_idx[torch.randperm(len(valid_idx), generator=learned_state.valid_draw)[: params.train.batch_size]]
+    def meta_batch(generator: torch.Generator) -> Batch:
+        j = _draw(split.meta, generator, params.train.batch_size)
         return {"audio": inputs["audio"][j].to(device), "visual": inputs["visual"][j].to(device),
                 "y": labels[j].to(device)}
 
     def valid_loss(net: Callable[..., Batch], vb: Batch) -> torch.Tensor:
         return _retrieval_task(net(audio=vb["audio"], visual=vb["visual"]), vb, params)["loss"]
 
-    loss_fn = msd_loss_fn(method_loss, weights, learned_state, valid_batch, valid_loss, RETRIEVAL_MODALITIES)
-
     def valid_map(m: nn.Module) -> float:
-        audio, visual = retrieval_embeddings(m, inputs["audio"][valid_idx], inputs["visual"][valid_idx],
+        audio, visual = retrieval_embeddings(m, inputs["audio"][split.valid], inputs["visual"][split.valid],
                                              params.train.batch_size)
-        return retrieval_metrics(audio, visual, labels[valid_idx].long())[0]["map_mean"]
+        return retrieval_metrics(audio, visual, labels[split.valid].long())[0]["map_mean"]
 
-    fingerprint = {"method": method, "distill": to_dict(params), "seed": seed, "dataset": dataset,
-                   "n_train": len(train_idx), "task": "retrieval"}
-    best = fit(model, model.parameters(), n_train=len(train_idx), get_batch=get_batch, loss_fn=loss_fn,
-               validate=valid_map, params=params.train, epochs=params.train.epochs, seed=seed,
-               curves=paths.curves(dataset, f"student_{method}", seed), desc=f"student_{method} seed {seed}",
-               valid_metric="map", maximize=True, state_path=paths.training_state(dataset, f"student_{method}", seed),
-               fingerprint=fingerprint, extra_state=learned_state)
-    return model.cpu(), best
-
-
-def run_retrieval(method: str, dataset: str, params: DistillParams, seeds: list[int], clip: ClipParams,
-                  extract: ExtractParams) -> None:
-    """distill@<method> on a retrieval dataset: one RetrievalStudent per seed."""
-    RETRIEVAL_METHODS.get(method)  # unknown method: fail before any work
-    preds = [paths.teacher_predictions(dataset, s) for s in seeds]
-    with stage(f"distill@{method}", [paths.manifest(dataset), *preds], [paths.student_root(dataset, method)]):
-        manifest = read_manifest(paths.manifest(dataset))
-        features = load_features(manifest, dataset, clip, extract, params.student.video_tokens,
-                                 params.student.audio_tokens)
-        splits = manifest["split"].to_numpy()
-        labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
-        for seed, preds_path in zip(seeds, preds, strict=True):
-            seed_everything(seed)
-            teacher = read_teacher_predictions(manifest, preds_path)
-            model, best = train_retrieval_student(method, labels, splits, teacher, features, params, seed, dataset)
-            if is_main_process():
-                save_retrieval_student(paths.student_dir(dataset, method, seed) / RETRIEVAL_CHECKPOINT, model,
-                                       {"method": method, "params": to_dict(params), "seed": seed,
-                                        "dataset": dataset, "classes": features.classes, "best": best,
-                                        "video_tokens": params.student.video_tokens,
-                                        "audio_tokens": params.student.audio_tokens})
+    fingerprint = {"student": student.name, "distill": to_dict(params), "seed": seed, "dataset": dataset,
+                   "n_train": len(split.train), "task": "retrieval"}
+    best = fit(model, model.parameters(), n_train=len(split.train), get_batch=get_batch,
+               loss_fn=msd_loss_fn(method_loss, weights, RETRIEVAL_MODALITIES), validate=valid_map,
+               params=params.train, epochs=params.train.epochs, seed=seed,
+               curves=paths.curves(dataset, f"student_{student.name}", seed),
+               desc=f"student_{student.name} seed {seed}", valid_metric="map", maximize=True,
+               state_path=paths.training_state(dataset, f"student_{student.name}", seed), fingerprint=fingerprint,
+               extra_state=learned,
+               step_hook=meta_step_hook(learned, method_loss, get_batch, meta_batch, valid_loss,
+                                        RETRIEVAL_MODALITIES))
+    return model.cpu(), {**best, **_meta_summary(split, learned)}
 
 
-def run(method: str, dataset: str, params: DistillParams, seeds: list[int], clip: ClipParams,
+# --------------------------------------------------------------------------- stage
+
+
+def teacher_of(method: str) -> str:
+    """The teacher whose predictions `method` distils: `teacher`, or `teacher_self` for the `self` control."""
+    return METHOD_TEACHER.get(method, TEACHER)
+
+
+def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: ClipParams,
         extract: ExtractParams) -> None:
-    if DATASETS.get(dataset).task == "retrieval":
-        run_retrieval(method, dataset, params, seeds, clip, extract)
-        return
-    METHODS.get(method)  # unknown method: fail before any work
-    out_root = paths.student_root(dataset, method)
-    preds = [paths.teacher_predictions(dataset, s) for s in seeds]
-    with stage(f"distill@{method}", [paths.manifest(dataset), *preds], [out_root]):
+    student = parse_student(name)  # unknown student: fail before any work
+    task = DATASETS.get(dataset).task
+    (RETRIEVAL_METHODS if task == "retrieval" else METHODS).get(student.method)
+    kind = student.kind(task)
+    preds = [paths.teacher_predictions(dataset, s, teacher_of(student.method)) for s in seeds]
+    with stage(f"distill@{name}", [paths.manifest(dataset), *preds], [paths.student_root(dataset, name)]):
         manifest = read_manifest(paths.manifest(dataset))
         texts = manifest["text"].tolist()
         features = (load_features(manifest, dataset, clip, extract, params.student.video_tokens,
-                                  params.student.audio_tokens) if params.student.kind == "multimodal" else None)
+                                  params.student.audio_tokens) if kind != "text" else None)
         splits = manifest["split"].to_numpy()
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
         for seed, preds_path in zip(seeds, preds, strict=True):
             seed_everything(seed)
             teacher = read_teacher_predictions(manifest, preds_path)
-            model, tokenizer, best = train_student(method, texts, labels, splits, teacher, features, params, seed,
+            provenance = {"student": name, "family": student.family.name, "method": student.method,
+                          "teacher": teacher_of(student.method), "params": to_dict(params), "seed": seed,
+                          "dataset": dataset}
+            if kind == "retrieval":
+                model, best = train_retrieval_student(student, labels, splits, teacher, features, params, seed,
+                                                      dataset)
+                if is_main_process():
+                    save_retrieval_student(paths.student_dir(dataset, name, seed) / RETRIEVAL_CHECKPOINT, model,
+                                           {**provenance, "classes": features.classes, "best": best,
+                                            "video_tokens": params.student.video_tokens,
+                                            "audio_tokens": params.student.audio_tokens})
+                continue
+            model, tokenizer, best = train_student(student, texts, labels, splits, teacher, features, params, seed,
                                                    dataset)
             if is_main_process():
-                save_student(paths.student_dir(dataset, method, seed), model, tokenizer,
-                             {"method": method, "params": to_dict(params), "seed": seed, "dataset": dataset,
-                              "best": best})
+                save_student(paths.student_dir(dataset, name, seed), model, tokenizer, {**provenance, "best": best})
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("method", help=f"one of {METHODS.names()}")
+    parser.add_argument("student", help="<family>-<method>, e.g. va-videoadviser (families.py)")
     args = parser.parse_args(argv)
     setup_logging()
     check_params()
     with process_group():
-        run(args.method, load_value("dataset"), load_section("distill"), load_value("seeds"), load_section("clip"),
+        run(args.student, load_value("dataset"), load_section("distill"), load_value("seeds"), load_section("clip"),
             load_section("extract"))
 
 

@@ -7,13 +7,27 @@ CLIP class-prompt embeddings P_k,
     video tokens, v      = TemporalEncoder(v_1..v_F)               (CLIP4Clip seqTransf)
     audio tokens, a      = TemporalEncoder(W_a mel_1..mel_A)
     P'_k                 = P_k + alpha * Attn(P_k, [video tokens; audio tokens; e_t])   (X-CLIP prompts)
-    z                    = Fuse([v; a; e_t])
+    z                    = u + f([v; a; e_t])                       CLIP-anchored fusion
     c_k                  = s * cos(z, P'_k)                         classification logits
     r_T                  = g(c)                                     step 1: logits -> regression
 
-A modality can be masked per clip (missing in the feature store, or held out to get
-modality-specific predictions): its tokens leave the attention keys and its pooled vector
-is replaced by zeros or a learned mask token (`mask`).
+**CLIP-anchored fusion.** u is CLIP's own embedding of the clip: the normalised mean frame
+embedding normalize(mean_f v_f) (the clip embedding of CLIP4Clip's "meanP"); f is an MLP whose
+last layer starts at zero, and Attn's output projection starts at zero too, so at
+initialisation z = u and P'_k = P_k: c_k = s * cos(u, P_k) is exactly CLIP's zero-shot
+similarity between the clip and prompt k (scaled by s). Training moves away from it only as
+far as the labels ask; the transcript and the audio join through f (and the prompts' keys).
+When the clip's video is masked, the anchor is CLIP's embedding of the transcript,
+normalize(e_t) (a text-text similarity with the prompts), and with neither video nor text
+(audio alone) a learned vector `anchor_token`, initialised to the normalised mean prompt
+(uniform logits at initialisation).
+
+A modality can be masked per clip (missing in the feature store, held out to get
+modality-specific predictions, or dropped in training by `modality_dropout`): its tokens
+leave the attention keys and its pooled vector is replaced by zeros or a learned mask token
+(`mask`). The teacher outputs on masked inputs (r_T^m, saliency, the missing-modality
+evaluation) are only meaningful when it saw masked inputs while it trained, which modality
+dropout provides.
 
 Students: the text student (text only at inference) is any HF AutoModel encoder whose first
 token's hidden state goes through an MLP to the regression output r_S and through a linear
@@ -100,7 +114,12 @@ class PromptTeacher(nn.Module):
         self.token_norm = nn.LayerNorm(d)
         self.prompt_attn = nn.MultiheadAttention(d, c.heads, dropout=c.dropout, batch_first=True)
         self.alpha = nn.Parameter(torch.tensor(float(c.prompt_alpha)))
+        nn.init.zeros_(self.prompt_attn.out_proj.weight)  # P'_k = P_k at initialisation
+        nn.init.zeros_(self.prompt_attn.out_proj.bias)
         self.fuse = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(d, d))
+        nn.init.zeros_(self.fuse[-1].weight)  # z = CLIP's clip embedding at initialisation
+        nn.init.zeros_(self.fuse[-1].bias)
+        self.anchor_token = nn.Parameter(F.normalize(self.prompts.mean(0), dim=0).clone())  # (D,) audio-only anchor
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.step1 = nn.Sequential(nn.Linear(c.num_classes, c.step1_hidden), nn.GELU(),
                                    nn.Linear(c.step1_hidden, 1))
@@ -112,14 +131,14 @@ class PromptTeacher(nn.Module):
         Returns logits (B, K), reg (B,) and the enhanced prompts (B, K, D).
         """
         b = video.shape[0]
-        v_tok, v = self.video(video)  # (B, F, D), (B, D)
-        audio = (audio - self.audio_mean) / self.audio_std  # (B, A, n_mels)
-        a_tok, a = self.audio(self.audio_in(audio))  # (B, A, D), (B, D)
+        v_tok, v = self._encode(self.video, video, present[:, MODALITIES.index("video")])  # (B, F, D), (B, D)
+        audio = self.audio_in((audio - self.audio_mean) / self.audio_std)  # (B, A, D)
+        a_tok, a = self._encode(self.audio, audio, present[:, MODALITIES.index("audio")])  # (B, A, D), (B, D)
         t_tok = text.unsqueeze(1)  # (B, 1, D)
         pooled = torch.stack([v, a, text], dim=1)  # (B, 3, D)
         keep = present.unsqueeze(-1)  # (B, 3, 1)
         pooled = torch.where(keep, pooled, self.mask_tokens.unsqueeze(0).expand(b, -1, -1))
-        z = self.fuse(pooled.flatten(1))  # (B, D)
+        z = self.anchor(video, text, present) + self.fuse(pooled.flatten(1))  # (B, D)
 
         tokens = torch.cat([self.null_token.expand(b, -1, -1), v_tok, a_tok, t_tok], dim=1)  # (B, 1+F+A+1, D)
         lengths = (1, v_tok.shape[1], a_tok.shape[1], 1)
@@ -135,12 +154,26 @@ class PromptTeacher(nn.Module):
         reg = self.step1(logits).squeeze(-1)  # (B,)
         return {"logits": logits, "reg": reg, "prompts": prompts}
 
+    @staticmethod
+    def _encode(encoder: TemporalEncoder, x: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """encoder(x), or zeros when no clip of the batch has the modality (its outputs would all be masked;
+        the `self` teacher never sees video or audio, so this saves their encoders' time)."""
+        if bool(present.any()):
+            return encoder(x)
+        return torch.zeros_like(x), x.new_zeros(x.shape[0], x.shape[2])
+
+    def anchor(self, video: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """u (B, D): normalize(mean_f v_f) if the video is kept, else normalize(e_t) if the transcript is,
+        else the learned anchor_token (module docstring)."""
+        v_idx, t_idx = MODALITIES.index("video"), MODALITIES.index("text")
+        u_video = F.normalize(video.mean(dim=1), dim=-1)  # (B, D)
+        u_text = F.normalize(text, dim=-1)  # (B, D)
+        u = torch.where(present[:, t_idx : t_idx + 1], u_text, self.anchor_token.expand_as(u_text))
+        return torch.where(present[:, v_idx : v_idx + 1], u_video, u)  # (B, D)
+
     def set_audio_stats(self, audio: torch.Tensor, present: torch.Tensor) -> None:
         """Standardise log-mel bins with the mean/std of the clips that have audio. audio (N, A, n_mels)."""
-        frames = audio[present].flatten(0, 1)  # (N' * A, n_mels)
-        if len(frames):
-            self.audio_mean.copy_(frames.mean(0))
-            self.audio_std.copy_(frames.std(0, correction=int(len(frames) > 1)).clamp_min(1e-3))
+        set_audio_stats(self, audio, present)
 
     def classification_parameters(self) -> list[nn.Parameter]:
         """Everything but g (the two_phase schedule trains these first, then g alone)."""
@@ -235,24 +268,54 @@ class MultimodalStudent(TextStudent):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, video: torch.Tensor,
                 audio: torch.Tensor, present: torch.Tensor, **unused: torch.Tensor) -> dict[str, torch.Tensor]:
-        """input_ids, attention_mask (B, L), video (B, F, D), audio (B, A, n_mels), present (B, 3) bool."""
+        """input_ids, attention_mask (B, L), video (B, F, D), audio (B, A, n_mels), present (B, 3) bool
+        -> reg (B,), logits (B, K). With present (P, B, 3), P masking patterns of the same clips, the
+        encoders run once and the outputs are (P, B) and (P, B, K): MSD's S(x_m) for every m in one forward."""
         t = self.text_proj(self.encode_text(input_ids, attention_mask))  # (B, H)
         v = self.video_proj(video).mean(dim=1)  # (B, H)
         a = self.audio_proj((audio - self.audio_mean) / self.audio_std).mean(dim=1)  # (B, H)
         pooled = torch.stack([v, a, t], dim=1)  # (B, 3, H), MODALITIES order
-        pooled = torch.where(present.unsqueeze(-1), pooled, self.mask_tokens.unsqueeze(0).expand_as(pooled))
-        flat = pooled.flatten(1)  # (B, 3H)
+        pooled = torch.where(present.unsqueeze(-1), pooled, self.mask_tokens.expand_as(pooled))  # ([P,] B, 3, H)
+        flat = pooled.flatten(-2)  # ([P,] B, 3H)
         return {"reg": self.head(flat).squeeze(-1), "logits": self.classifier(flat)}
 
     def set_audio_stats(self, audio: torch.Tensor, present: torch.Tensor) -> None:
         """Standardise log-mel bins with the training clips' mean/std. audio (N, A, n_mels), present (N,)."""
-        frames = audio[present].flatten(0, 1)  # (N' * A, n_mels)
-        if len(frames):
-            self.audio_mean.copy_(frames.mean(0))
-            self.audio_std.copy_(frames.std(0, correction=int(len(frames) > 1)).clamp_min(1e-3))
+        set_audio_stats(self, audio, present)
 
 
 STUDENTS: dict[str, type[TextStudent]] = {"text": TextStudent, "multimodal": MultimodalStudent}
+
+
+def set_audio_stats(model: nn.Module, audio: torch.Tensor, present: torch.Tensor) -> None:
+    """Set `model`'s audio_mean / audio_std buffers (n_mels,) to the per-bin mean and std of the log-mel
+    frames of the clips with audio: audio (N, A, n_mels), present (N,) bool. std is floored at 1e-3."""
+    frames = audio[present].flatten(0, 1)  # (N' * A, n_mels)
+    if len(frames):
+        model.audio_mean.copy_(frames.mean(0))
+        model.audio_std.copy_(frames.std(0, correction=int(len(frames) > 1)).clamp_min(1e-3))
+
+
+def modality_dropout(present: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training-time modality dropout: present (B, M) bool -> (B, M), each present modality dropped
+    independently with probability p, and where that would drop all of a clip's present modalities,
+    one of them (uniformly at random) kept. Clips with no present modality stay as they are.
+
+    Draws from `generator` (torch's default generator when None, which `training.fit` saves in its
+    checkpoints, so a resumed run draws the same masks). p = 0 returns `present` unchanged.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"teacher.modality_dropout must be in [0, 1), got {p}")
+    if p == 0.0:
+        return present
+    kept = present & (torch.rand(present.shape, generator=generator, device=present.device) >= p)  # (B, M)
+    none_left = ~kept.any(dim=1) & present.any(dim=1)  # (B,)
+    if none_left.any():
+        # one of the clip's present modalities, uniformly: the argmax of random scores over the present ones
+        scores = torch.rand(present.shape, generator=generator, device=present.device).masked_fill(~present, -1.0)
+        rescue = F.one_hot(scores.argmax(dim=1), present.shape[1]).bool()  # (B, M)
+        kept = torch.where(none_left.unsqueeze(1), rescue, kept)
+    return kept
 
 
 def only_modality(present: torch.Tensor, modality: int) -> torch.Tensor:

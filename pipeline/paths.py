@@ -33,17 +33,22 @@ def failures(dataset: str, modality: str) -> Path:
     return FEATURES / dataset / f"failures_{modality}.csv"
 
 
-def teacher_dir(dataset: str) -> Path:
-    """All seeds of the teacher (one DVC output)."""
-    return MODELS / dataset / "teacher"
+def teacher_dir(dataset: str, name: str = "teacher") -> Path:
+    """All seeds of a teacher (one DVC output): `teacher`, or the control `teacher_self`."""
+    return MODELS / dataset / name
 
 
-def teacher_checkpoint(dataset: str, seed: int) -> Path:
-    return teacher_dir(dataset) / f"seed_{seed}" / "teacher.pt"
+def teacher_checkpoint(dataset: str, seed: int, name: str = "teacher") -> Path:
+    return teacher_dir(dataset, name) / f"seed_{seed}" / "teacher.pt"
 
 
-def teacher_predictions(dataset: str, seed: int) -> Path:
-    return teacher_dir(dataset) / f"seed_{seed}" / "preds.h5"
+def teacher_predictions(dataset: str, seed: int, name: str = "teacher") -> Path:
+    return teacher_dir(dataset, name) / f"seed_{seed}" / "preds.h5"
+
+
+def floor_dir(dataset: str) -> Path:
+    """The linear floor model (stage `floor`)."""
+    return MODELS / dataset / "floor"
 
 
 def student_root(dataset: str, method: str) -> Path:

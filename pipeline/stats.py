@@ -208,12 +208,13 @@ class Comparison:
     family_size: int
 
     def sentence(self) -> str:
-        """One plain English sentence, e.g. "`kd`: MAE −0.031 (95 % CI −0.052 to −0.010; Holm-adjusted
+        """One plain English sentence, e.g. "`kd` − `none`: MAE −0.031 (95 % CI −0.052 to −0.010; Holm-adjusted
         p = 0.004): lower than `none` (better), the difference holds." """
         decimals = _decimals(self.ci_high - self.ci_low)
         p_name = "Holm-adjusted p" if self.family_size > 1 else "p"
         p_text = "< 0.001" if self.p_holm < 0.001 else f"= {self.p_holm:.3f}"
-        head = (f"`{self.method}`: {self.metric} {_signed(self.estimate, decimals)} ({self.confidence * 100:g} % CI "
+        head = (f"`{self.method}` − `{self.baseline}`: {self.metric} {_signed(self.estimate, decimals)} "
+                f"({self.confidence * 100:g} % CI "
                 f"{_signed(self.ci_low, decimals)} to {_signed(self.ci_high, decimals)}; {p_name} {p_text})")
         if self.holds:
             direction = "lower" if self.estimate < 0 else "higher"

@@ -1,12 +1,15 @@
-"""Stage teacher: train the CLIP prompt teacher and write its predictions for every clip.
+"""Stage teacher: train the CLIP prompt teacher (and its text-only control) and write their predictions.
 
 Reads  data/prepared/<ds>/manifest.csv, data/features/<ds>/{video,audio,text}.h5
-Writes models/<ds>/teacher/seed_<s>/teacher.pt  weights + the config that built them
-       models/<ds>/teacher/seed_<s>/preds.h5    per clip: split, label, logits (K), reg (r_T),
-                                                reg_only_<m> (only modality m kept), saliency_<m>
-                                                (retrieval: logits_only_<m> (K) instead of reg, reg_only);
-                                                attrs: population saliency per modality (train mean)
-       dvclive/<ds>/teacher/seed_<s>/           training curves
+Writes models/<ds>/teacher/seed_<s>/teacher.pt    weights + the config that built them
+       models/<ds>/teacher/seed_<s>/preds.h5      per clip: split, label, logits (K), reg (r_T),
+                                                  reg_only_<m> / reg_without_<m> (only m kept / m masked),
+                                                  saliency_<m> (retrieval: logits_only_<m>, logits_without_<m>
+                                                  (K) instead of reg_*); attrs: population saliency per
+                                                  modality (train mean) and the teacher's metrics given
+                                                  each subset of its modalities (`subset_metrics`)
+       models/<ds>/teacher_self/seed_<s>/         the same for the `self` control teacher (below)
+       dvclive/<ds>/{teacher,teacher_self}/seed_<s>/   training curves
 for every seed in `seeds`.
 
 Command: python -m pipeline.teacher
@@ -15,7 +18,13 @@ Command: python -m pipeline.teacher
 Step 1 of VideoAdviser's step distillation lives here: classification logits over the K
 sentiment bins -> regression logit r_T = g(c). Schedules: `joint` trains everything with
 ce_weight * CE + L1; `two_phase` trains the classifier with CE, then freezes it and fits g
-with L1 (each phase `train.epochs` epochs).
+with L1 (each phase `train.epochs` epochs at most; `train.patience` stops either early).
+
+**Modality dropout** (`teacher.modality_dropout` = p): every training batch masks each of a
+clip's present modalities independently with probability p, keeping at least one
+(models.modality_dropout). The outputs stored below are outputs on masked inputs, so the
+teacher must have seen masked inputs while it trained; without it, its mask vectors never
+receive a gradient and r_T^m is an extrapolation.
 
 Modality-specific predictions and saliency (MSD, Jin et al. 2021): r_T^m is the teacher's
 output with only modality m kept (the others masked as `teacher.mask` says), and the
@@ -24,13 +33,25 @@ saliency of m on a clip (`teacher.saliency`) is
     prediction:  s_m(x) = |r_T(x) - r_T(x without m)|          how much the output moves
     loss:        s_m(x) = |y - r_T(x without m)| - |y - r_T(x)|  how much the L1 loss rises (can be < 0)
 
-The population saliency of m is the mean of s_m over the training clips.
+The population saliency of m is the mean of s_m over the training clips. With the three
+modalities, "only m" and "without m" cover every non-empty subset, so the teacher's own
+quality given each subset (validation and test, the dataset's metric set) is computed from
+the same columns and recorded in preds.h5 (`subset_metrics`, keyed like `video+text`).
+
+**The `self` control** (DESIGN.md "Trustworthy comparison"): models/<ds>/teacher_self is the same
+architecture and training restricted to the modalities the VideoAdviser family's student sees
+(sentiment: the transcript alone, video and audio removed from every clip), so that the `self`
+student, distilled from it with exactly VideoAdviser's step-2 loss, differs from `videoadviser`
+only in what the teacher saw: `videoadviser - self` is what multimodal knowledge adds. On a
+retrieval dataset that student sees every modality the teacher sees, so the two teachers are the
+same model and teacher_self is a copy (logged).
 
 Retrieval datasets (task `retrieval`, labels = class indices 0..K-1, the prompts are the class
 names): the teacher is the same model classifying the clip from audio and video (no transcript:
 text is masked everywhere), trained with CE(c, y) on its classification parameters and selected
-on validation cross-entropy; g is not used. It stores logits_only_<m> (N, K), the logits with only
-m kept, instead of reg_only_<m>, and its saliencies compare class distributions p = softmax(c):
+on validation cross-entropy; g is not used. It stores logits_only_<m> / logits_without_<m> (N, K)
+instead of reg_*, its subset metrics are accuracy and cross-entropy, and its saliencies compare
+class distributions p = softmax(c):
 
     prediction:  s_m(x) = 1/2 sum_k |p_k(x) - p_k(x without m)|   total variation, in [0, 1]
     loss:        s_m(x) = CE(c(x without m), y) - CE(c(x), y)      rise of the cross-entropy (can be < 0)
@@ -39,7 +60,10 @@ m kept, instead of reg_only_<m>, and its saliencies compare class distributions 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +76,34 @@ from .config import ClipParams, ExtractParams, TeacherParams, check_params, load
 from .datasets import DATASETS, read_manifest
 from .features import FeatureArrays, feature_files, load_features
 from .losses import classification_loss, task_loss, teacher_loss
-from .models import MODALITIES, PromptTeacher, TeacherConfig, only_modality, save_teacher
+from .metrics import METRIC_SETS
+from .models import MODALITIES, PromptTeacher, TeacherConfig, modality_dropout, only_modality, save_teacher
 from .runtime import is_main_process, process_group, seed_everything, setup_logging, stage, train_device
 from .store import read_table, write_table
 from .training import fit
 
 log = logging.getLogger(__name__)
+
+TEACHER, SELF_TEACHER = "teacher", "teacher_self"
+SELF_MODALITIES = {"sentiment": ("text",), "retrieval": ("video", "audio")}  # what the `self` student's teacher sees
+
+
+def subset_name(modalities: tuple[str, ...] | list[str]) -> str:
+    """`video+text`: a set of modalities in MODALITIES order, joined by "+"."""
+    return "+".join(m for m in MODALITIES if m in modalities)
+
+
+def modality_mask(modalities: tuple[str, ...]) -> torch.Tensor:
+    """(3,) bool in MODALITIES order: True for the modalities in `modalities`."""
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of {list(MODALITIES)}, got {list(modalities)}")
+    return torch.tensor([m in modalities for m in MODALITIES])
+
+
+def restricted(data: FeatureArrays, modalities: tuple[str, ...]) -> FeatureArrays:
+    """`data` with every modality outside `modalities` masked for every clip (the `self` teacher's inputs)."""
+    return dataclasses.replace(data, present=data.present & modality_mask(modalities))
 
 
 @torch.no_grad()
@@ -78,9 +124,11 @@ def predict(model: PromptTeacher, data: FeatureArrays, idx: torch.Tensor, keep: 
 
 
 def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,
-                  seed: int, dataset: str, task: str = "sentiment") -> tuple[PromptTeacher, dict[str, float]]:
-    """Build the teacher from the feature shapes and train it on the train split (resumable:
-    `checkpoints/<ds>/teacher/seed_<s>.pt` holds the last training state of an interrupted run)."""
+                  seed: int, dataset: str, task: str = "sentiment",
+                  name: str = TEACHER) -> tuple[PromptTeacher, dict[str, float]]:
+    """Build the teacher from the feature shapes and train it on the train split with modality dropout
+    (resumable: `checkpoints/<ds>/<name>/seed_<s>.pt` holds the last training state of an interrupted run).
+    `data.present` says which modalities each clip has (restrict it for the `self` teacher)."""
     config = TeacherConfig(embed_dim=data.text.shape[1], audio_dim=data.audio.shape[2],
                            num_classes=len(data.classes), frames=data.video.shape[1],
                            audio_tokens=data.audio.shape[1], layers=params.layers, heads=params.heads,
@@ -95,7 +143,9 @@ def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
 
     def get_batch(i: torch.Tensor) -> dict[str, torch.Tensor]:
         j = train_idx[i]
-        return {**{k: v.to(device) for k, v in data.index(j).items()}, "y": labels[j].to(device)}
+        batch = data.index(j)
+        batch["present"] = modality_dropout(batch["present"], params.modality_dropout)  # (B, 3)
+        return {**{k: v.to(device) for k, v in batch.items()}, "y": labels[j].to(device)}
 
     def valid_mae(m: PromptTeacher) -> float:
         return task_loss(predict(m, data, valid_idx)["reg"], labels[valid_idx]).item()
@@ -118,22 +168,23 @@ def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
         y = b.pop("y")
         return task_loss(m(**b)["reg"], y), {}
 
+    present = [m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any())]
     common = dict(n_train=len(train_idx), get_batch=get_batch, params=params.train, epochs=params.train.epochs,
                   seed=seed, fingerprint={"teacher": to_dict(params), "seed": seed, "n_train": len(train_idx),
-                                          "dataset": dataset})
-    curves, state = paths.curves(dataset, "teacher", seed), paths.training_state(dataset, "teacher", seed)
+                                          "dataset": dataset, "name": name, "modalities": present})
+    curves, state = paths.curves(dataset, name, seed), paths.training_state(dataset, name, seed)
+    desc = f"{name} seed {seed}"
     if task == "retrieval":  # a classifier of the dataset's classes: no regression head
         best = fit(model, model.classification_parameters(), loss_fn=classify, validate=valid_ce, valid_metric="ce",
-                   curves=curves, state_path=state, desc=f"teacher seed {seed}", **common)
+                   curves=curves, state_path=state, desc=desc, **common)
     elif params.schedule == "joint":
         best = fit(model, model.parameters(), loss_fn=joint, validate=valid_mae, curves=curves, state_path=state,
-                   desc=f"teacher seed {seed}", **common)
+                   desc=desc, **common)
     else:  # two_phase: classifier first (selected on validation CE), then g alone on the frozen logits
         fit(model, model.classification_parameters(), loss_fn=classify, validate=valid_ce, valid_metric="ce",
-            curves=curves / "phase1", state_path=state.with_suffix(".phase1.pt"),
-            desc=f"teacher seed {seed} classify", **common)
+            curves=curves / "phase1", state_path=state.with_suffix(".phase1.pt"), desc=f"{desc} classify", **common)
         best = fit(model, model.step1.parameters(), loss_fn=regress, validate=valid_mae, curves=curves,
-                   state_path=state, desc=f"teacher seed {seed} regress", **common)
+                   state_path=state, desc=f"{desc} regress", **common)
     return model.cpu(), best
 
 
@@ -157,26 +208,69 @@ def class_saliency(full: torch.Tensor, without: torch.Tensor, labels: torch.Tens
     return F.cross_entropy(without, y, reduction="none") - F.cross_entropy(full, y, reduction="none")
 
 
+def output_key(task: str) -> str:
+    """The stored output a task's subsets are read from: `reg` (sentiment) or `logits` (retrieval)."""
+    return "logits" if task == "retrieval" else "reg"
+
+
 def modality_predictions(model: PromptTeacher, data: FeatureArrays, full: dict[str, torch.Tensor],
                          labels: torch.Tensor, kind: str, task: str = "sentiment") -> dict[str, np.ndarray]:
-    """The output with only m kept (`reg_only_<m>`; retrieval: `logits_only_<m>`) and the saliency of m
-    (`saliency_<m>`), for each modality m; `full` = predict() of every clip."""
+    """For each modality m: the output with only m kept (`reg_only_<m>`; retrieval `logits_only_<m>`), with m
+    masked (`reg_without_<m>`, `logits_without_<m>`) and the saliency of m (`saliency_<m>`); `full` =
+    predict() of every clip."""
     idx = torch.arange(len(data.ids))
-    key, prefix, score = (("logits", "logits_only", class_saliency) if task == "retrieval"
-                          else ("reg", "reg_only", saliency))
+    key = output_key(task)
+    score = class_saliency if task == "retrieval" else saliency
     out: dict[str, np.ndarray] = {}
     for m, name in enumerate(MODALITIES):
         only = only_modality(torch.ones(1, len(MODALITIES), dtype=torch.bool), m)[0]  # (3,)
-        out[f"{prefix}_{name}"] = predict(model, data, idx, keep=only)[key].numpy()
+        out[f"{key}_only_{name}"] = predict(model, data, idx, keep=only)[key].numpy()
         without = predict(model, data, idx, keep=~only)[key]
+        out[f"{key}_without_{name}"] = without.numpy()
         out[f"saliency_{name}"] = score(full[key], without, labels, kind).numpy()
+    return out
+
+
+def subset_columns(available: list[str], key: str) -> dict[str, str]:
+    """Every non-empty subset of the `available` modalities -> the stored column of the teacher's output given
+    exactly that subset: the full output `key`, `<key>_only_<m>` or `<key>_without_<m>` (MODALITIES order)."""
+    out: dict[str, str] = {}
+    for size in range(len(available), 0, -1):
+        for subset in itertools.combinations(available, size):
+            name = subset_name(subset)
+            if size == len(available):
+                out[name] = key
+            elif size == 1:
+                out[name] = f"{key}_only_{subset[0]}"
+            elif size == len(available) - 1:
+                out[name] = f"{key}_without_{next(m for m in available if m not in subset)}"
+    return out
+
+
+def subset_metrics(columns: dict[str, np.ndarray], labels: np.ndarray, splits: np.ndarray, subsets: dict[str, str],
+                   task: str, metric_set: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The teacher's quality given each subset of its modalities (`subsets`: name -> column, see
+    `subset_columns`): {subset: {split: metrics}} for the valid and test splits; sentiment: the dataset's
+    metric set on r_T; retrieval: accuracy `acc` and cross-entropy `ce` of the class logits."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, column in subsets.items():
+        out[name] = {}
+        for split in ("valid", "test"):
+            rows = splits == split
+            pred, y = np.asarray(columns[column], dtype=np.float64)[rows], labels[rows]
+            if task == "retrieval":
+                logits = torch.from_numpy(pred)
+                out[name][split] = {"acc": float((pred.argmax(-1) == y).mean()),
+                                    "ce": float(F.cross_entropy(logits, torch.from_numpy(y).long()))}
+            else:
+                out[name][split] = METRIC_SETS.get(metric_set).compute(pred, y)
     return out
 
 
 def read_teacher_predictions(manifest: pd.DataFrame, preds_path: Path) -> dict[str, torch.Tensor]:
     """The teacher's outputs for every manifest clip, in manifest order: logits c (N, K) and saliency
     s_m (N, 3) in MODALITIES order; sentiment: reg r_T (N,) and reg_only r_T^m (N, 3); retrieval:
-    logits_only c^m (N, 3, K)."""
+    logits_only c^m (N, 3, K). A `self` teacher's file has only logits and reg (saliency absent)."""
     columns, _ = read_table(preds_path, stage="teacher")
     row = pd.Series(np.arange(len(columns["id"])), index=columns["id"])
     missing = manifest.loc[~manifest["id"].isin(row.index), "id"].tolist()
@@ -189,52 +283,85 @@ def read_teacher_predictions(manifest: pd.DataFrame, preds_path: Path) -> dict[s
         arrays = [np.asarray(columns[k], dtype=np.float32)[order] for k in keys]
         return torch.from_numpy(arrays[0] if len(arrays) == 1 else np.stack(arrays, axis=1))
 
-    out = {"logits": take("logits"), "saliency": take(*(f"saliency_{m}" for m in MODALITIES))}
+    out = {"logits": take("logits")}
     if "reg" in columns:
-        out.update(reg=take("reg"), reg_only=take(*(f"reg_only_{m}" for m in MODALITIES)))
-    else:
-        out["logits_only"] = take(*(f"logits_only_{m}" for m in MODALITIES))  # (N, 3, K)
+        out["reg"] = take("reg")
+    if "saliency_text" in columns:
+        out["saliency"] = take(*(f"saliency_{m}" for m in MODALITIES))
+        key = "reg" if "reg" in columns else "logits"
+        out[f"{key}_only"] = take(*(f"{key}_only_{m}" for m in MODALITIES))  # (N, 3) or (N, 3, K)
     return out
 
 
+def write_predictions(model: PromptTeacher, data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
+                      params: TeacherParams, seed: int, name: str, dataset: str, task: str) -> None:
+    """preds.h5 of one teacher and seed: outputs, and for the main teacher the modality-specific outputs,
+    saliencies, population saliency and the metrics given each subset of modalities."""
+    full = predict(model, data, torch.arange(len(data.ids)))
+    columns: dict[str, np.ndarray] = {"logits": full["logits"].numpy(),
+                                      **({} if task == "retrieval" else {"reg": full["reg"].numpy()})}
+    config: dict[str, object] = {"teacher": to_dict(params), "seed": seed, "classes": data.classes, "task": task,
+                                 "name": name}
+    available = [m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any())]
+    if name == TEACHER:
+        columns.update(modality_predictions(model, data, full, labels, params.saliency, task))
+        train = splits == "train"
+        config["population_saliency"] = {m: float(columns[f"saliency_{m}"][train].mean()) for m in MODALITIES}
+    subsets = (subset_columns(available, output_key(task)) if name == TEACHER  # the control: its full output only
+               else {subset_name(available): output_key(task)})
+    quality = subset_metrics(columns, labels.numpy().astype(np.float64), splits, subsets, task,
+                             DATASETS.get(dataset).metric_set)
+    config.update(modalities=available, subset_metrics=quality)
+    write_table(paths.teacher_predictions(dataset, seed, name),
+                {"id": data.ids, "split": splits.tolist(), "label": labels.numpy(), **columns}, config=config)
+    primary = "acc" if task == "retrieval" else METRIC_SETS.get(DATASETS.get(dataset).metric_set).primary
+    log.info("%s seed %d, test %s given %s", name, seed, primary,
+             ", ".join(f"{s} {q['test'][primary]:.4f}" for s, q in quality.items()))
+    if name == TEACHER:
+        log.info("%s seed %d: population saliency %s", name, seed,
+                 ", ".join(f"{m} {v:.3f}" for m, v in config["population_saliency"].items()))
+
+
 def train_one_seed(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,
-                   seed: int, dataset: str, task: str = "sentiment") -> None:
+                   seed: int, dataset: str, task: str = "sentiment", name: str = TEACHER) -> None:
     seed_everything(seed)
-    model, best = train_teacher(data, labels, splits, params, seed, dataset, task)
+    model, best = train_teacher(data, labels, splits, params, seed, dataset, task, name)
     if not is_main_process():
         return
-    ckpt, preds_path = paths.teacher_checkpoint(dataset, seed), paths.teacher_predictions(dataset, seed)
+    ckpt = paths.teacher_checkpoint(dataset, seed, name)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    save_teacher(ckpt, model, {"params": to_dict(params), "seed": seed, "dataset": dataset,
+    save_teacher(ckpt, model, {"params": to_dict(params), "seed": seed, "dataset": dataset, "name": name,
                                "classes": data.classes, "best": best})
-    full = predict(model, data, torch.arange(len(data.ids)))
-    per_modality = modality_predictions(model, data, full, labels, params.saliency, task)
-    train = splits == "train"
-    population = {m: float(per_modality[f"saliency_{m}"][train].mean()) for m in MODALITIES}
-    outputs = {"logits": full["logits"].numpy(), **({} if task == "retrieval" else {"reg": full["reg"].numpy()})}
-    write_table(preds_path, {"id": data.ids, "split": splits.tolist(), "label": labels.numpy(), **outputs,
-                             **per_modality},
-                config={"teacher": to_dict(params), "seed": seed, "classes": data.classes, "task": task,
-                        "population_saliency": population})
-    test = torch.from_numpy(splits == "test")
-    if task == "retrieval":
-        score = f"test accuracy {(full['logits'][test].argmax(-1) == labels[test].long()).float().mean().item():.4f}"
-    else:
-        score = f"test MAE {task_loss(full['reg'][test], labels[test]).item():.4f}"
-    log.info("teacher seed %d: %s (best epoch %d: %s); population saliency %s", seed, score, best["epoch"],
-             ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "epoch"),
-             ", ".join(f"{m} {v:.3f}" for m, v in population.items()))
+    write_predictions(model, data, labels, splits, params, seed, name, dataset, task)
+
+
+def copy_teacher(dataset: str, seed: int) -> None:
+    """teacher_self := teacher for one seed (model, predictions and curves), when the two are the same model."""
+    pairs = [(paths.teacher_checkpoint(dataset, seed, n).parent, paths.curves(dataset, n, seed))
+             for n in (TEACHER, SELF_TEACHER)]
+    for source, target in zip(pairs[0], pairs[1], strict=True):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target)
 
 
 def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractParams, seeds: list[int]) -> None:
     manifest = read_manifest(paths.manifest(dataset))
-    with stage("teacher", [paths.manifest(dataset), *feature_files(dataset)], [paths.teacher_dir(dataset)]):
+    outputs = [paths.teacher_dir(dataset, n) for n in (TEACHER, SELF_TEACHER)]
+    with stage("teacher", [paths.manifest(dataset), *feature_files(dataset)], outputs):
         data = load_features(manifest, dataset, clip, extract, params.video_tokens, params.audio_tokens)
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
         splits = manifest["split"].to_numpy()
         task = DATASETS.get(dataset).task
+        available = tuple(m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any()))
+        own = tuple(m for m in SELF_MODALITIES[task] if m in available)
         for seed in seeds:
-            train_one_seed(data, labels, splits, params, seed, dataset, task)
+            train_one_seed(data, labels, splits, params, seed, dataset, task, TEACHER)
+            if own == available and is_main_process():  # the student sees all the teacher sees: same model
+                log.info("%s: the `self` student sees every modality the teacher sees (%s): %s is a copy of %s",
+                         dataset, subset_name(own), SELF_TEACHER, TEACHER)
+                copy_teacher(dataset, seed)
+            elif own != available:
+                train_one_seed(restricted(data, own), labels, splits, params, seed, dataset, task, SELF_TEACHER)
 
 
 def main(argv: list[str] | None = None) -> None:

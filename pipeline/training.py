@@ -36,6 +36,15 @@ Scale (params `train.*`, see `TrainParams`):
   teacher's two_phase schedule trains subsets).
 - **Validation** runs on every rank on the unwrapped model; rank 0's value is broadcast so that
   every rank selects the same best epoch. Only rank 0 writes curves and checkpoints.
+- **Early stopping.** With `patience` P > 0, training stops after the first epoch that ends P
+  epochs after the best one (no better validation value in P epochs); the best epoch's weights
+  are restored as always. The learning-rate schedule is planned over `epochs` either way, so a
+  run stopped early followed the same schedule as a full one up to its last epoch.
+- **Step hook.** `step_hook(model, shard)` runs once per optimizer step, before the step's
+  micro-batches, on every rank, with the unwrapped model and this rank's whole shard of the
+  global batch (training-set positions, not split into micro-batches): whatever it does is the
+  same for any `grad_accum`. MSD's `learned` weighting takes its meta step there. The floats it
+  returns are logged like the loss terms.
 - **Checkpoints.** With `state_path`, rank 0 writes a resumable checkpoint every
   `checkpoint_every` optimizer steps and at the end of every epoch (atomically: temporary file,
   then `os.replace`): weights, optimizer, scheduler and scaler states, the epoch, the batches
@@ -76,6 +85,7 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+StepHook = Callable[[nn.Module, torch.Tensor], dict[str, float]]
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -85,13 +95,18 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None) -> tuple
     return order.split(batch_size)
 
 
+def rank_shard(idx: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """This rank's contiguous part of the global batch `idx` (`tensor_split` over the W ranks; may be empty)."""
+    return idx.tensor_split(ranks.world)[ranks.rank]
+
+
 def micro_batches(idx: torch.Tensor, ranks: Ranks, grad_accum: int) -> list[tuple[torch.Tensor, float]]:
     """This rank's micro-batches of the global batch `idx`, each with its loss weight W * n_m / B.
 
-    The rank's shard is its contiguous part of `idx` (`tensor_split` over the W ranks), split
-    again into `grad_accum` parts; empty parts are dropped. An empty shard (B < W) gives one
-    sample with weight 0, so that the rank still takes part in DDP's gradient all-reduce."""
-    shard = idx.tensor_split(ranks.world)[ranks.rank]
+    The rank's shard (`rank_shard`) is split again into `grad_accum` parts; empty parts are
+    dropped. An empty shard (B < W) gives one sample with weight 0, so that the rank still takes
+    part in DDP's gradient all-reduce."""
+    shard = rank_shard(idx, ranks)
     micros = [m for m in shard.tensor_split(grad_accum) if len(m)]
     if not micros:
         return [(idx[:1], 0.0)]
@@ -196,9 +211,11 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 def _train_step(net: nn.Module, idx: torch.Tensor, ranks: Ranks, params: TrainParams, device: torch.device,
                 get_batch: Callable[[torch.Tensor], Batch], loss_fn: LossFn, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler) -> dict[str, float]:
-    """One optimizer step on the global batch `idx`; returns its loss terms averaged over the global batch."""
+                scaler: torch.amp.GradScaler, step_hook: StepHook | None) -> dict[str, float]:
+    """One optimizer step on the global batch `idx`; returns its loss terms averaged over the global batch
+    (and the step hook's floats, rank 0's)."""
     optimizer.zero_grad(set_to_none=True)
+    hooked = step_hook(_unwrap(net), rank_shard(idx, ranks)) if step_hook is not None else {}
     micros = micro_batches(idx, ranks, params.grad_accum)
     terms: dict[str, float] = {}
     for j, (micro, weight) in enumerate(micros):
@@ -218,7 +235,11 @@ def _train_step(net: nn.Module, idx: torch.Tensor, ranks: Ranks, params: TrainPa
         terms = dict(zip(keys, total.tolist(), strict=True))
     scaler.step(optimizer)
     scaler.update()
-    return terms
+    return {**hooked, **terms}
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    return net.module if isinstance(net, DistributedDataParallel) else net
 
 
 def _agree(value: float, ranks: Ranks, device: torch.device) -> float:
@@ -239,7 +260,8 @@ class Stateful(Protocol):
 def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_batch: Callable[[torch.Tensor], Batch],
         loss_fn: LossFn, validate: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
         curves: Path, desc: str, valid_metric: str = "mae", *, maximize: bool = False, state_path: Path | None = None,
-        fingerprint: dict[str, Any] | None = None, extra_state: Stateful | None = None) -> dict[str, float]:
+        fingerprint: dict[str, Any] | None = None, extra_state: Stateful | None = None,
+        step_hook: StepHook | None = None) -> dict[str, float]:
     """Train `parameters` of `model` for `epochs`, keeping the weights of the epoch with the lowest
     `validate(model)` (named `valid_metric`; the highest with `maximize`, e.g. a mAP); returns that
     epoch and its value, `{"epoch": e, f"valid_{valid_metric}": v}`.
@@ -258,6 +280,8 @@ def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_
     this run's, and deleted when `fit` returns. `extra_state` (anything with `state_dict` /
     `load_state_dict`, e.g. MSD's learned modality weights) is saved and restored with it.
     Parameters of `model` not in `parameters` do not require grad while `fit` runs.
+    `params.patience` > 0 stops early; `step_hook(model, shard)` runs once per optimizer step
+    (module docstring). The returned dict also has `epochs_run`, the epochs trained in all.
     """
     ranks = init_ranks()
     device = _model_device(model)
@@ -271,7 +295,7 @@ def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_
         best = _fit(model, trained, n_train, get_batch, loss_fn, validate, params, epochs, seed, curves, desc,
                     valid_metric, -1.0 if maximize else 1.0, state_path,
                     _run_fingerprint(fingerprint, n_train, epochs, seed, valid_metric, params), ranks, device,
-                    extra_state)
+                    extra_state, step_hook)
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
@@ -284,7 +308,8 @@ def fit(model: nn.Module, parameters: Iterable[nn.Parameter], n_train: int, get_
 def _fit(model: nn.Module, trained: list[nn.Parameter], n_train: int, get_batch: Callable[[torch.Tensor], Batch],
          loss_fn: LossFn, validate: Callable[[nn.Module], float], params: TrainParams, epochs: int, seed: int,
          curves: Path, desc: str, valid_metric: str, sign: float, state_path: Path | None, fingerprint: dict[str, Any],
-         ranks: Ranks, device: torch.device, extra_state: Stateful | None) -> dict[str, float]:
+         ranks: Ranks, device: torch.device, extra_state: Stateful | None,
+         step_hook: StepHook | None) -> dict[str, float]:
     main = ranks.rank == 0
     optimizer = torch.optim.AdamW(trained, lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = -(-n_train // params.batch_size)
@@ -342,12 +367,18 @@ def _fit(model: nn.Module, trained: list[nn.Parameter], n_train: int, get_batch:
         bar = tqdm(range(progress["epoch"], epochs), desc=desc, unit="epoch", total=epochs, initial=progress["epoch"],
                    disable=not main)
         for epoch in bar:
+            if params.patience and epoch - 1 - progress["best"]["epoch"] >= params.patience:  # here: on resume too
+                if main:
+                    log.info("%s: no better valid %s in the %d epochs after epoch %d; stopping early after epoch %d",
+                             desc, valid_metric, params.patience, progress["best"]["epoch"], epoch - 1)
+                break
             generator = torch.Generator()
             generator.set_state(progress["generator"])
             order = batches(n_train, params.batch_size, generator)  # the same permutation on every rank
             net.train()
             for idx in order[progress["done"]:]:
-                terms = _train_step(net, idx, ranks, params, device, get_batch, loss_fn, optimizer, scaler)
+                terms = _train_step(net, idx, ranks, params, device, get_batch, loss_fn, optimizer, scaler,
+                                    step_hook)
                 scheduler.step()
                 speed.add(len(idx))
                 step += 1
@@ -379,4 +410,4 @@ def _fit(model: nn.Module, trained: list[nn.Parameter], n_train: int, get_batch:
     model.eval()
     if main:
         log.info("%s: best epoch %d, valid %s %.4f", desc, best["epoch"], valid_metric, best[key])
-    return best
+    return {**best, "epochs_run": progress["epoch"]}

@@ -257,19 +257,19 @@ def _comparison(**changes) -> Comparison:
 
 
 def test_sentence_when_the_difference_holds() -> None:
-    assert _comparison().sentence() == ("`kd`: MAE \u22120.031 (95 % CI \u22120.052 to \u22120.010; "
+    assert _comparison().sentence() == ("`kd` \u2212 `none`: MAE \u22120.031 (95 % CI \u22120.052 to \u22120.010; "
                                         "Holm-adjusted p = 0.004): lower than `none` (better), the difference holds.")
     ap = _comparison(metric="mAP", estimate=0.0123, ci_low=0.0101, ci_high=0.0145, p_holm=0.0002,
                      higher_is_better=True)
     # width 0.0044 -> 4 decimals; p below 0.001
-    assert ap.sentence() == ("`kd`: mAP 0.0123 (95 % CI 0.0101 to 0.0145; Holm-adjusted p < 0.001): "
+    assert ap.sentence() == ("`kd` \u2212 `none`: mAP 0.0123 (95 % CI 0.0101 to 0.0145; Holm-adjusted p < 0.001): "
                              "higher than `none` (better), the difference holds.")
 
 
 def test_sentence_when_it_does_not_hold_names_why() -> None:
     both = _comparison(estimate=-0.004, ci_low=-0.020, ci_high=0.012, p_holm=0.62, holds=False)
-    assert both.sentence() == ("`kd`: MAE \u22120.004 (95 % CI \u22120.020 to 0.012; Holm-adjusted p = 0.620): "
-                               "the difference does not hold "
+    assert both.sentence() == ("`kd` \u2212 `none`: MAE \u22120.004 (95 % CI \u22120.020 to 0.012; "
+                               "Holm-adjusted p = 0.620): the difference does not hold "
                                "(the interval includes 0 and Holm-adjusted p \u2265 0.05).")
     only_p = _comparison(p_holm=0.07, holds=False)
     assert only_p.sentence().endswith("the difference does not hold (Holm-adjusted p \u2265 0.05).")
@@ -279,5 +279,5 @@ def test_sentence_when_it_does_not_hold_names_why() -> None:
 
 def test_sentence_of_a_computed_comparison() -> None:
     kd = compare_family(_family(), "none", higher_is_better=False, metric="MAE", n_resamples=FAST)[0]
-    assert kd.sentence().startswith("`kd`: MAE \u2212")
+    assert kd.sentence().startswith("`kd` \u2212 `none`: MAE \u2212")
     assert kd.sentence().endswith("lower than `none` (better), the difference holds.")
