@@ -119,9 +119,11 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int):
 
 
 def build_student(params: StudentParams, kind: str, train_texts: list[str], num_classes: int,
-                  features: FeatureArrays | None = None) -> tuple[TextStudent, object]:
+                  features: FeatureArrays | None = None, second_order: bool = False) -> tuple[TextStudent, object]:
     """Tokenizer + student of `kind` (text | multimodal): text encoder via from_pretrained, or a tiny random
-    RoBERTa. A multimodal student takes its feature sizes from `features`."""
+    RoBERTa. A multimodal student takes its feature sizes from `features`. `second_order` (msd-learned's
+    look-ahead differentiates through a gradient) selects the eager attention, since the fused CPU attention
+    kernels have no double backward."""
     from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel
 
     config = StudentConfig(num_classes=num_classes, head_hidden=params.head_hidden, dropout=params.dropout,
@@ -131,9 +133,10 @@ def build_student(params: StudentParams, kind: str, train_texts: list[str], num_
             raise ValueError("a multimodal student needs the cached features")
         config = dataclasses.replace(config, video_dim=features.video.shape[2], audio_dim=features.audio.shape[2],
                                      video_tokens=features.video.shape[1], audio_tokens=features.audio.shape[1])
+    attention = {"attn_implementation": "eager"} if second_order else {}
     if params.pretrained:
         tokenizer = AutoTokenizer.from_pretrained(params.pretrained)
-        encoder = AutoModel.from_pretrained(params.pretrained)
+        encoder = AutoModel.from_pretrained(params.pretrained, **attention)
         log.info("student encoder %s (%s)", params.pretrained, type(encoder).__name__)
     else:
         tokenizer = train_bpe_tokenizer(train_texts, params.vocab_size, params.max_length)
@@ -143,7 +146,7 @@ def build_student(params: StudentParams, kind: str, train_texts: list[str], num_
             max_position_embeddings=params.max_length + 2, type_vocab_size=1,
             hidden_dropout_prob=params.dropout, attention_probs_dropout_prob=params.dropout,
             pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id))
+            eos_token_id=tokenizer.eos_token_id, **attention))
         log.info("student encoder: tiny random RoBERTa (%d params), BPE vocab %d",
                  sum(p.numel() for p in encoder.parameters()), len(tokenizer))
     return STUDENTS[kind](encoder, config), tokenizer
@@ -415,7 +418,7 @@ def train_student(student: Student, texts: list[str], labels: torch.Tensor, spli
     loss_of = METHODS.get(method)
     split = Splits.of(splits, method, params, seed)
     model, tokenizer = build_student(params.student, student.kind("sentiment"), [texts[i] for i in split.train],
-                                     teacher["logits"].shape[1], features)
+                                     teacher["logits"].shape[1], features, second_order=split.meta is not None)
     if features is not None:
         model.set_audio_stats(features.audio[split.train], features.present[split.train, MODALITIES.index("audio")])
     inputs = student_inputs(tokenize(tokenizer, texts, params.student.max_length), features)

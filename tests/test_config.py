@@ -67,7 +67,7 @@ def test_full_params_file_loads_every_section(base, tmp_path):
 
 def test_values_are_typed_and_nested(base, tmp_path):
     path = edited(base, tmp_path, seeds=[7], dataset="mosi", teacher__layers=3, teacher__train__lr=0.25,
-                  teacher__train__epochs=11, distill__videoadviser__weight=2, distill__methods=["none"])
+                  teacher__train__epochs=11, distill__videoadviser__weight=2, distill__students=["va-none"])
     assert load_value("seeds", path) == [7]
     assert load_value("dataset", path) == "mosi"
     teacher = load_section("teacher", path)
@@ -76,7 +76,7 @@ def test_values_are_typed_and_nested(base, tmp_path):
     assert teacher.train.lr == 0.25 and teacher.train.epochs == 11
     distill = load_section("distill", path)
     assert isinstance(distill, DistillParams)
-    assert distill.methods == ["none"]
+    assert distill.students == ["va-none"]
     # an int given where a float is expected is widened to float
     assert distill.videoadviser.weight == 2.0 and type(distill.videoadviser.weight) is float
 
@@ -128,7 +128,7 @@ def test_unknown_nested_key_rejected_with_dotted_location(base, tmp_path):
     path = edited(base, tmp_path, teacher__train__lrr=0.1)
     with pytest.raises(ConfigError, match=r"teacher\.train: unknown keys \['lrr'\]\. Valid keys: "
                                           r"\['batch_size', 'checkpoint_every', 'device', 'epochs', 'grad_accum', "
-                                          r"'lr', 'precision', 'warmup', 'weight_decay'\]"):
+                                          r"'lr', 'patience', 'precision', 'warmup', 'weight_decay'\]"):
         load_section("teacher", path)
 
 
@@ -184,11 +184,11 @@ def test_wrong_type_names_the_dotted_key(base, tmp_path, section, edit, message)
 
 
 def test_wrong_list_items_name_their_index(base, tmp_path):
-    path = edited(base, tmp_path, distill__methods=["none", 3])
-    with pytest.raises(ConfigError, match=r"distill\.methods\[1\]: expected str, got 3"):
+    path = edited(base, tmp_path, distill__students=["va-none", 3])
+    with pytest.raises(ConfigError, match=r"distill\.students\[1\]: expected str, got 3"):
         load_section("distill", path)
-    path = edited(base, tmp_path, distill__methods="none")
-    with pytest.raises(ConfigError, match=r"distill\.methods: expected a list, got 'none'"):
+    path = edited(base, tmp_path, distill__students="va-none")
+    with pytest.raises(ConfigError, match=r"distill\.students: expected a list, got 'va-none'"):
         load_section("distill", path)
 
 
@@ -210,11 +210,13 @@ def test_seeds_must_be_distinct_and_present(base, tmp_path, seeds):
     [
         ({"distill__train__grad_accum": 0}, r"need 1 <= grad_accum <= batch_size"),
         ({"teacher__train__precision": "fp8"}, r"train\.precision: unknown value 'fp8'"),
-        ({"distill__student__kind": "audio"}, r"distill\.student\.kind: unknown value 'audio'"),
+        ({"distill__msd__meta_split": "test"}, r"distill\.msd\.meta_split: unknown value 'test'"),
+        ({"teacher__modality_dropout": 1.0}, r"teacher\.modality_dropout must be in \[0, 1\)"),
+        ({"distill__train__patience": -1}, r"train\.patience must be >= 0"),
         ({"distill__msd__distance": "cosine"}, r"distill\.msd\.distance: unknown value 'cosine'"),
         ({"teacher__saliency": "grad"}, r"teacher\.saliency: unknown value 'grad'"),
     ],
-    ids=["grad-accum", "precision", "student-kind", "msd-distance", "saliency"],
+    ids=["grad-accum", "precision", "meta-split", "modality-dropout", "patience", "msd-distance", "saliency"],
 )
 def test_choices_of_issue_4_params(base, tmp_path, edit, message):
     path = edited(base, tmp_path, **edit)
@@ -316,9 +318,11 @@ def test_check_params_accepts_the_project_params() -> None:
         ({"dataset": "nope"}, ConfigError,
          r"unknown dataset 'nope'. Available: \['csv', 'mosei', 'mosi', 'sims', 'synthetic_av', "
          r"'synthetic_sentiment', 'vegas'\]"),
-        ({"distill__methods": ["none", "fitnets"]}, ConfigError,
-         r"unknown distillation method 'fitnets'. Available: \['kd', 'msd-instance', 'msd-learned', "
-         r"'msd-population', 'msd-uniform', 'none', 'videoadviser'\]"),
+        ({"distill__students": ["va-none", "va-fitnets"]}, ConfigError,
+         r"unknown student 'va-fitnets': a student is <family>-<method>. Available: \['va-none', 'va-kd', "
+         r"'va-self', 'va-videoadviser', 'msd-none', 'msd-kd', 'msd-uniform', 'msd-population', 'msd-instance', "
+         r"'msd-learned'\]"),
+        ({"distill__students": ["va-none", "va-none"]}, ConfigError, r"distill.students has duplicates"),
         ({"clip__model": "ViT-Z-99"}, ValueError, r"clip.model 'ViT-Z-99' is not an open_clip model. Available: \["),
         ({"clip__pretrained": "no_such_tag"}, ValueError, r"neither a checkpoint file nor a pretrained tag"),
         ({"teacher__train__epochs": "many"}, ConfigError, r"teacher.train.epochs: expected int"),

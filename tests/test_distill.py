@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
@@ -29,11 +30,12 @@ from pipeline.distill import (
     train_bpe_tokenizer,
     train_retrieval_student,
 )
+from pipeline.families import all_students, parse_student
 from pipeline.features import FeatureArrays
 from pipeline.models import MODALITIES, MultimodalStudent, TextStudent
 
 TEXTS = ["i thought the movie was great", "honestly the acting felt awful to me", "it was okay i guess"] * 4
-STUDENT = StudentParams(kind="text", pretrained="", hidden_size=32, layers=1, heads=2, intermediate_size=64,
+STUDENT = StudentParams(pretrained="", hidden_size=32, layers=1, heads=2, intermediate_size=64,
                         vocab_size=300, max_length=24, head_hidden=16, dropout=0.0, video_tokens=3, audio_tokens=5)
 RETRIEVAL = RetrievalParams(embed_dim=8, hidden_dim=16, dropout=0.0, objective="supcon", temperature=0.1, margin=0.2,
                             ce_weight=1.0)
@@ -42,11 +44,12 @@ TRAIN = TrainParams(epochs=1, batch_size=4, lr=1e-3, warmup=0.1, weight_decay=0.
 
 
 def params(weight: float = 0.5, distance: str = "mse", msd_distance: str = "l1") -> DistillParams:
-    return DistillParams(methods=["none", "kd", "videoadviser"], student=STUDENT, retrieval=RETRIEVAL,
+    return DistillParams(students=["va-none", "va-kd", "va-videoadviser"], student=STUDENT, retrieval=RETRIEVAL,
                          kd=KDParams(weight=0.5, temperature=2.0), train=TRAIN,
                          videoadviser=VideoAdviserParams(weight=weight, distance=distance),
                          msd=MSDParams(kd_weight=0.0, temperature=2.0, distance=msd_distance,
-                                       instance_temperature=1.0, meta_lr=0.1))
+                                       instance_temperature=1.0, meta_lr=0.1, meta_split="train",
+                                       meta_fraction=0.2))
 
 
 def features(n: int) -> FeatureArrays:
@@ -66,7 +69,7 @@ def test_bpe_tokenizer_is_roberta_shaped() -> None:
 
 def test_tiny_student_from_scratch(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model, tok = build_student(STUDENT, TEXTS, num_classes=7)
+    model, tok = build_student(STUDENT, "text", TEXTS, num_classes=7)
     assert isinstance(model.encoder, RobertaModel) and model.encoder.config.hidden_size == 32
     out = model(**tokenize(tok, TEXTS[:3], STUDENT.max_length))
     assert out["reg"].shape == (3,) and out["logits"].shape == (3, 7)
@@ -84,7 +87,7 @@ def test_pretrained_student_loads_a_local_save_pretrained_dir(tmp_path: Path) ->
 
     torch.manual_seed(2)  # another seed: only the saved weights can make them equal
     model, loaded_tok = build_student(dataclasses.replace(STUDENT, pretrained=str(tmp_path / "my-roberta")),
-                                      TEXTS, num_classes=7)
+                                      "text", TEXTS, num_classes=7)
     assert loaded_tok("was great")["input_ids"] == tok("was great")["input_ids"]
     for name, tensor in encoder.state_dict().items():
         torch.testing.assert_close(model.encoder.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
@@ -93,7 +96,7 @@ def test_pretrained_student_loads_a_local_save_pretrained_dir(tmp_path: Path) ->
 
 def test_pretrained_student_missing_dir_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="no-such-model"):
-        build_student(dataclasses.replace(STUDENT, pretrained=str(tmp_path / "no-such-model")), TEXTS, 7)
+        build_student(dataclasses.replace(STUDENT, pretrained=str(tmp_path / "no-such-model")), "text", TEXTS, 7)
 
 
 def test_method_losses_known_values() -> None:
@@ -121,7 +124,9 @@ def test_kd_method_known_value() -> None:
 
 def test_method_names_and_weightings() -> None:
     assert METHODS.names() == ["kd", "msd-instance", "msd-learned", "msd-population", "msd-uniform", "none",
-                               "videoadviser"]
+                               "self", "videoadviser"]
+    assert RETRIEVAL_METHODS.names() == METHODS.names()
+    assert METHODS.get("self") is METHODS.get("videoadviser")  # the control differs only in its teacher
     assert msd_weighting("msd-learned") == "learned" and msd_weighting("kd") is None
 
 
@@ -138,7 +143,7 @@ def test_msd_method_known_value() -> None:
 
 def test_text_student_sees_only_text() -> None:
     torch.manual_seed(0)
-    model, tok = build_student(STUDENT, TEXTS, num_classes=7)
+    model, tok = build_student(STUDENT, "text", TEXTS, num_classes=7)
     assert isinstance(model, TextStudent) and model.modalities == ("text",)
     model.eval()
     batch = tokenize(tok, TEXTS[:3], STUDENT.max_length)
@@ -150,7 +155,7 @@ def test_text_student_sees_only_text() -> None:
 def test_multimodal_student_masks_what_it_does_not_keep() -> None:
     torch.manual_seed(0)
     feats = features(3)
-    model, tok = build_student(dataclasses.replace(STUDENT, kind="multimodal"), TEXTS, num_classes=7, features=feats)
+    model, tok = build_student(STUDENT, "multimodal", TEXTS, num_classes=7, features=feats)
     assert isinstance(model, MultimodalStudent) and model.modalities == MODALITIES
     model.eval()
     batch = {**tokenize(tok, TEXTS[:3], STUDENT.max_length), "video": feats.video, "audio": feats.audio,
@@ -172,7 +177,7 @@ def test_multimodal_student_masks_what_it_does_not_keep() -> None:
 
 def test_multimodal_student_needs_features() -> None:
     with pytest.raises(ValueError, match="multimodal student needs the cached features"):
-        build_student(dataclasses.replace(STUDENT, kind="multimodal"), TEXTS, num_classes=7)
+        build_student(STUDENT, "multimodal", TEXTS, num_classes=7)
 
 
 # --------------------------------------------------------------------------- retrieval students
@@ -194,20 +199,21 @@ def retrieval_setup(n: int = 30, k: int = 3) -> tuple[torch.Tensor, object, dict
     return labels.float(), splits, teacher, data
 
 
-@pytest.mark.parametrize("method", RETRIEVAL_METHODS.names())
-def test_every_method_trains_a_retrieval_student(method: str, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("student", all_students())
+def test_every_method_trains_a_retrieval_student(student: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     labels, splits, teacher, data = retrieval_setup()
     torch.manual_seed(0)
     p = dataclasses.replace(params(), train=dataclasses.replace(TRAIN, epochs=6, lr=1e-2))
-    model, best = train_retrieval_student(method, labels, splits, teacher, data, p, seed=0, dataset="toy")
-    assert set(best) == {"epoch", "valid_map"} and 0.0 < best["valid_map"] <= 1.0
+    model, best = train_retrieval_student(parse_student(student), labels, splits, teacher, data, p, seed=0,
+                                          dataset="toy")
+    assert {"epoch", "valid_map", "epochs_run"} <= set(best) and 0.0 < best["valid_map"] <= 1.0
     assert best["valid_map"] > 0.7, best  # the classes are easy: the branches must have learned them
     out = model(audio=data.audio[:4], visual=data.video[:4])
     assert out["audio_emb"].shape == (4, 8) and out["visual_logits"].shape == (4, 3)
-    curves = tmp_path / "dvclive" / "toy" / f"student_{method}" / "seed_0" / "plots" / "metrics"
+    curves = tmp_path / "dvclive" / "toy" / f"student_{student}" / "seed_0" / "plots" / "metrics"
     assert (curves / "valid" / "map.tsv").is_file()
-    if method.startswith("msd-"):  # the weights over the teacher's modalities are logged
+    if parse_student(student).method.startswith("msd-"):  # the weights over the teacher's modalities are logged
         assert (curves / "train" / "w_video.tsv").is_file()
 
 
@@ -231,10 +237,75 @@ def test_retrieval_methods_add_their_distillation_terms() -> None:
                    + kd_loss(out["visual_logits"], teacher["logits"], 2.0)) / 2
     torch.testing.assert_close(kd, task + 0.5 * expected_kd)
     va, _ = RETRIEVAL_METHODS.get("videoadviser")(out, batch, p)
-    expected_va = sum(((out[b] - teacher["logits"]) ** 2).mean() for b in ("audio_logits", "visual_logits")) / 2
+    z = lambda c: (c - c.mean(-1, keepdim=True)) / (c.std(-1, keepdim=True) + 1e-7)  # noqa: E731  standardised
+    expected_va = sum(((z(out[b]) - z(teacher["logits"])) ** 2).mean() for b in ("audio_logits", "visual_logits")) / 2
     torch.testing.assert_close(va, task + 0.5 * expected_va)
     msd, _ = RETRIEVAL_METHODS.get("msd-population")(out, batch, p)  # kd_weight 0: the MSD term alone
     branch = {"video": "visual_logits", "audio": "audio_logits"}
     expected_msd = sum(w * kd_loss(out[branch[m]], teacher["logits_only"][:, i], 2.0)
                        for i, (m, w) in enumerate(zip(RETRIEVAL_MODALITIES, (0.7, 0.2), strict=True)))
     torch.testing.assert_close(msd, task + expected_msd)
+
+
+# --------------------------------------------------------------------------- msd-learned: meta set and meta step
+
+
+def sentiment_setup(n: int = 40) -> tuple[list[str], torch.Tensor, object, dict[str, torch.Tensor], FeatureArrays]:
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(n, generator=g) * 6 - 3).round(decimals=1)
+    texts = [TEXTS[i % len(TEXTS)] for i in range(n)]
+    teacher = {"logits": torch.randn(n, 7, generator=g), "reg": labels + 0.1 * torch.randn(n, generator=g),
+               "reg_only": labels[:, None] + torch.randn(n, 3, generator=g), "saliency": torch.rand(n, 3, generator=g)}
+    splits = np.array((["train"] * 3 + ["valid", "test"]) * (n // 5))
+    return texts, labels, splits, teacher, features(n)
+
+
+def test_meta_set_is_carved_from_train_and_never_the_selection_clips() -> None:
+    from pipeline.distill import Splits
+
+    _, _, splits, _, _ = sentiment_setup()
+    p = params()
+    split = Splits.of(splits, "msd-learned", p, seed=0)
+    train, valid = set(np.flatnonzero(splits == "train")), set(np.flatnonzero(splits == "valid"))
+    meta = set(split.meta.tolist())
+    assert meta < train and not meta & set(split.train.tolist()) and set(split.valid.tolist()) == valid
+    assert len(meta) == round(0.2 * len(train)) and meta | set(split.train.tolist()) == train
+    assert Splits.of(splits, "msd-learned", p, seed=0).meta.tolist() == split.meta.tolist()  # seeded
+    from_valid = Splits.of(splits, "msd-learned", dataclasses.replace(p, msd=dataclasses.replace(
+        p.msd, meta_split="valid", meta_fraction=0.5)), seed=0)
+    assert set(from_valid.meta.tolist()) | set(from_valid.valid.tolist()) == valid
+    assert not set(from_valid.meta.tolist()) & set(from_valid.valid.tolist())
+    assert Splits.of(splits, "msd-population", p, seed=0).meta is None
+
+
+def test_learned_weights_do_not_depend_on_grad_accum(tmp_path: Path, monkeypatch) -> None:
+    """One meta step per optimizer step, on the whole batch, from the training loop: accumulating the
+    same batch in two micro-batches gives the same weights (and the same student)."""
+    from pipeline.distill import train_student
+
+    monkeypatch.chdir(tmp_path)
+    texts, labels, splits, teacher, data = sentiment_setup()
+    student = dataclasses.replace(STUDENT, dropout=0.0)
+    results = []
+    for accum in (1, 2):
+        p = dataclasses.replace(params(), student=student, train=dataclasses.replace(TRAIN, epochs=2, grad_accum=accum),
+                                msd=dataclasses.replace(params().msd, meta_lr=50.0))
+        torch.manual_seed(0)
+        model, _, best = train_student(parse_student("msd-learned"), texts, labels, splits, teacher, data, p, seed=0,
+                                       dataset=f"toy{accum}")
+        results.append((model, best))
+    (m1, b1), (m2, b2) = results
+    weights = [[b[f"w_{m}"] for m in MODALITIES] for b in (b1, b2)]
+    assert weights[0] == pytest.approx(weights[1], abs=1e-6)
+    from pipeline.distill import Splits
+    from pipeline.msd import population_weights
+
+    start = population_weights(teacher["saliency"][Splits.of(splits, "msd-learned", params(), 0).train]).tolist()
+    assert max(abs(a - b) for a, b in zip(weights[0], start, strict=True)) > 1e-3  # the meta step moved them
+    assert b1["n_meta"] == b2["n_meta"] > 0
+    for (name, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    meta_curve = tmp_path / "dvclive" / "toy1" / "student_msd-learned" / "seed_0" / "plots" / "metrics" / "train"
+    assert (meta_curve / "meta" / "valid_loss.tsv").is_file()

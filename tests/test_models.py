@@ -33,12 +33,17 @@ def teacher_config(**overrides) -> TeacherConfig:
 
 
 def make_teacher(seed: int = 0, **overrides) -> PromptTeacher:
+    """A teacher as training leaves it: the parts that start at zero (the learned mask tokens, the fusion
+    branch's last layer and the prompt attention's output, which make it start at CLIP's zero-shot
+    similarities) moved off zero, so that every input path reaches the output."""
     torch.manual_seed(seed)
     prompts = torch.randn(K, D)
     model = PromptTeacher(teacher_config(**overrides), prompts)
-    if model.config.mask == "learned":  # move the learned mask tokens off their zero init
-        with torch.no_grad():
+    with torch.no_grad():
+        if model.config.mask == "learned":
             model.mask_tokens.normal_()
+        for p in (model.fuse[-1].weight, model.prompt_attn.out_proj.weight):
+            p.normal_(0.0, 0.2)
     return model.eval()
 
 

@@ -11,6 +11,7 @@ import torch
 from pipeline import teacher as teacher_stage
 from pipeline.config import TeacherParams, TrainParams
 from pipeline.features import FeatureArrays
+from pipeline.models import PromptTeacher, TeacherConfig, modality_dropout
 
 N, F, D, A, M, K = 40, 4, 16, 5, 8, 7
 
@@ -30,7 +31,8 @@ def data() -> tuple[FeatureArrays, torch.Tensor, np.ndarray]:
 PARAMS = TeacherParams(layers=1, heads=2, dropout=0.0, video_tokens=F, audio_tokens=A, prompt_alpha=0.1,
                        mask="zeros", schedule="joint", ce_weight=0.5, step1_hidden=8, saliency="prediction",
                        train=TrainParams(epochs=3, batch_size=8, lr=1e-3, warmup=0.1, weight_decay=0.0, device="cpu",
-                                         precision="fp32", grad_accum=1, checkpoint_every=0))
+                                         precision="fp32", grad_accum=1, checkpoint_every=0),
+                       modality_dropout=0.0)
 
 
 @pytest.mark.parametrize("schedule", ["joint", "two_phase"])
@@ -40,7 +42,7 @@ def test_schedules_train_and_select_on_validation(schedule: str, tmp_path, monke
     torch.manual_seed(0)
     model, best = teacher_stage.train_teacher(arrays, labels, splits, dataclasses.replace(PARAMS, schedule=schedule),
                                               seed=0, dataset="toy")
-    assert 0 <= best["epoch"] < 3 and np.isfinite(best["valid_mae"])
+    assert 0 <= best["epoch"] < 3 and np.isfinite(best["valid_mae"]) and best["epochs_run"] == 3
     out = teacher_stage.predict(model, arrays, torch.arange(N))
     assert out["logits"].shape == (N, K) and torch.isfinite(out["reg"]).all()
     curves = tmp_path / "dvclive" / "toy" / "teacher" / "seed_0"
@@ -91,6 +93,7 @@ def test_modality_predictions_mask_the_other_modalities(tmp_path, monkeypatch) -
     np.testing.assert_allclose(out["reg_only_text"], only_text["reg"].numpy())
     no_text = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([True, True, False]))
     np.testing.assert_allclose(out["saliency_text"], (full - no_text["reg"]).abs().numpy())
+    np.testing.assert_allclose(out["reg_without_text"], no_text["reg"].numpy())
     assert out["saliency_text"].mean() > 0
 
 
@@ -115,7 +118,7 @@ def test_retrieval_teacher_classifies_without_the_regression_head(tmp_path, monk
     torch.manual_seed(0)
     params = dataclasses.replace(PARAMS, train=dataclasses.replace(PARAMS.train, epochs=25, lr=5e-3))
     model, best = teacher_stage.train_teacher(arrays, labels, splits, params, seed=0, dataset="toy", task="retrieval")
-    assert set(best) == {"epoch", "valid_ce"} and np.isfinite(best["valid_ce"])
+    assert set(best) == {"epoch", "valid_ce", "epochs_run"} and np.isfinite(best["valid_ce"])
     for k, v in model.step1.state_dict().items():  # g is not trained (same init under the same seed)
         torch.testing.assert_close(v, g_before[k])
     curves = tmp_path / "dvclive" / "toy" / "teacher" / "seed_0" / "plots" / "metrics" / "valid"
@@ -133,3 +136,78 @@ def test_retrieval_teacher_classifies_without_the_regression_head(tmp_path, monk
     ce = torch.nn.functional.cross_entropy
     torch.testing.assert_close(loss, ce(no_video["logits"], labels.long(), reduction="none")
                                - ce(full["logits"], labels.long(), reduction="none"))
+
+
+# --------------------------------------------------------------------------- modality dropout, the `self` teacher
+
+
+def test_modality_dropout_keeps_one_present_modality_and_drops_at_rate_p() -> None:
+    g = torch.Generator().manual_seed(0)
+    present = torch.rand(20000, 3, generator=g) > 0.2  # some clips lack modalities, a few lack all
+    kept = modality_dropout(present, 0.3, generator=g)
+    assert not (kept & ~present).any()  # never adds a modality a clip does not have
+    has_any = present.any(dim=1)
+    assert kept[has_any].any(dim=1).all() and not kept[~has_any].any()
+    full = present.all(dim=1)
+    assert kept[full].float().mean().item() == pytest.approx(0.7 + 0.3**3 / 3, abs=0.01)  # rescue adds (p^3)/3
+    assert torch.equal(modality_dropout(present, 0.0), present)
+    with pytest.raises(ValueError, match="modality_dropout"):
+        modality_dropout(present, 1.0)
+
+
+def test_modality_dropout_trains_the_mask_vectors(tmp_path, monkeypatch) -> None:
+    """Without dropout the learned mask vectors of complete data never get a gradient; with it they move."""
+    monkeypatch.chdir(tmp_path)
+    arrays, labels, splits = data()
+    moved = {}
+    for p in (0.0, 0.5):
+        torch.manual_seed(0)
+        params = dataclasses.replace(PARAMS, mask="learned", modality_dropout=p)
+        model, _ = teacher_stage.train_teacher(arrays, labels, splits, params, seed=0, dataset=f"toy{p}")
+        moved[p] = model.mask_tokens.detach().abs().sum(dim=1)  # (3,): they start at zero
+    assert torch.equal(moved[0.0], torch.zeros(3))
+    assert (moved[0.5] > 0).all()
+
+
+def test_clip_anchored_teacher_starts_at_the_scaled_clip_similarities() -> None:
+    """At initialisation c_k = s cos(normalize(mean_f v_f), P_k): CLIP's zero-shot similarity of the clip and
+    prompt k; with the video masked, the transcript's; with neither, the learned anchor (uniform start)."""
+    arrays, _, _ = data()
+    torch.manual_seed(0)
+    config = TeacherConfig(embed_dim=D, audio_dim=M, num_classes=K, frames=F, audio_tokens=A, layers=1, heads=2,
+                           dropout=0.1, prompt_alpha=0.1, mask="learned", step1_hidden=8)
+    model = PromptTeacher(config, arrays.prompts).eval()
+    batch = arrays.index(torch.arange(8))
+    scale = model.log_scale.exp()
+    prompts = torch.nn.functional.normalize(arrays.prompts, dim=-1)  # (K, D)
+    clip_emb = torch.nn.functional.normalize(batch["video"].mean(dim=1), dim=-1)  # (B, D)
+    torch.testing.assert_close(model(**batch)["logits"], scale * clip_emb @ prompts.T)
+    no_video = {**batch, "present": torch.tensor([[False, True, True]] * 8)}
+    text_emb = torch.nn.functional.normalize(batch["text"], dim=-1)
+    torch.testing.assert_close(model(**no_video)["logits"], scale * text_emb @ prompts.T)
+    audio_only = model(**{**batch, "present": torch.tensor([[False, True, False]] * 8)})["logits"]
+    torch.testing.assert_close(audio_only, audio_only[:1].expand(8, -1))  # the same anchor for every clip
+
+
+def test_self_teacher_never_sees_video_or_audio(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    arrays, labels, splits = data()
+    text_only = teacher_stage.restricted(arrays, ("text",))
+    assert not text_only.present[:, :2].any() and text_only.present[:, 2].all()
+    torch.manual_seed(0)
+    model, _ = teacher_stage.train_teacher(text_only, labels, splits, PARAMS, seed=0, dataset="toy",
+                                           name=teacher_stage.SELF_TEACHER)
+    shuffled = dataclasses.replace(text_only, video=text_only.video.flip(0), audio=text_only.audio + 3.0)
+    idx = torch.arange(N)
+    torch.testing.assert_close(teacher_stage.predict(model, shuffled, idx)["reg"],
+                               teacher_stage.predict(model, text_only, idx)["reg"])
+    assert (tmp_path / "dvclive" / "toy" / "teacher_self" / "seed_0").is_dir()
+
+
+def test_subset_columns_cover_every_subset() -> None:
+    cols = teacher_stage.subset_columns(["video", "audio", "text"], "reg")
+    assert cols == {"video+audio+text": "reg", "video+audio": "reg_without_text", "video+text": "reg_without_audio",
+                    "audio+text": "reg_without_video", "video": "reg_only_video", "audio": "reg_only_audio",
+                    "text": "reg_only_text"}
+    assert teacher_stage.subset_columns(["video", "audio"], "logits") == {
+        "video+audio": "logits", "video": "logits_only_video", "audio": "logits_only_audio"}

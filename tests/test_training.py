@@ -4,6 +4,7 @@ subsets and precision on CPU. DDP under torchrun: tests/test_ddp.py."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -181,3 +182,43 @@ def test_precision_is_ignored_on_cpu(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert "precision bf16 applies on CUDA only; training on cpu in fp32" in caplog.text
     assert_same_weights(fp32, bf16, exact=True)
     assert all(p.dtype == torch.float32 for p in bf16.parameters())
+
+
+def test_patience_stops_after_that_many_epochs_without_improvement(tmp_path: Path, monkeypatch) -> None:
+    """A validation value that improves at epoch 1 and never again: with patience 2, epochs 2 and 3 run,
+    then training stops (epochs_run 4 of 10) and the epoch-1 weights come back."""
+    values = iter([0.5, 0.4, 0.45, 0.41, 0.6, 0.3, 0.2, 0.1, 0.1, 0.1])
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def validate(m: nn.Module) -> float:
+        snapshots.append(copy.deepcopy(m.state_dict()))
+        return next(values)
+
+    model = mlp()
+    x, y = data(20)
+    params = dataclasses.replace(PARAMS, epochs=10, patience=2)
+    best = fit(model, model.parameters(), n_train=20, get_batch=lambda i: {"x": x[i], "y": y[i]},
+               loss_fn=lambda m, b: (F.mse_loss(m(b["x"]).squeeze(-1), b["y"]), {}), validate=validate,
+               params=params, epochs=params.epochs, seed=0, curves=tmp_path / "curves", desc="m")
+    assert best == {"epoch": 1, "valid_mae": 0.4, "epochs_run": 4}
+    assert len(snapshots) == 4
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshots[1][k]), k
+    assert len(curve(tmp_path, ".", "valid/mae")) == 4
+
+
+def test_step_hook_runs_once_per_optimizer_step_with_the_whole_batch(tmp_path: Path) -> None:
+    """The hook sees each step's whole batch once, whatever grad_accum splits it into, and logs its floats."""
+    for accum in (1, 2):
+        seen: list[list[int]] = []
+
+        def hook(m: nn.Module, shard: torch.Tensor) -> dict[str, float]:
+            assert isinstance(m, nn.Sequential)  # the model itself (not a DDP wrapper)
+            seen.append(sorted(shard.tolist()))
+            return {"hooked": float(len(shard))}
+
+        train(mlp(), tmp_path, dataclasses.replace(PARAMS, grad_accum=accum), n=10, name=f"h{accum}",
+              step_hook=hook)
+        assert len(seen) == 3 * 3  # 3 epochs x ceil(10 / 4) steps
+        assert [len(s) for s in seen[:3]] == [4, 4, 2] and sorted(sum(seen[:3], [])) == list(range(10))
+        assert curve(tmp_path, f"h{accum}", "train/hooked") == pytest.approx([10 / 3] * 3)
