@@ -80,6 +80,15 @@ log = logging.getLogger(__name__)
 FLOOR = "floor"
 
 
+def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path, metric_set: str) -> dict[str, float]:
+    """Write id, label, pred and return the metrics of exactly those values (float64, full precision),
+    with the dataset's metric set (MOSI/MOSEI conventions, or CH-SIMS's)."""
+    table = pd.DataFrame({"id": test["id"].to_numpy(), "label": test["label"].to_numpy(np.float64), "pred": pred})
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    table.loc[:, list(CSV_COLUMNS)].to_csv(csv_path, index=False)
+    return METRIC_SETS.get(metric_set).compute(table["pred"].to_numpy(), table["label"].to_numpy())
+
+
 class Evaluation:
     """What every model's scoring shares: the dataset, its test split, the params, and the features
     (loaded once, when a model needs them)."""
@@ -114,12 +123,7 @@ class Evaluation:
     # ----------------------------------------------------------------------- one seed's test score
 
     def sentiment(self, pred: np.ndarray, csv_path: Path) -> dict[str, float]:
-        """Write id, label, pred and return the metrics of exactly those values (float64, full precision)."""
-        table = pd.DataFrame({"id": self.test["id"].to_numpy(), "label": self.test["label"].to_numpy(np.float64),
-                              "pred": pred})
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        table.loc[:, list(CSV_COLUMNS)].to_csv(csv_path, index=False)
-        return METRIC_SETS.get(self.spec.metric_set).compute(table["pred"].to_numpy(), table["label"].to_numpy())
+        return write_predictions(self.test, pred, csv_path, self.spec.metric_set)
 
     def retrieval(self, audio: Any, visual: Any, csv_path: Path) -> dict[str, float]:
         metrics, table = retrieval_metrics(audio, visual, self.test["label"].to_numpy().astype(np.int64),

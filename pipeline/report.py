@@ -772,8 +772,9 @@ def definitions(ctx: Context) -> str:
         "  Holm p: Holm's step-down correction over the family's comparisons with its `none`. A difference\n"
         f"  holds when Holm p < {p.alpha:g} and the interval excludes 0; otherwise it does not hold, whatever its\n"
         "  sign.",
-        "- Gap closed: (MAE(none) − MAE(method)) / (MAE(none) − limit), the limit being the Bayes-optimal MAE\n"
-        "  on these test clips given what the family's student sees (synthetic data only).",
+        *(["- Gap closed: (MAE(none) − MAE(method)) / (MAE(none) − limit), the limit being the Bayes-optimal MAE\n"
+           "  on these test clips given what the family's student sees (synthetic data only)."]
+          if ctx.limits is not None else []),
         "- Saliency of modality m on a clip: how much the teacher's output (or loss) changes when m is masked;\n"
         "  population saliency: its mean over the training clips.",
     ])

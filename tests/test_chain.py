@@ -1,9 +1,10 @@
 """End to end: every stage's main(), in DAG order, on a tiny generated dataset.
 
-Checks what each stage promises downstream: complete feature files, a teacher checkpoint per
-seed that rebuilds itself, predictions and saliency for every clip, students of every method
-that reload from their save_pretrained directories, metrics that recompute exactly from the
-predictions CSVs with mean and std over seeds, and a report that shows every model.
+Checks what each stage promises downstream: complete feature files, a teacher (and its `self`
+control) per seed that rebuilds itself, predictions and saliency for every clip, the teacher's
+metrics given each modality subset, the floor, students of both families that reload from their
+directories, metrics that recompute exactly from the predictions CSVs with mean and std over seeds,
+and a report with both families, the controls, the limits and the missing-modality evaluation.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import distill, evaluate, extract, generate, paths, prepare, report, teacher
+from pipeline import distill, evaluate, extract, floor, generate, paths, prepare, report, teacher
 from pipeline.metrics import METRIC_NAMES, metrics_from_csv
 from pipeline.models import MODALITIES, load_student, load_teacher
 from pipeline.store import FeatureReader, read_table
 
 DS = "synthetic_sentiment"
-METHODS = ("none", "kd", "videoadviser", "msd-uniform", "msd-population", "msd-instance", "msd-learned")
+METHODS = ("va-none", "va-kd", "va-self", "va-videoadviser", "msd-none", "msd-kd", "msd-uniform", "msd-population",
+           "msd-instance", "msd-learned")
+MODELS = ("teacher", "teacher_self", "floor", *METHODS)
 SEEDS = (0, 1)
 
 
@@ -32,10 +35,10 @@ def run_all() -> None:
     for modality in MODALITIES:
         extract.main([modality])
     teacher.main([])
+    floor.main([])
     for method in METHODS:
         distill.main([method])
-        evaluate.main([method])
-    evaluate.main(["teacher"])
+    evaluate.main([])
     report.main([])
 
 
@@ -45,7 +48,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     params = small_params()
     params["seeds"] = list(SEEDS)
-    params["distill"]["methods"] = list(METHODS)
+    params["distill"]["students"] = list(METHODS)
     root = write_project(tmp_path_factory.mktemp("chain"), params)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -70,11 +73,18 @@ def test_teacher_predictions_cover_every_clip(chain: Path, seed: int) -> None:
     assert columns["logits"].shape == (n, 7) and columns["reg"].shape == (n,)
     train = np.asarray(columns["split"]) == "train"
     for m in MODALITIES:
-        assert columns[f"reg_only_{m}"].shape == (n,)
+        assert columns[f"reg_only_{m}"].shape == columns[f"reg_without_{m}"].shape == (n,)
         assert (columns[f"saliency_{m}"] >= 0).all()
         assert config["population_saliency"][m] == pytest.approx(columns[f"saliency_{m}"][train].mean())
     assert np.isfinite(columns["reg"]).all()
-    assert config["seed"] == seed
+    assert config["seed"] == seed and config["teacher"]["modality_dropout"] > 0
+    subsets = config["subset_metrics"]
+    assert len(subsets) == 7 and set(subsets["video+text"]) == {"valid", "test"}
+    test = np.asarray(columns["split"]) == "test"
+    assert subsets["audio+text"]["test"]["mae"] == pytest.approx(
+        np.abs(columns["reg_without_video"][test] - columns["label"][test]).mean())
+    self_columns, self_config = read_table(chain / paths.teacher_predictions(DS, seed, "teacher_self"), stage="teacher")
+    assert list(self_config["subset_metrics"]) == ["text"] and "saliency_text" not in self_columns
 
 
 def test_seeds_give_different_teachers(chain: Path) -> None:
@@ -100,7 +110,7 @@ def test_teacher_checkpoint_rebuilds_the_predictions(chain: Path) -> None:
     np.testing.assert_allclose(reg, columns["reg"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["teacher", *METHODS])
+@pytest.mark.parametrize("name", MODELS)
 def test_metrics_recompute_from_the_predictions_csvs(chain: Path, name: str) -> None:
     stored = json.loads((chain / paths.metrics(DS, name)).read_text())
     assert list(stored["seeds"]) == [str(s) for s in SEEDS]
@@ -116,14 +126,30 @@ def test_metrics_recompute_from_the_predictions_csvs(chain: Path, name: str) -> 
     assert stored["std"]["mae"] == pytest.approx(np.std(per_seed, ddof=1))
 
 
-@pytest.mark.parametrize("name", ["teacher", "none", "msd-learned"])
+@pytest.mark.parametrize("name", ["teacher", "floor", "va-none", "msd-learned"])
 def test_efficiency_is_measured(chain: Path, name: str) -> None:
     eff = json.loads((chain / paths.metrics(DS, name)).read_text())["efficiency"]
     assert eff["params"] > 0 and eff["latency_ms_b1"] > 0 and eff["latency_ms_batched"] > 0
 
 
+def test_latency_is_measured_once_per_student_architecture(chain: Path) -> None:
+    eff = {n: json.loads((chain / paths.metrics(DS, n)).read_text())["efficiency"] for n in METHODS}
+    assert "latency_of" not in eff["va-none"] and "latency_of" not in eff["msd-none"]
+    assert {eff[n]["latency_of"] for n in METHODS if n.startswith("va-") and n != "va-none"} == {"va-none"}
+    assert {eff[n]["latency_of"] for n in METHODS if n.startswith("msd-") and n != "msd-none"} == {"msd-none"}
+
+
+def test_teacher_given_each_subset_is_scored_on_test(chain: Path) -> None:
+    stored = json.loads((chain / paths.metrics(DS, "teacher")).read_text())
+    assert set(stored["given"]) == {"video+audio+text", "video+audio", "video+text", "audio+text", "video", "audio",
+                                    "text"}
+    assert stored["given"]["video+audio+text"]["mean"] == pytest.approx(stored["mean"])
+    csv = chain / paths.predictions_dir(DS, "teacher") / "given_audio+text" / "seed_1.csv"
+    assert metrics_from_csv(csv) == pytest.approx(stored["given"]["audio+text"]["seeds"]["1"])
+
+
 def test_teacher_is_bigger_and_slower_than_the_text_student(chain: Path) -> None:
-    t, s = (json.loads((chain / paths.metrics(DS, n)).read_text())["efficiency"] for n in ("teacher", "none"))
+    t, s = (json.loads((chain / paths.metrics(DS, n)).read_text())["efficiency"] for n in ("teacher", "va-none"))
     assert t["params"] > s["params"] and t["latency_ms_b1"] > s["latency_ms_b1"]
 
 
@@ -132,7 +158,11 @@ def test_student_reloads_from_its_directory(chain: Path, method: str) -> None:
     model_dir = chain / paths.student_dir(DS, method, 0)
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
     model, tokenizer, meta = load_student(model_dir)
-    assert meta["method"] == method and meta["seed"] == 0
+    assert meta["student"] == method and meta["seed"] == 0
+    assert meta["config"]["kind"] == ("text" if method.startswith("va-") else "multimodal")
+    assert meta["teacher"] == ("teacher_self" if method == "va-self" else "teacher")
+    if meta["config"]["kind"] != "text":
+        return  # the multimodal students' predictions: test_metrics_recompute_from_the_predictions_csvs
     table = pd.read_csv(chain / paths.predictions(DS, method, 0), dtype={"id": str})
     manifest = pd.read_csv(chain / paths.manifest(DS), dtype={"id": str}, keep_default_na=False).set_index("id")
     texts = manifest.loc[table["id"], "text"].tolist()
@@ -140,49 +170,28 @@ def test_student_reloads_from_its_directory(chain: Path, method: str) -> None:
     np.testing.assert_allclose(pred.numpy(), table["pred"].to_numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_msd_learned_logs_its_modality_weight(chain: Path) -> None:
-    tsv = chain / paths.curves(DS, "student_msd-learned", 0) / "plots" / "metrics" / "train" / "w_text.tsv"
-    weights = pd.read_csv(tsv, sep="\t")["w_text"].to_numpy()
-    assert len(weights) == 2 and np.all((weights > 0) & (weights < 1))
+@pytest.mark.parametrize("method", [m for m in METHODS if m.startswith("msd-") and m not in ("msd-none", "msd-kd")])
+def test_msd_students_log_weights_over_the_three_modalities(chain: Path, method: str) -> None:
+    base = chain / paths.curves(DS, f"student_{method}", 0) / "plots" / "metrics" / "train"
+    weights = {m: pd.read_csv(base / f"w_{m}.tsv", sep="\t")[f"w_{m}"].to_numpy() for m in MODALITIES}
+    assert all(len(w) == 2 and np.all((w > 0) & (w < 1)) for w in weights.values())
+    np.testing.assert_allclose(sum(weights.values()), 1.0, rtol=1e-5)  # the student sees all three
 
 
-def test_report_shows_every_model(chain: Path) -> None:
+def test_report_shows_both_families_controls_limits_and_missing_modalities(chain: Path) -> None:
     text = (chain / paths.report_dir(DS) / "report.md").read_text()
-    for name in ("teacher", *METHODS):
-        assert f"| {name} " in text
-    for figure in ("efficiency.png", "saliency.png", "curves.png"):
+    for name in METHODS:
+        assert f"| {name} " in text and f"`{name}`" in text
+    for row in ("teacher (all modalities)", "teacher_self (control: text only)", "floor (linear)",
+                "teacher, video missing", "teacher, video and audio missing"):
+        assert f"| {row} " in text
+    for heading in ("## Known limits of the synthetic data", "## The teacher given each subset of its modalities",
+                    "## VideoAdviser family", "## MSD family", "### Against `va-none`", "### Against `msd-none`",
+                    "## Missing modalities at test time", "`va-videoadviser` − `va-self`", "Holm"):
+        assert heading in text
+    for figure in ("efficiency.png", "saliency.png", "curves.png", "missing_modality.png", "msd_weights.png"):
         assert (chain / paths.report_dir(DS) / figure).stat().st_size > 1000
         assert figure in text
-
-
-def test_multimodal_student_runs_every_msd_weighting(chain: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """`distill.student.kind: multimodal`: S(x_m) for the three modalities, reloaded and evaluated."""
-    import shutil
-
-    import yaml
-
-    root = tmp_path / "mm"
-    shutil.copytree(chain, root, ignore=shutil.ignore_patterns("models", "metrics", "predictions", "dvclive",
-                                                               "reports"))
-    shutil.copytree(chain / paths.teacher_dir(DS), root / paths.teacher_dir(DS))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["distill"]["student"]["kind"] = "multimodal"
-    params["seeds"] = [0]
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    monkeypatch.chdir(root)
-    for method in ("msd-instance", "msd-learned"):
-        distill.main([method])
-        evaluate.main([method])
-        model, _, meta = load_student(paths.student_dir(DS, method, 0))
-        assert meta["config"]["kind"] == "multimodal" and model.modalities == MODALITIES
-        weights = {m: pd.read_csv(paths.curves(DS, f"student_{method}", 0) / "plots" / "metrics" / "train" /
-                                  f"w_{m}.tsv", sep="\t")[f"w_{m}"].to_numpy() for m in MODALITIES}
-        total = sum(weights.values())
-        np.testing.assert_allclose(total, 1.0, rtol=1e-5)  # the three columns are all the teacher's modalities
-        metrics = json.loads(Path(paths.metrics(DS, method)).read_text())
-        assert np.isfinite(metrics["mean"]["mae"])
-        assert metrics["efficiency"]["latency_ms_b1"] > 0
 
 
 def test_same_params_same_metrics(chain: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,12 +202,12 @@ def test_same_params_same_metrics(chain: Path, tmp_path: Path, monkeypatch: pyte
         return {k: v for k, v in json.loads(Path(paths.metrics(DS, name)).read_text()).items() if k != "efficiency"}
 
     monkeypatch.chdir(chain)
-    before = {n: quality(n) for n in ("teacher", "msd-learned")}
+    before = {n: quality(n) for n in ("teacher", "msd-learned", "va-self")}
     preds_before = read_table(paths.teacher_predictions(DS, 0), stage="teacher")[0]["reg"]
     teacher.main([])
     distill.main(["msd-learned"])
-    evaluate.main(["msd-learned"])
-    evaluate.main(["teacher"])
+    distill.main(["va-self"])
+    evaluate.main([])
     np.testing.assert_array_equal(read_table(paths.teacher_predictions(DS, 0), stage="teacher")[0]["reg"],
                                   preds_before)
     for n, metrics in before.items():
@@ -208,5 +217,5 @@ def test_same_params_same_metrics(chain: Path, tmp_path: Path, monkeypatch: pyte
 def test_unknown_method_fails_before_work(project: Path) -> None:
     from pipeline.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"unknown distillation method 'nope'. Available: \['kd', 'msd-instance'"):
-        distill.main(["nope"])
+    with pytest.raises(ConfigError, match=r"unknown student 'va-nope': a student is <family>-<method>. Available: "):
+        distill.main(["va-nope"])

@@ -218,11 +218,11 @@ def test_teacher_pipeline_refuses_other_token_counts(cached, clip_model, monkeyp
 def student(cached):
     """A tiny random RoBERTa text student and its BPE tokenizer, as distill builds it."""
     params = from_dict(StudentParams, {
-        "kind": "text", "pretrained": "", "hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64,
+        "pretrained": "", "hidden_size": 32, "layers": 1, "heads": 2, "intermediate_size": 64,
         "vocab_size": 300, "max_length": 24, "head_hidden": 16, "dropout": 0.1, "video_tokens": 3,
         "audio_tokens": 5}, where="distill.student")
     torch.manual_seed(0)
-    model, tokenizer = build_student(params, cached[1]["text"].tolist(), num_classes=3)
+    model, tokenizer = build_student(params, "text", cached[1]["text"].tolist(), num_classes=3)
     return model.eval(), tokenizer, params.max_length
 
 
