@@ -58,15 +58,23 @@ The renderer clips the video and audio cues to [-3, 3] (the colour and pitch ran
 exactly -3 or 3 means "at or beyond": `pipeline.limits` gives it the clipped tail's probability, and an
 interior value its gaussian density, which is exact for what is rendered.
 
-Regime (defaults in params.yaml, ``generate.synthetic_sentiment``): as in CMU-MOSI, where text-only
-models are far better than audio- or video-only ones (whose MAE is close to a constant
-prediction's) and all modalities together are best, text is the most informative single modality
-and video and audio weak. ``tau = 1.0`` over valences spaced 0.1-0.2 apart with 2-5 cues pins ``t``
-to about ±0.6; ``irony = 0.15`` costs text alone about ``0.15 * E|2s| = 0.45`` of MAE that only face
-and voice can recover; ``sigma_v = sigma_a = 2.5`` makes each of them alone about halfway between text
-and a constant; ``sigma_ann = 0.9`` with 5 annotators gives an inter-annotator agreement (one-way
-intra-class correlation of the ratings) of about 0.78, close to the Krippendorff's alpha of 0.77
-reported for MOSI's sentiment intensity. Nothing is tuned for any model or distillation method.
+Regime (defaults in params.yaml, ``generate.synthetic_sentiment``). On CMU-MOSI, text-only models are
+far better than audio- or video-only ones, which do little better than a constant prediction (e.g. the
+unimodal variants of the Tensor Fusion Network, Zadeh et al., EMNLP 2017), and all modalities together
+are best. So here text is the most informative single
+modality and video and audio are weak:
+
+* ``tau = 1.0`` over valences spaced 0.1-0.2 apart, with 2-5 cues, pins ``t`` to within about
+  ``tau / sqrt(n)``, 0.5;
+* ``irony = 0.15`` costs text alone about ``0.15 * E|2s| = 0.45`` of MAE, which only face and voice
+  can recover;
+* ``sigma_v = sigma_a = 2.5`` puts each of them alone about halfway between text and a constant (a
+  third of the clips show a clipped, saturated cue);
+* ``sigma_ann = 0.9`` with 5 annotators gives an inter-annotator agreement (one-way intra-class
+  correlation of the ratings) of about 0.78, close to the Krippendorff's alpha of 0.77 reported for
+  MOSI's sentiment intensity.
+
+Nothing is tuned for any model or distillation method.
 
 Known limits (`pipeline.limits`)
 --------------------------------
@@ -82,8 +90,9 @@ holds, per clip (``ORACLE_COLUMNS``), the label, the latent ``s``, the irony fla
 ``bayes_<S>`` of every subset, so a model's test MAE can be compared with the limit on the same
 clips. These are limits for a model that reads the cues exactly: one that reads them off the
 decoded media (compressed frames, uint8 colours, AAC audio) can only do worse. Defaults (20000 draws,
-seed 0): MAE ``video+audio+text`` 0.66, ``video+audio`` 0.99, ``video+text`` and ``audio+text`` 0.74,
-``video`` and ``audio`` 1.15, ``text`` 0.83; the best constant 1.47.
+seed 0; standard errors about 0.006): MAE ``video+audio+text`` 0.67, ``video+audio`` 0.99,
+``video+text`` and ``audio+text`` 0.75, ``video`` and ``audio`` 1.15, ``text`` 0.85; the best constant
+(0) 1.47.
 
 Media: H.264 via libx264 (CRF 20, preset veryfast, macroblock-tree rate control off so
 that encoding is bit-reproducible), yuv420p; AAC mono at ``sample_rate``. Decoders
@@ -206,35 +215,36 @@ LEXICON: tuple[tuple[str, float], ...] = (
     ("well made", 1.5), ("really good", 1.7), ("impressive", 1.8), ("very entertaining", 1.9), ("great", 2.0),
     ("moving", 2.1), ("excellent", 2.2), ("beautiful", 2.3), ("wonderful", 2.4), ("fantastic", 2.5),
     ("brilliant", 2.6), ("amazing", 2.7), ("incredible", 2.8), ("a masterpiece", 2.9),
-    ("one of the best films of the year", 3.0),
+    ("the best film in years", 3.0),
 )
 LEXICON_VALENCES: tuple[float, ...] = tuple(valence for _, valence in LEXICON)
-# One clause per cue; "{cue}" is replaced by a lexicon entry.
+# One short clause per cue ("{cue}" is replaced by a lexicon entry), so that five cues with filler stay
+# within ~50 words (a student's max_length must not cut cues off).
 TEMPLATES: tuple[str, ...] = (
     "the movie was {cue}",
     "honestly the acting was {cue}",
     "the story was {cue}",
-    "overall i would say it was {cue}",
+    "overall it was {cue}",
     "the ending was {cue}",
     "the characters were {cue}",
-    "the whole thing was just {cue}",
-    "to be honest the plot was {cue}",
+    "it was just {cue}",
+    "the plot was {cue}",
     "the music was {cue}",
-    "my first impression was that it was {cue}",
-    "i thought the dialogue was {cue}",
+    "i thought it was {cue}",
+    "the dialogue was {cue}",
     "the pacing was {cue}",
 )
 CONNECTORS: tuple[str, ...] = ("and", "and also", "plus", "also", "and then")
 OPENING_FILLERS: tuple[str, ...] = ("um", "uh", "so", "well", "i mean", "and", "basically")
-CLOSING_FILLERS: tuple[str, ...] = ("you know", "i guess", "at least for me", "if that makes sense", "anyway")
+CLOSING_FILLERS: tuple[str, ...] = ("you know", "i guess", "at least for me", "anyway")
 NEUTRAL_SENTENCES: tuple[str, ...] = (
-    "i saw it last weekend with a couple of friends",
+    "i saw it last weekend",
     "it is about two hours long",
-    "i went in without reading any reviews",
+    "i went in without reading reviews",
     "it came out a few years ago",
-    "we watched it at home on a friday night",
+    "we watched it at home",
     "the theater was pretty full",
-    "it is based on a book that i have not read",
+    "it is based on a book",
 )
 
 # Defaults of the process (= params.yaml's generate.synthetic_sentiment; see "Regime" above).
@@ -625,7 +635,7 @@ def _limits_record(process: SentimentProcess, seed: int, monte_carlo: int, oracl
             "cues": list(process.cues),
             "noise": {"text": process.tau, "video": process.video, "audio": process.audio,
                       "annotator": process.annotator},
-            "lexicon": [[entry, valence] for entry, valence in LEXICON],
+            "lexicon": dict(LEXICON),  # entry -> valence mu_w
         },
         "grid_points": GRID_POINTS,
         "monte_carlo": {"n": monte_carlo, "seed": seed, "spawn_key": [LIMITS_SPAWN_KEY]},
