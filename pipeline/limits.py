@@ -45,11 +45,11 @@ Pure numpy/scipy; no torch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import log_ndtr, logsumexp, ndtr
@@ -68,7 +68,7 @@ CHUNK = 2048  # draws per block of (chunk, G) arrays in bayes_predictions
 UNDERFLOW = 1e-200  # a product of scaled likelihoods below this is recomputed in log space
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SentimentProcess:
     """Parameters of the synthetic_sentiment generative process (see pipeline.synthetic).
 
@@ -110,7 +110,7 @@ class SentimentProcess:
             raise ValueError(f"SentimentProcess.annotators must be >= 1, got {self.annotators!r}")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Draws:
     """N draws of the process: the latents and exactly what each modality shows.
 
@@ -141,7 +141,7 @@ class Draws:
     @classmethod
     def concatenate(cls, parts: Sequence[Draws]) -> Draws:
         """The draws of ``parts`` one after the other."""
-        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.__dataclass_fields__})
+        return cls(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(cls)})
 
 
 # --------------------------------------------------------------------------- sampling
