@@ -74,11 +74,41 @@ def check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class NoiseParams:
-    text: float
-    video: float
-    audio: float
-    label: float
+class MediaParams:
+    """Clip format shared by the synthetic datasets."""
+
+    seconds: float  # clip duration
+    fps: int  # video frame rate
+    size: int  # frame side in pixels (even, >= 32, not 48 or 72: synthetic.DECORD_UNREADABLE_SIZES)
+    sample_rate: int  # audio sample rate in Hz
+
+
+@dataclasses.dataclass(frozen=True)
+class SentimentNoiseParams:
+    text: float  # tau: spread of the lexical cues' valences around the sentiment (or its opposite)
+    video: float  # std of the gaussian noise on the square's colour cue
+    audio: float  # std of the gaussian noise on the pitch cue
+    annotator: float  # std of each annotator's noise before rounding to an integer rating
+
+
+@dataclasses.dataclass(frozen=True)
+class SentimentParams:
+    """synthetic_sentiment (MOSI-like; the process is described in pipeline/synthetic.py)."""
+
+    n_clips: int
+    splits: dict[str, float]  # fraction of clips per split (train/valid/test), by video
+    annotators: int  # raters per clip; the label is the mean of their integer ratings
+    irony: float  # probability that the words say the opposite of the face and voice
+    cues: list[int]  # [min, max] lexical cues per transcript, drawn uniformly
+    noise: SentimentNoiseParams
+    monte_carlo: int  # fresh draws estimating the known limits (limits.json)
+
+    def __post_init__(self) -> None:
+        if len(self.cues) != 2 or not 1 <= self.cues[0] <= self.cues[1]:
+            raise ConfigError(f"generate.synthetic_sentiment.cues must be [min, max] with 1 <= min <= max, "
+                              f"got {self.cues}")
+        if self.monte_carlo < 2:
+            raise ConfigError(f"generate.synthetic_sentiment.monte_carlo must be >= 2, got {self.monte_carlo}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,28 +118,23 @@ class AVNoiseParams:
 
 
 @dataclasses.dataclass(frozen=True)
-class AVGenerateParams:
-    """synthetic_av (VEGAS-like retrieval data): n_clips, seconds, fps, size, sample_rate and seed are shared."""
+class AVParams:
+    """synthetic_av (VEGAS-like retrieval data)."""
 
+    n_clips: int
     n_folds: int  # fold files (VEGAS protocol: 5)
     noise: AVNoiseParams
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerateParams:
-    """Synthetic dataset generation (stage `generate`)."""
+    """Synthetic dataset generation (stage `generate@<dataset>`): one block per dataset, so that DVC reruns
+    only the dataset whose block changed."""
 
-    seed: int  # every random draw of the dataset (apart from `seeds`: all training seeds share the data)
-    n_clips: int
-    splits: dict[str, float]
-    seconds: float
-    fps: int
-    size: int
-    sample_rate: int
-    noise: NoiseParams  # synthetic_sentiment
-    av: AVGenerateParams  # synthetic_av
-
-
+    seed: int  # every random draw of the datasets (apart from `seeds`: all training seeds share the data)
+    media: MediaParams
+    synthetic_sentiment: SentimentParams
+    synthetic_av: AVParams
 
 
 @dataclasses.dataclass(frozen=True)

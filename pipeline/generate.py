@@ -1,8 +1,10 @@
 """Stage generate@<dataset>: write a synthetic dataset in its raw layout.
 
-Reads  params `generate` (its `seed` draws the whole dataset)
-Writes data/raw/<dataset>/: synthetic_sentiment in the MMSA layout (label.csv + Raw/<video_id>/<clip_id>.mp4),
-       synthetic_av in the VEGAS layout (<class>/<id>.mp4 + folds/fold_<k>.txt)
+Reads  params `generate.seed` (it draws the whole dataset), `generate.media` (clip format) and the
+       dataset's own block `generate.<dataset>`
+Writes data/raw/<dataset>/: synthetic_sentiment in the MMSA layout (label.csv + Raw/<video_id>/<clip_id>.mp4)
+       with its known limits (limits.json, oracle.csv), synthetic_av in the VEGAS layout
+       (<class>/<id>.mp4 + folds/fold_<k>.txt)
 
 Command: python -m pipeline.generate {synthetic_sentiment,synthetic_av}
 
@@ -17,30 +19,38 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import paths
-from .config import GenerateParams, Registry, check_params, load_section
+from .config import ConfigError, GenerateParams, Registry, check_params, load_section
 from .runtime import setup_logging, stage
-from .synthetic import AVNoise, SyntheticNoise, generate_av, generate_sentiment
+from .synthetic import AVNoise, generate_av, generate_sentiment, sentiment_process
 
 GENERATORS: Registry[Callable[[Path, GenerateParams], object]] = Registry("synthetic dataset")
 
 
 @GENERATORS.register("synthetic_sentiment")
 def _sentiment(root: Path, params: GenerateParams) -> None:
-    generate_sentiment(root=root, n_clips=params.n_clips, seed=params.seed, splits=params.splits,
-                       seconds=params.seconds, fps=params.fps, size=params.size, sample_rate=params.sample_rate,
-                       noise=SyntheticNoise(**dataclasses.asdict(params.noise)))
+    block, media = params.synthetic_sentiment, params.media
+    try:
+        process = sentiment_process(annotators=block.annotators, irony=block.irony, cues=(block.cues[0], block.cues[1]),
+                                    tau=block.noise.text, video=block.noise.video, audio=block.noise.audio,
+                                    annotator=block.noise.annotator)
+    except ValueError as err:  # name the params block, not the library's field
+        raise ConfigError(f"params.yaml generate.synthetic_sentiment: {err}") from None
+    generate_sentiment(root=root, n_clips=block.n_clips, seed=params.seed, splits=block.splits,
+                       seconds=media.seconds, fps=media.fps, size=media.size, sample_rate=media.sample_rate,
+                       process=process, monte_carlo=block.monte_carlo)
 
 
 @GENERATORS.register("synthetic_av")
 def _av(root: Path, params: GenerateParams) -> None:
-    generate_av(root, params.n_clips, params.seed, seconds=params.seconds, fps=params.fps, size=params.size,
-                sample_rate=params.sample_rate, n_folds=params.av.n_folds,
-                noise=AVNoise(**dataclasses.asdict(params.av.noise)))
+    block, media = params.synthetic_av, params.media
+    generate_av(root, block.n_clips, params.seed, seconds=media.seconds, fps=media.fps, size=media.size,
+                sample_rate=media.sample_rate, n_folds=block.n_folds, noise=AVNoise(**dataclasses.asdict(block.noise)))
 
 
 def run(name: str, root: Path, params: GenerateParams) -> None:
     generate = GENERATORS.get(name)
-    with stage(f"generate@{name}", ["params.yaml:generate"], [root]):
+    reads = ["params.yaml:generate.seed", "params.yaml:generate.media", f"params.yaml:generate.{name}"]
+    with stage(f"generate@{name}", reads, [root]):
         generate(root, params)
 
 

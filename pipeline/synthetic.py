@@ -1,50 +1,98 @@
-"""Synthetic video sentiment dataset (``synthetic_sentiment``) in the MMSA layout.
+"""Synthetic video sentiment dataset (``synthetic_sentiment``) in the MMSA layout, with its known limits.
 
-The dataset mimics CMU-MOSI/MOSEI as laid out by the MMSA toolkit::
+The dataset mimics CMU-MOSI (Zadeh et al., IEEE Intelligent Systems 2016) as laid out by the MMSA
+toolkit::
 
     <root>/label.csv                      one row per clip
     <root>/Raw/<video_id>/<clip_id>.mp4   H.264 (yuv420p) video + mono AAC audio
+    <root>/limits.json                    the Bayes-optimal MAE per modality subset (see below)
+    <root>/oracle.csv                     per clip: latent sentiment, irony flag, Bayes predictions
 
-``label.csv`` has exactly the columns ``video_id, clip_id, text, label, label_T,
-label_A, label_V, annotation, mode``. ``video_id`` is ``vid_000``, ``vid_001``, ...;
-``clip_id`` is an integer ``0, 1, ...`` within its video (the file name is
-``<clip_id>.mp4``). Every video holds several clips (4 to 8 when ``n_clips`` is large
-enough, the last video may hold fewer) and all clips of a video belong to the same
-split (``mode`` in ``train``/``valid``/``test``), as in the real datasets.
+``label.csv`` has exactly the columns ``video_id, clip_id, text, label, label_T, label_A, label_V,
+annotation, mode``. ``video_id`` is ``vid_000``, ``vid_001``, ...; ``clip_id`` is an integer ``0, 1,
+...`` within its video (the file name is ``<clip_id>.mp4``). Every video holds several clips (4 to 8
+when ``n_clips`` is large enough, the last video may hold fewer) and all clips of a video belong to the
+same split (``mode`` in ``train``/``valid``/``test``), as in the real datasets. The MMSA reader
+(`pipeline.datasets`) checks only the files under ``Raw/``, so the two files beside label.csv are
+invisible to it.
 
-Generative model
-----------------
-For every clip, with its own random generator derived from the dataset seed:
+Generative process
+------------------
+For every clip, with its own random generator derived from the dataset seed, the draws of
+`pipeline.limits.sample` (parameters: `pipeline.limits.SentimentProcess`, built by `sentiment_process`):
 
 * **latent sentiment** ``s ~ Uniform(-3, 3)``.
-* **label**: ``clip(round((s + N(0, noise.label)) * 3) / 3, -3, 3)`` -- like MOSI, a
-  multiple of 1/3 (the mean of three integer annotations); ``annotation`` is
-  ``Negative``/``Neutral``/``Positive`` from its sign (``Neutral`` iff it is 0.0).
-* **text**: ``t = clip(s + N(0, noise.text), -3, 3)`` (column ``label_T``). The
-  transcript is a lowercase spoken-style sentence built from a random template
-  ("i thought the movie was {adj}", ...) whose adjective is drawn from the synonym
-  list of intensity level ``k = round(t)`` (7 levels, "awful/terrible/..." at -3,
-  "okay/average/..." at 0, "amazing/wonderful/..." at +3), with random neutral
-  filler words and sentences around it. The text therefore reveals ``t`` only up to
-  its integer level.
-* **video**: ``v = clip(s + N(0, noise.video), -3, 3)`` (column ``label_V``).
-  ``round(seconds * fps)`` RGB frames of ``size x size`` pixels: a grey background
-  with drifting sinusoidal texture and per-frame luminance noise, and a filled square
-  (side ``size // 3``) moving in a straight line from a random position with a random
-  velocity, bouncing off the borders. The square's *colour* encodes ``v``: its hue
-  is interpolated from blue (``v = -3``) through grey (``v = 0``) to orange
-  (``v = +3``). Its *brightness* is scaled by a random factor independent of ``v``
-  (nuisance). The red-minus-blue difference of the square grows with ``v``.
-* **audio**: ``a = clip(s + N(0, noise.audio), -3, 3)`` (column ``label_A``).
-  ``round(seconds * sample_rate)`` mono samples of a harmonic tone whose
-  fundamental frequency encodes ``a``: ``f0 = 220 * 2 ** (a / 3)`` Hz (110 Hz at -3,
-  440 Hz at +3), with 3 weaker harmonics (random timbre), an attack/release envelope
-  with random tremolo, a random overall loudness (nuisance) and a little white noise.
+* **label: annotators who disagree.** ``A`` annotators (``annotators``, 5 as in CMU-MOSI) each rate
+  ``r_j = clip(round(s + N(0, sigma_ann^2)), -3, 3)``, an integer; the label is their mean, a multiple
+  of ``1/A`` (written with 4 decimals). ``annotation`` is ``Negative``/``Neutral``/``Positive`` from
+  its sign (``Neutral`` iff it is 0).
+* **irony.** With probability ``irony`` the speaker is ironic: the words say the opposite of what
+  they mean, while face and voice show the true ``s``. The lexical centre is ``t = -s`` if ironic,
+  else ``t = s`` (column ``label_T``).
+* **text: many small lexical cues.** ``n ~ U{cues[0]..cues[1]}`` cues (independent of ``s``), each
+  an entry of ``LEXICON`` (55 review words and short phrases with valences ``mu_w`` in [-3, 3]) drawn
+  independently with ``P(w | t) proportional to exp(-(mu_w - t)^2 / (2 tau^2))`` (``tau`` =
+  ``noise.text``). Each cue fills a spoken-style clause ("the acting was {cue}", ``TEMPLATES``); the
+  clauses are joined by connectors ("and", "plus", ...) amid neutral filler (``OPENING_FILLERS``,
+  ``CLOSING_FILLERS``, ``NEUTRAL_SENTENCES``) that carries no sentiment. No lexicon entry occurs
+  inside another entry or in any template or filler, so every cue can be read off the text.
+* **video: the face.** ``v = clip(round(s + N(0, sigma_v^2), 4), -3, 3)`` (column ``label_V``).
+  ``round(seconds * fps)`` RGB frames of ``size x size`` pixels: a grey background with drifting
+  sinusoidal texture and per-frame luminance noise, and a filled square (side ``size // 3``) moving in
+  a straight line from a random position with a random velocity, bouncing off the borders. The
+  square's *colour* encodes ``v``: its hue is interpolated from blue (``v = -3``) through grey
+  (``v = 0``) to orange (``v = +3``). Its *brightness* is scaled by a random factor independent of
+  ``v`` (nuisance).
+* **audio: the voice.** ``a = clip(round(s + N(0, sigma_a^2), 4), -3, 3)`` (column ``label_A``).
+  ``round(seconds * sample_rate)`` mono samples of a harmonic tone whose fundamental frequency encodes
+  ``a``: ``f0 = 220 * 2 ** (a / 3)`` Hz (110 Hz at -3, 440 Hz at +3), with 3 weaker harmonics (random
+  timbre), an attack/release envelope with random tremolo, a random overall loudness (nuisance) and a
+  little white noise.
 
-All cue values are rounded to 4 decimals before they are rendered, so ``label_T``,
-``label_A`` and ``label_V`` are exactly the values the modalities encode. Each
-modality sees ``s`` through its own independent noise: none determines the label
-alone, and combining them reduces the error.
+Mechanism: text reveals ``|s|`` well but not the sign of an ironic clip, whatever a model does; face
+and voice are noisy but never ironic, so only they resolve irony. Each modality sees ``s`` through its
+own independent noise, so none determines the label, and the annotators' disagreement puts a floor
+under every predictor's error.
+
+The renderer clips the video and audio cues to [-3, 3] (the colour and pitch ranges), so a value of
+exactly -3 or 3 means "at or beyond": `pipeline.limits` gives it the clipped tail's probability, and an
+interior value its gaussian density, which is exact for what is rendered.
+
+Regime (defaults in params.yaml, ``generate.synthetic_sentiment``). On CMU-MOSI, text-only models are
+far better than audio- or video-only ones, which do little better than a constant prediction (e.g. the
+unimodal variants of the Tensor Fusion Network, Zadeh et al., EMNLP 2017), and all modalities together
+are best. So here text is the most informative single
+modality and video and audio are weak:
+
+* ``tau = 1.0`` over valences spaced 0.1-0.2 apart, with 2-5 cues, pins ``t`` to within about
+  ``tau / sqrt(n)``, 0.5;
+* ``irony = 0.15`` costs text alone about ``0.15 * E|2s| = 0.45`` of MAE, which only face and voice
+  can recover;
+* ``sigma_v = sigma_a = 2.5`` puts each of them alone about halfway between text and a constant (a
+  third of the clips show a clipped, saturated cue);
+* ``sigma_ann = 0.9`` with 5 annotators gives an inter-annotator agreement (one-way intra-class
+  correlation of the ratings) of about 0.78, close to the Krippendorff's alpha of 0.77 reported for
+  MOSI's sentiment intensity.
+
+Nothing is tuned for any model or distillation method.
+
+Known limits (`pipeline.limits`)
+--------------------------------
+For every non-empty modality subset ``S`` (``video+audio+text``, ``video+audio``, ``video+text``,
+``audio+text``, ``video``, ``audio``, ``text``), the Bayes-optimal predictor under absolute error is
+the posterior median of the label given ``S``'s observations (text: the exact cue words; video and
+audio: the exact rendered cue), computed on a grid over ``s`` from the process itself, not fitted to
+clips. ``limits.json`` holds the process parameters, the expected MAE of each subset's predictor by
+Monte Carlo (``monte_carlo`` fresh draws from their own seed, ``SeedSequence(seed,
+spawn_key=(LIMITS_SPAWN_KEY,))``, independent of the clips) with its standard error, the best
+constant's MAE, and the MAE of each predictor on each split's clips (``split_mae``); ``oracle.csv``
+holds, per clip (``ORACLE_COLUMNS``), the label, the latent ``s``, the irony flag and the prediction
+``bayes_<S>`` of every subset, so a model's test MAE can be compared with the limit on the same
+clips. These are limits for a model that reads the cues exactly: one that reads them off the
+decoded media (compressed frames, uint8 colours, AAC audio) can only do worse. Defaults (20000 draws,
+seed 0; standard errors about 0.006): MAE ``video+audio+text`` 0.67, ``video+audio`` 0.99,
+``video+text`` and ``audio+text`` 0.75, ``video`` and ``audio`` 1.15, ``text`` 0.85; the best constant
+(0) 1.47.
 
 Media: H.264 via libx264 (CRF 20, preset veryfast, macroblock-tree rate control off so
 that encoding is bit-reproducible), yuv420p; AAC mono at ``sample_rate``. Decoders
@@ -52,14 +100,14 @@ that encoding is bit-reproducible), yuv420p; AAC mono at ``sample_rate``. Decode
 to a multiple of 1024 samples (AAC frame size). ``size`` must be even, >= 32 and not 48
 or 72: decord 0.6 mis-decodes those frame widths.
 
-Regeneration: a previous ``label.csv`` and ``Raw/`` tree under ``root`` are deleted
-first (the generating stage owns the folder); ``label.csv`` is written last, atomically,
-so its presence marks a complete dataset.
+Regeneration: a previous ``label.csv``, ``limits.json``, ``oracle.csv`` and ``Raw/`` tree under
+``root`` are deleted first (the generating stage owns the folder); each file is written atomically
+(a temporary name, then a rename), ``label.csv`` last, so its presence marks a complete dataset.
 
 Determinism: everything is derived from ``np.random.SeedSequence(seed)`` (never the
 global random state): one child generator lays out the videos and splits, one child
-per clip draws its content. The same arguments give a byte-identical ``label.csv``
-and identical decoded frames.
+per clip draws its content, and a reserved child draws the Monte Carlo. The same arguments
+give a byte-identical ``label.csv`` and ``oracle.csv`` and identical decoded frames.
 
 ``synthetic_av`` (`generate_av`): a VEGAS-like audio-visual retrieval dataset
 -----------------------------------------------------------------------------
@@ -89,11 +137,12 @@ byte-identical mp4 and fold files.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -103,6 +152,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .limits import (
+    GRID_POINTS,
+    SENTIMENT_RANGE,
+    SUBSETS,
+    Draws,
+    SentimentProcess,
+    bayes_predictions,
+    expected_mae,
+    mae_with_se,
+    prior_prediction,
+    sample,
+)
 from .vegas import FOLDS_DIR, video_path, write_fold_files
 
 logger = logging.getLogger(__name__)
@@ -120,7 +181,6 @@ LABEL_COLUMNS: tuple[str, ...] = (
     "mode",
 )
 SPLIT_NAMES: tuple[str, ...] = ("train", "valid", "test")
-SENTIMENT_RANGE = 3.0
 # Even frame widths below 256 that decord 0.6 cannot decode (wrong channel count / size
 # mismatch from its row-padding handling); PyAV decodes them fine. 16 and 24 are also
 # excluded by the minimum size of 32.
@@ -141,70 +201,88 @@ BASE_PITCH_HZ = 220.0
 OCTAVES_PER_UNIT = 1.0 / 3.0
 N_HARMONICS = 4
 
-# Adjectives by intensity level -3..+3 (index = level + 3).
-ADJECTIVES: tuple[tuple[str, ...], ...] = (
-    ("awful", "terrible", "horrible", "dreadful", "atrocious", "a complete disaster"),
-    ("bad", "poor", "disappointing", "boring", "pretty weak", "annoying"),
-    ("mediocre", "underwhelming", "a bit dull", "kind of flat", "not great", "forgettable"),
-    ("okay", "average", "alright", "so so", "fine", "neither good nor bad"),
-    ("decent", "pleasant", "nice", "enjoyable", "pretty good", "watchable"),
-    ("great", "really good", "impressive", "very enjoyable", "delightful", "excellent"),
-    ("amazing", "wonderful", "brilliant", "fantastic", "incredible", "a masterpiece"),
+# Sentiment lexicon: (entry, valence mu_w). Review vocabulary ordered by valence, spaced 0.1-0.2 apart
+# over [-3, 3]; no entry occurs (as whole words) inside another entry or in any template or filler.
+LEXICON: tuple[tuple[str, float], ...] = (
+    ("a complete disaster", -3.0), ("unwatchable", -2.9), ("atrocious", -2.8), ("painful to sit through", -2.7),
+    ("awful", -2.6), ("a total waste of time", -2.5), ("horrible", -2.4), ("dreadful", -2.3), ("terrible", -2.2),
+    ("really bad", -2.0), ("a huge letdown", -1.9), ("pretty bad", -1.8), ("annoying", -1.7),
+    ("disappointing", -1.6), ("boring", -1.5), ("poorly written", -1.4), ("weak", -1.3), ("tedious", -1.2),
+    ("underwhelming", -1.1), ("forgettable", -1.0), ("a bit dull", -0.9), ("not very good", -0.8), ("flat", -0.7),
+    ("slow in places", -0.6), ("a mixed bag", -0.4), ("nothing special", -0.3), ("average", -0.2), ("okay", 0.0),
+    ("alright", 0.1), ("fine", 0.2), ("watchable", 0.3), ("not bad", 0.5), ("decent", 0.6), ("pleasant", 0.7),
+    ("nice", 0.8), ("fun", 0.9), ("pretty good", 1.0), ("solid", 1.1), ("enjoyable", 1.2), ("charming", 1.4),
+    ("well made", 1.5), ("really good", 1.7), ("impressive", 1.8), ("very entertaining", 1.9), ("great", 2.0),
+    ("moving", 2.1), ("excellent", 2.2), ("beautiful", 2.3), ("wonderful", 2.4), ("fantastic", 2.5),
+    ("brilliant", 2.6), ("amazing", 2.7), ("incredible", 2.8), ("a masterpiece", 2.9),
+    ("the best film in years", 3.0),
 )
+LEXICON_VALENCES: tuple[float, ...] = tuple(valence for _, valence in LEXICON)
+# One short clause per cue ("{cue}" is replaced by a lexicon entry), so that five cues with filler stay
+# within ~50 words (a student's max_length must not cut cues off).
 TEMPLATES: tuple[str, ...] = (
-    "i thought the movie was {adj}",
-    "honestly the acting felt {adj} to me",
-    "the story was {adj}",
-    "overall i would say it was {adj}",
-    "the ending was kind of {adj}",
-    "i found the characters {adj}",
-    "the whole thing just seemed {adj}",
-    "to be honest the plot was {adj}",
-    "the music and the pacing were {adj}",
-    "my first impression was that it was {adj}",
+    "the movie was {cue}",
+    "honestly the acting was {cue}",
+    "the story was {cue}",
+    "overall it was {cue}",
+    "the ending was {cue}",
+    "the characters were {cue}",
+    "it was just {cue}",
+    "the plot was {cue}",
+    "the music was {cue}",
+    "i thought it was {cue}",
+    "the dialogue was {cue}",
+    "the pacing was {cue}",
 )
-OPENING_FILLERS: tuple[str, ...] = ("um", "uh", "so", "well", "i mean", "okay so", "and", "basically")
-CLOSING_FILLERS: tuple[str, ...] = ("you know", "i guess", "at least for me", "if that makes sense", "anyway")
+CONNECTORS: tuple[str, ...] = ("and", "and also", "plus", "also", "and then")
+OPENING_FILLERS: tuple[str, ...] = ("um", "uh", "so", "well", "i mean", "and", "basically")
+CLOSING_FILLERS: tuple[str, ...] = ("you know", "i guess", "at least for me", "anyway")
 NEUTRAL_SENTENCES: tuple[str, ...] = (
-    "i saw it last weekend with a couple of friends",
+    "i saw it last weekend",
     "it is about two hours long",
-    "i went in without reading any reviews",
+    "i went in without reading reviews",
     "it came out a few years ago",
-    "we watched it at home on a friday night",
+    "we watched it at home",
     "the theater was pretty full",
-    "it is based on a book that i have not read",
+    "it is based on a book",
+)
+
+# Defaults of the process (= params.yaml's generate.synthetic_sentiment; see "Regime" above).
+DEFAULT_ANNOTATORS = 5
+DEFAULT_IRONY = 0.15
+DEFAULT_CUES = (2, 5)
+DEFAULT_TAU = 1.0
+DEFAULT_VIDEO_NOISE = 2.5
+DEFAULT_AUDIO_NOISE = 2.5
+DEFAULT_ANNOTATOR_NOISE = 0.9
+DEFAULT_MONTE_CARLO = 20000
+LIMITS_FILE = "limits.json"
+ORACLE_FILE = "oracle.csv"
+# Child of SeedSequence(seed) that draws the Monte Carlo: far beyond the layout (0) and the clips (1..n_clips).
+LIMITS_SPAWN_KEY = 2**32 - 1
+ORACLE_COLUMNS: tuple[str, ...] = (
+    "video_id", "clip_id", "mode", "label", "sentiment", "ironic", *(f"bayes_{key}" for key in SUBSETS),
 )
 
 
-@dataclass(frozen=True)
-class SyntheticNoise:
-    """Standard deviations of the gaussian noises of the generative model.
+def sentiment_process(
+    annotators: int = DEFAULT_ANNOTATORS,
+    irony: float = DEFAULT_IRONY,
+    cues: tuple[int, int] = DEFAULT_CUES,
+    tau: float = DEFAULT_TAU,
+    video: float = DEFAULT_VIDEO_NOISE,
+    audio: float = DEFAULT_AUDIO_NOISE,
+    annotator: float = DEFAULT_ANNOTATOR_NOISE,
+) -> SentimentProcess:
+    """The synthetic_sentiment process over ``LEXICON`` (see the module docstring for each parameter).
 
-    ``text``, ``video`` and ``audio`` perturb the latent sentiment seen by each
-    modality's cue; ``label`` is the annotation noise on the label itself.
+    Raises ValueError naming the field when a value is out of range.
     """
-
-    text: float = 0.8
-    video: float = 0.8
-    audio: float = 0.8
-    label: float = 0.15
-
-    def __post_init__(self) -> None:
-        for name in ("text", "video", "audio", "label"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0.0):
-                raise ValueError(f"SyntheticNoise.{name} must be a finite value >= 0, got {value!r}")
+    return SentimentProcess(valences=LEXICON_VALENCES, tau=tau, irony=irony, cues=(int(cues[0]), int(cues[1])),
+                            video=video, audio=audio, annotator=annotator, annotators=annotators)
 
 
-@dataclass(frozen=True)
-class ClipLatents:
-    """Latent sentiment of one clip and the (rounded, clipped) values derived from it."""
-
-    sentiment: float
-    label: float
-    text_cue: float
-    video_cue: float
-    audio_cue: float
+DEFAULT_PROCESS = sentiment_process()
 
 
 # --------------------------------------------------------------------------- labels
@@ -213,21 +291,6 @@ class ClipLatents:
 def _clean(value: float) -> float:
     """Round to CSV_DECIMALS and turn -0.0 into 0.0."""
     return float(round(float(value), CSV_DECIMALS)) + 0.0
-
-
-def quantize_label(value: float) -> float:
-    """Snap a noisy sentiment to the MOSI label grid: a multiple of 1/3 in [-3, 3].
-
-    The result is rounded to 4 decimals (``1/3 -> 0.3333``) and is exactly ``0.0``
-    (never ``-0.0``) for values in ``(-1/6, 1/6)``.
-    """
-    snapped = float(np.clip(np.round(value * 3.0) / 3.0, -SENTIMENT_RANGE, SENTIMENT_RANGE))
-    return _clean(snapped)
-
-
-def _cue(value: float) -> float:
-    """Clip a noisy sentiment to [-3, 3] and round it for the CSV."""
-    return _clean(float(np.clip(value, -SENTIMENT_RANGE, SENTIMENT_RANGE)))
 
 
 def annotation_for(label: float) -> str:
@@ -239,36 +302,22 @@ def annotation_for(label: float) -> str:
     return "Neutral"
 
 
-def sample_latents(rng: np.random.Generator, noise: SyntheticNoise) -> ClipLatents:
-    """Draw one clip's latent sentiment and its noisy label and per-modality cues."""
-    sentiment = float(rng.uniform(-SENTIMENT_RANGE, SENTIMENT_RANGE))
-    eps = rng.normal(0.0, 1.0, size=4)  # (4,) label, text, video, audio
-    return ClipLatents(
-        sentiment=sentiment,
-        label=quantize_label(sentiment + noise.label * eps[0]),
-        text_cue=_cue(sentiment + noise.text * eps[1]),
-        video_cue=_cue(sentiment + noise.video * eps[2]),
-        audio_cue=_cue(sentiment + noise.audio * eps[3]),
-    )
-
-
 # --------------------------------------------------------------------------- text
 
 
-def text_level(text_cue: float) -> int:
-    """Integer intensity level in [-3, 3] that the transcript expresses."""
-    return int(np.clip(np.round(text_cue), -SENTIMENT_RANGE, SENTIMENT_RANGE))
-
-
-def make_transcript(text_cue: float, rng: np.random.Generator) -> str:
-    """Lowercase spoken-style transcript whose adjective expresses ``round(text_cue)``."""
-    synonyms = ADJECTIVES[text_level(text_cue) + int(SENTIMENT_RANGE)]
-    words = [TEMPLATES[rng.integers(len(TEMPLATES))].format(adj=synonyms[rng.integers(len(synonyms))])]
+def make_transcript(cues: Sequence[str], rng: np.random.Generator) -> str:
+    """Lowercase spoken-style transcript: one template clause per cue (in order), joined by connectors,
+    with optional neutral filler around them."""
+    words: list[str] = []
+    for index, cue in enumerate(cues):
+        if index:
+            words.append(CONNECTORS[rng.integers(len(CONNECTORS))])
+        words.append(TEMPLATES[rng.integers(len(TEMPLATES))].format(cue=cue))
     if rng.random() < 0.5:
         words.insert(0, OPENING_FILLERS[rng.integers(len(OPENING_FILLERS))])
     if rng.random() < 0.3:
         words.append(CLOSING_FILLERS[rng.integers(len(CLOSING_FILLERS))])
-    if rng.random() < 0.4:
+    if rng.random() < 0.3:
         sentence = NEUTRAL_SENTENCES[rng.integers(len(NEUTRAL_SENTENCES))]
         words.insert(0 if rng.random() < 0.5 else len(words), sentence)
     return " ".join(words)
@@ -490,13 +539,15 @@ def clip_path(root: Path, video_id: str, clip_id: int | str) -> Path:
 
 
 def _clear_previous(root: Path) -> None:
-    """Remove a previous generation (label.csv and Raw/); the generator owns the folder."""
-    label_csv, raw = root / "label.csv", root / "Raw"
-    if label_csv.exists() or raw.exists():
+    """Remove a previous generation (label.csv, limits.json, oracle.csv and Raw/); the generator owns the folder."""
+    files = [root / name for name in ("label.csv", LIMITS_FILE, ORACLE_FILE)]
+    raw = root / "Raw"
+    if raw.exists() or any(path.exists() for path in files):
         logger.info("removing previous dataset files under %s", root)
     if raw.exists():
         shutil.rmtree(raw)
-    label_csv.unlink(missing_ok=True)
+    for path in files:
+        path.unlink(missing_ok=True)
 
 
 def _check_generation_args(n_clips: int, seconds: float, fps: int, size: int, sample_rate: int) -> None:
@@ -520,18 +571,78 @@ def _check_generation_args(n_clips: int, seconds: float, fps: int, size: int, sa
 # --------------------------------------------------------------------------- dataset
 
 
-def _label_row(video_id: str, clip_id: int, text: str, latents: ClipLatents, mode: str) -> dict[str, object]:
-    """One row of label.csv, keyed by LABEL_COLUMNS."""
+def _label_row(video_id: str, clip_id: int, text: str, draw: Draws, mode: str) -> dict[str, object]:
+    """One row of label.csv (keyed by LABEL_COLUMNS) from a single clip's draw."""
+    label = _clean(draw.label[0])
     return {
         "video_id": video_id,
         "clip_id": clip_id,
         "text": text,
-        "label": latents.label,
-        "label_T": latents.text_cue,
-        "label_A": latents.audio_cue,
-        "label_V": latents.video_cue,
-        "annotation": annotation_for(latents.label),
+        "label": label,
+        "label_T": _clean(draw.centre[0]),
+        "label_A": _clean(draw.audio[0]),
+        "label_V": _clean(draw.video[0]),
+        "annotation": annotation_for(label),
         "mode": mode,
+    }
+
+
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a temporary name beside ``path``, then move it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _oracle_table(table: pd.DataFrame, draws: Draws, predictions: dict[str, np.ndarray]) -> pd.DataFrame:
+    """oracle.csv (ORACLE_COLUMNS): per clip of ``table`` (label.csv), its latent ``sentiment``, ``ironic``
+    (0/1) and the Bayes prediction ``bayes_<S>`` of every subset S, all rounded as label.csv."""
+    oracle = table[["video_id", "clip_id", "mode", "label"]].copy()
+    oracle["sentiment"] = [_clean(value) for value in draws.sentiment]
+    oracle["ironic"] = draws.ironic.astype(int)
+    for key in SUBSETS:
+        oracle[f"bayes_{key}"] = [_clean(value) for value in predictions[key]]
+    return oracle[list(ORACLE_COLUMNS)]
+
+
+def _split_mae(oracle: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """MAE of each subset's Bayes prediction on each split's clips, from oracle.csv's columns:
+    ``{split: {S: mean |label - bayes_S|}}``."""
+    return {
+        split: {key: float((rows["label"] - rows[f"bayes_{key}"]).abs().mean()) for key in SUBSETS}
+        for split, rows in ((name, oracle[oracle["mode"] == name]) for name in SPLIT_NAMES)
+    }
+
+
+def _limits_record(process: SentimentProcess, seed: int, monte_carlo: int, oracle: pd.DataFrame) -> dict[str, object]:
+    """The content of limits.json: the process, the Monte Carlo's size and seed, the expected MAE of every
+    subset's Bayes predictor (with its standard error), the best constant's, and the MAE on each split.
+
+    The Monte Carlo draws ``monte_carlo`` fresh clips from ``SeedSequence(seed, spawn_key=(LIMITS_SPAWN_KEY,))``,
+    a stream that no clip of the dataset uses.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(LIMITS_SPAWN_KEY,)))
+    draws = sample(process, monte_carlo, rng)
+    constant = prior_prediction(process)
+    return {
+        "dataset": DATASET_NAME,
+        "process": {
+            "annotators": process.annotators,
+            "irony": process.irony,
+            "cues": list(process.cues),
+            "noise": {"text": process.tau, "video": process.video, "audio": process.audio,
+                      "annotator": process.annotator},
+            "lexicon": dict(LEXICON),  # entry -> valence mu_w
+        },
+        "grid_points": GRID_POINTS,
+        "monte_carlo": {"n": monte_carlo, "seed": seed, "spawn_key": [LIMITS_SPAWN_KEY]},
+        "expected_mae": expected_mae(process, draws),
+        "constant": {"prediction": constant, **mae_with_se(np.abs(draws.label - constant))},
+        "split_size": {split: int((oracle["mode"] == split).sum()) for split in SPLIT_NAMES},
+        "split_mae": _split_mae(oracle),
     }
 
 
@@ -544,12 +655,14 @@ def generate_sentiment(
     fps: int,
     size: int,
     sample_rate: int,
-    noise: SyntheticNoise,
+    process: SentimentProcess = DEFAULT_PROCESS,
+    monte_carlo: int = DEFAULT_MONTE_CARLO,
 ) -> pd.DataFrame:
-    """Write the ``synthetic_sentiment`` dataset under ``root`` (label.csv + Raw/...).
+    """Write the ``synthetic_sentiment`` dataset under ``root``: label.csv, Raw/..., limits.json, oracle.csv.
 
     Args:
-        root: dataset folder; a previous label.csv and Raw/ tree in it are removed first.
+        root: dataset folder; a previous label.csv, limits.json, oracle.csv and Raw/ tree in it are
+            removed first.
         n_clips: number of clips (>= 3; each split gets at least one video).
         seed: seed of every random draw.
         splits: fraction of clips per split, keys exactly train/valid/test, summing to 1.
@@ -559,17 +672,23 @@ def generate_sentiment(
         size: frame height and width in pixels (even, >= 32, not 48 or 72: see
             ``DECORD_UNREADABLE_SIZES``).
         sample_rate: audio sample rate in Hz.
-        noise: noise levels of the generative model (see the module docstring).
+        process: the generative process (`sentiment_process`; its valences must be ``LEXICON``'s).
+        monte_carlo: fresh draws of the Monte Carlo estimate of the limits (>= 2).
 
     Returns:
         The label table, as written to ``label.csv`` (columns ``LABEL_COLUMNS``).
 
-    Deterministic from ``seed``: the same arguments give a byte-identical label.csv and
-    identical decoded frames. Shows a tqdm progress bar.
+    Deterministic from ``seed``: the same arguments give a byte-identical label.csv and oracle.csv and
+    identical decoded frames. Shows a tqdm progress bar; logs the expected limits.
     """
     root = Path(root)
     fractions = validate_splits(splits)
     _check_generation_args(n_clips, seconds, fps, size, sample_rate)
+    if tuple(process.valences) != LEXICON_VALENCES:
+        raise ValueError("process.valences must be LEXICON's valences (the words rendered in the transcripts): "
+                         "build the process with sentiment_process()")
+    if monte_carlo < 2:
+        raise ValueError(f"monte_carlo must be >= 2 draws (for a standard error), got {monte_carlo}")
     n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * sample_rate))
 
     layout_seq, *clip_seqs = np.random.SeedSequence(seed).spawn(n_clips + 1)
@@ -578,22 +697,34 @@ def generate_sentiment(
     _clear_previous(root)
     logger.info("generating %s: %d clips of %.3g s under %s", DATASET_NAME, n_clips, seconds, root)
     rows: list[dict[str, object]] = []
+    draws: list[Draws] = []
     for (video_id, clip_id, mode), clip_seq in tqdm(
         zip(layout, clip_seqs, strict=True), total=n_clips, desc=DATASET_NAME, unit="clip"
     ):
         rng = np.random.default_rng(clip_seq)
-        latents = sample_latents(rng, noise)
-        text = make_transcript(latents.text_cue, rng)
-        frames = render_frames(latents.video_cue, n_frames, size, rng)  # (T, size, size, 3)
-        audio = render_audio(latents.audio_cue, n_samples, sample_rate, rng)  # (n,)
+        draw = sample(process, 1, rng)  # this clip's latents and cues
+        text = make_transcript([LEXICON[w][0] for w in draw.words[0] if w >= 0], rng)
+        frames = render_frames(float(draw.video[0]), n_frames, size, rng)  # (T, size, size, 3)
+        audio = render_audio(float(draw.audio[0]), n_samples, sample_rate, rng)  # (n,)
         write_mp4(clip_path(root, video_id, clip_id), frames, fps, audio, sample_rate)
-        rows.append(_label_row(video_id, clip_id, text, latents, mode))
+        rows.append(_label_row(video_id, clip_id, text, draw, mode))
+        draws.append(draw)
 
     table = pd.DataFrame(rows, columns=list(LABEL_COLUMNS))
-    tmp = root / ".label.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, root / "label.csv")
-    logger.info("wrote %s (%s)", root / "label.csv", table["mode"].value_counts().to_dict())
+    clips = Draws.concatenate(draws)
+    oracle = _oracle_table(table, clips, bayes_predictions(process, clips))
+    limits = _limits_record(process, seed, monte_carlo, oracle)
+    for key, value in limits["expected_mae"].items():
+        logger.info("known limit %-16s expected MAE %.3f ± %.3f (test clips %.3f)", key, value["mae"], value["se"],
+                    limits["split_mae"]["test"][key])
+    logger.info("best constant %.2f: expected MAE %.3f ± %.3f", limits["constant"]["prediction"],
+                limits["constant"]["mae"], limits["constant"]["se"])
+
+    _write_atomically(root / LIMITS_FILE, lambda path: path.write_text(json.dumps(limits, indent=2) + "\n"))
+    _write_atomically(root / ORACLE_FILE, lambda path: oracle.to_csv(path, index=False))
+    _write_atomically(root / "label.csv", lambda path: table.to_csv(path, index=False))
+    logger.info("wrote %s, %s and %s (%s)", root / "label.csv", LIMITS_FILE, ORACLE_FILE,
+                table["mode"].value_counts().to_dict())
     return table
 
 

@@ -25,7 +25,9 @@ def one_torch_thread():
 def small_params() -> dict:
     """The repository's params.yaml shrunk to a dataset and models that run in seconds."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["generate"].update(n_clips=36, seconds=1.0, fps=8, size=32)
+    params["generate"]["media"].update(seconds=1.0, fps=8, size=32)
+    params["generate"]["synthetic_sentiment"].update(n_clips=36, monte_carlo=2000)
+    params["generate"]["synthetic_av"]["n_clips"] = 36
     params["extract"]["video"]["frames"] = 4
     params["teacher"]["video_tokens"] = 4
     params["extract"]["audio"]["n_mels"] = 32

@@ -82,11 +82,30 @@ def test_values_are_typed_and_nested(base, tmp_path):
 
 
 def test_generate_dict_field(base, tmp_path):
-    path = edited(base, tmp_path, generate__splits={"train": 1, "test": 0.5})
-    assert load_section("generate", path).splits == {"train": 1.0, "test": 0.5}
-    path = edited(base, tmp_path, generate__splits={"train": "lots"})
-    with pytest.raises(ConfigError, match=r"generate\.splits\.train: expected float, got 'lots'"):
+    path = edited(base, tmp_path, generate__synthetic_sentiment__splits={"train": 1, "test": 0.5})
+    assert load_section("generate", path).synthetic_sentiment.splits == {"train": 1.0, "test": 0.5}
+    path = edited(base, tmp_path, generate__synthetic_sentiment__splits={"train": "lots"})
+    with pytest.raises(ConfigError, match=r"generate\.synthetic_sentiment\.splits\.train: expected float, got 'lots'"):
         load_section("generate", path)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [("cues", [3, 2], "cues must be \\[min, max\\]"),
+                                                        ("cues", [2], "cues"), ("monte_carlo", 1, "monte_carlo")])
+def test_generate_sentiment_block_is_checked(base, tmp_path, key, value, message):
+    path = edited(base, tmp_path, **{f"generate__synthetic_sentiment__{key}": value})
+    with pytest.raises(ConfigError, match=f"generate.synthetic_sentiment.{message}"):
+        load_section("generate", path)
+
+
+def test_generate_defaults_match_the_generator(base, tmp_path):
+    """params.yaml's synthetic_sentiment block describes the same process as the generator's defaults."""
+    from pipeline.synthetic import DEFAULT_MONTE_CARLO, DEFAULT_PROCESS, sentiment_process
+
+    block = load_section("generate", write(tmp_path, copy.deepcopy(base))).synthetic_sentiment
+    process = sentiment_process(annotators=block.annotators, irony=block.irony, cues=tuple(block.cues),
+                                tau=block.noise.text, video=block.noise.video, audio=block.noise.audio,
+                                annotator=block.noise.annotator)
+    assert process == DEFAULT_PROCESS and block.monte_carlo == DEFAULT_MONTE_CARLO
 
 
 def test_to_dict_round_trip(base, tmp_path):

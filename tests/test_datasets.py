@@ -23,7 +23,7 @@ from pipeline.datasets import (
     read_mmsa,
     write_manifest,
 )
-from pipeline.synthetic import SyntheticNoise, generate_sentiment
+from pipeline.synthetic import generate_sentiment
 
 SPEC = DATASETS.get("synthetic_sentiment")
 N_CLIPS = 12
@@ -33,7 +33,7 @@ N_CLIPS = 12
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("mmsa") / "synthetic_sentiment"
     generate_sentiment(root, n_clips=N_CLIPS, seed=0, splits={"train": 0.7, "valid": 0.15, "test": 0.15},
-                       seconds=1.0, fps=4, size=32, sample_rate=16000, noise=SyntheticNoise())
+                       seconds=1.0, fps=4, size=32, sample_rate=16000, monte_carlo=2000)
     return root
 
 

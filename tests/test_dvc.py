@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import small_params, write_project
 
 from pipeline.metrics import METRIC_NAMES
@@ -113,3 +114,31 @@ def test_switching_dataset_runs_retrieval_and_switching_back_recomputes_nothing(
     assert "skipping run, checking out outputs" in out  # restored from the run-cache, not recomputed
     assert {p: p.read_bytes() for p in before} == before
     assert (repo / "models" / "synthetic_sentiment" / "teacher" / "seed_1" / "teacher.pt").is_file()
+
+
+def test_generate_reruns_only_the_dataset_whose_params_changed(tmp_path: Path) -> None:
+    """Each synthetic dataset depends on generate.seed, generate.media and its own block only."""
+    params = small_params()
+    params["generate"]["synthetic_sentiment"].update(n_clips=12, monte_carlo=200)
+    params["generate"]["synthetic_av"]["n_clips"] = 10
+    root = init_repo(write_project(tmp_path / "project", params, with_code=True))
+    stages = ["generate@synthetic_sentiment", "generate@synthetic_av"]
+    sh("dvc", "repro", *stages, cwd=root)
+    assert (root / "data" / "raw" / "synthetic_sentiment" / "limits.json").is_file()
+
+    def changed(edit: dict) -> list[str]:
+        edited = yaml.safe_load(yaml.safe_dump(params))
+        for dotted, value in edit.items():
+            *parents, leaf = dotted.split(".")
+            node = edited
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        (root / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        return sorted(json.loads(sh("dvc", "status", "--json", *stages, cwd=root)))
+
+    assert changed({}) == []
+    assert changed({"generate.synthetic_av.noise.audio": 0.7}) == ["generate@synthetic_av"]
+    assert changed({"generate.synthetic_sentiment.irony": 0.2}) == ["generate@synthetic_sentiment"]
+    assert changed({"generate.media.fps": 4}) == sorted(stages)
+

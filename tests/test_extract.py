@@ -18,7 +18,7 @@ from pipeline.clip import load_clip
 from pipeline.config import ClipParams, ExtractParams, from_dict
 from pipeline.datasets import DATASETS, read_manifest, read_mmsa, write_manifest
 from pipeline.store import FeatureReader, StoreError
-from pipeline.synthetic import SyntheticNoise, generate_sentiment
+from pipeline.synthetic import generate_sentiment
 
 DS = "synthetic_sentiment"
 N_CLIPS, FRAMES, N_MELS, SAMPLE_RATE, SECONDS = 12, 4, 32, 16000, 1.0
@@ -45,7 +45,7 @@ def _params(max_failure_ratio: float = 0.1, batch_size: int = 5) -> ExtractParam
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("raw") / DS
     generate_sentiment(root, n_clips=N_CLIPS, seed=0, splits={"train": 0.7, "valid": 0.15, "test": 0.15},
-                       seconds=SECONDS, fps=4, size=32, sample_rate=SAMPLE_RATE, noise=SyntheticNoise())
+                       seconds=SECONDS, fps=4, size=32, sample_rate=SAMPLE_RATE, monte_carlo=2000)
     return root
 
 

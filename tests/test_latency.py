@@ -22,7 +22,7 @@ from pipeline.datasets import DATASETS, read_manifest, read_mmsa, write_manifest
 from pipeline.distill import build_student, predict_student, tokenize
 from pipeline.features import load_features
 from pipeline.models import MODALITIES, PromptTeacher, TeacherConfig
-from pipeline.synthetic import SyntheticNoise, generate_sentiment
+from pipeline.synthetic import generate_sentiment
 
 DS = "synthetic_sentiment"
 CLIP = ClipParams("mmdistill-tiny", "", 0)
@@ -137,7 +137,7 @@ def cached(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame
     root = tmp_path_factory.mktemp("latency")
     raw = root / "data/raw" / DS
     generate_sentiment(raw, n_clips=5, seed=0, splits={"train": 0.6, "valid": 0.2, "test": 0.2}, seconds=1.0,
-                       fps=8, size=32, sample_rate=16000, noise=SyntheticNoise())
+                       fps=8, size=32, sample_rate=16000, monte_carlo=2000)
     manifest = read_mmsa(raw, DATASETS.get(DS))
     bad = root / "broken.mp4"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())

@@ -1,8 +1,9 @@
-"""Tests of the synthetic_sentiment generator (pipeline.synthetic)."""
+"""Tests of the synthetic dataset generators (pipeline.synthetic): synthetic_sentiment and synthetic_av."""
 
 from __future__ import annotations
 
-import math
+import json
+import re
 from pathlib import Path
 
 import av
@@ -11,43 +12,46 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.limits import SUBSETS, Draws, bayes_predictions
 from pipeline.media import FrameSampler, read_audio, read_frames
 from pipeline.synthetic import (
-    ADJECTIVES,
     AV_CLASSES,
     AV_TABLE_COLUMNS,
+    CLOSING_FILLERS,
+    CONNECTORS,
+    DEFAULT_PROCESS,
     LABEL_COLUMNS,
+    LEXICON,
+    LIMITS_FILE,
+    NEUTRAL_SENTENCES,
+    OPENING_FILLERS,
+    ORACLE_COLUMNS,
+    ORACLE_FILE,
     SPLIT_NAMES,
+    TEMPLATES,
     AVNoise,
-    SyntheticNoise,
     av_pitch,
     clip_path,
     cue_to_pitch,
     generate_av,
     generate_sentiment,
-    quantize_label,
-    text_level,
+    sentiment_process,
     write_mp4,
 )
 from pipeline.vegas import MANIFEST_COLUMNS, fold_path, read_vegas
 
-SPLITS = {"train": 0.7, "valid": 0.15, "test": 0.15}
+SPLITS = {"train": 0.6, "valid": 0.15, "test": 0.25}
 SECONDS, FPS, SIZE, SAMPLE_RATE = 1.0, 8, 32, 16000
-N_CLIPS = 24
+N_CLIPS = 16
+MONTE_CARLO = 2000
+# Every lexicon entry as a whole-word pattern, longest first (no entry occurs inside another one anyway).
+CUE_PATTERN = re.compile(r"\b(" + "|".join(re.escape(e) for e, _ in sorted(LEXICON, key=lambda x: -len(x[0]))) + r")\b")
+CUE_INDEX = {entry: index for index, (entry, _) in enumerate(LEXICON)}
 
 
-def _generate(root: Path, n_clips: int = N_CLIPS, seed: int = 0, size: int = SIZE) -> pd.DataFrame:
-    return generate_sentiment(
-        root,
-        n_clips=n_clips,
-        seed=seed,
-        splits=SPLITS,
-        seconds=SECONDS,
-        fps=FPS,
-        size=size,
-        sample_rate=SAMPLE_RATE,
-        noise=SyntheticNoise(),
-    )
+def _generate(root: Path, n_clips: int = N_CLIPS, seed: int = 0, size: int = SIZE, **kwargs: object) -> pd.DataFrame:
+    return generate_sentiment(root, n_clips=n_clips, seed=seed, splits=SPLITS, seconds=SECONDS, fps=FPS, size=size,
+                              sample_rate=SAMPLE_RATE, monte_carlo=MONTE_CARLO, **kwargs)  # type: ignore[arg-type]
 
 
 def _frames(root: Path, row: pd.Series) -> np.ndarray:
@@ -64,9 +68,14 @@ def _pitch(samples: np.ndarray, sample_rate: int) -> float:
 
 
 def _rank_corr(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman correlation (no ties expected)."""
+    """Spearman correlation (ties broken by order)."""
     rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _cues(text: str) -> list[str]:
+    """The lexicon entries of a transcript, in order."""
+    return CUE_PATTERN.findall(text)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +94,8 @@ def test_label_csv_columns_and_ranges(dataset: tuple[Path, pd.DataFrame]) -> Non
     for column in ("label", "label_T", "label_A", "label_V"):
         assert on_disk[column].between(-3, 3).all(), column
         assert np.allclose(on_disk[column], on_disk[column].round(4)), column
-    thirds = on_disk["label"] * 3
-    assert np.allclose(thirds, thirds.round(), atol=1e-3)
+    fifths = on_disk["label"] * DEFAULT_PROCESS.annotators  # the mean of 5 integer ratings
+    assert np.allclose(fifths, fifths.round(), atol=1e-9)
     assert (on_disk["label"] < 0).any() and (on_disk["label"] > 0).any()
     expected = np.where(on_disk["label"] > 0, "Positive", np.where(on_disk["label"] < 0, "Negative", "Neutral"))
     assert (on_disk["annotation"] == expected).all()
@@ -96,18 +105,88 @@ def test_label_csv_columns_and_ranges(dataset: tuple[Path, pd.DataFrame]) -> Non
         assert clip_path(root, row.video_id, row.clip_id).is_file()
 
 
-def test_quantize_label_grid_and_zero() -> None:
-    assert quantize_label(0.1) == 0.0 and math.copysign(1.0, quantize_label(-0.1)) == 1.0
-    assert quantize_label(0.34) == 0.3333
-    assert quantize_label(-1.7) == -1.6667
-    assert quantize_label(5.0) == 3.0 and quantize_label(-5.0) == -3.0
+def test_lexicon_entries_are_distinguishable() -> None:
+    entries = [entry for entry, _ in LEXICON]
+    assert 40 <= len(entries) <= 60 and len(set(entries)) == len(entries)
+    valences = [valence for _, valence in LEXICON]
+    assert valences == sorted(valences) and valences[0] == -3.0 and valences[-1] == 3.0
+    filler = [t.format(cue="") for t in TEMPLATES] + [*CONNECTORS, *OPENING_FILLERS, *CLOSING_FILLERS,
+                                                      *NEUTRAL_SENTENCES]
+    for entry in entries:
+        pattern = re.compile(rf"\b{re.escape(entry)}\b")
+        assert not [other for other in entries if other != entry and pattern.search(other)], entry
+        assert not [text for text in filler if pattern.search(text)], entry
 
 
-def test_transcript_expresses_text_level(dataset: tuple[Path, pd.DataFrame]) -> None:
+def test_transcripts_carry_two_to_five_lexicon_cues(dataset: tuple[Path, pd.DataFrame]) -> None:
     _, table = dataset
-    for row in table.itertuples():
-        synonyms = ADJECTIVES[text_level(row.label_T) + 3]
-        assert any(adjective in row.text for adjective in synonyms), (row.label_T, row.text)
+    low, high = DEFAULT_PROCESS.cues
+    counts = [len(_cues(text)) for text in table["text"]]
+    assert all(low <= n <= high for n in counts), counts
+    assert len(set(counts)) > 1
+    # the cues' mean valence follows the lexical centre label_T (= -s for an ironic clip)
+    valence = dict(LEXICON)
+    means = np.array([np.mean([valence[c] for c in _cues(text)]) for text in table["text"]])
+    assert np.corrcoef(means, table["label_T"])[0, 1] > 0.7
+
+
+def test_label_T_is_the_lexical_centre_flipped_by_irony(dataset: tuple[Path, pd.DataFrame]) -> None:
+    root, table = dataset
+    oracle = pd.read_csv(root / ORACLE_FILE)
+    ironic = oracle["ironic"] == 1
+    assert np.allclose(table["label_T"][ironic], -oracle["sentiment"][ironic], atol=1e-4)
+    assert np.allclose(table["label_T"][~ironic], oracle["sentiment"][~ironic], atol=1e-4)
+
+
+def test_limits_and_oracle_written_and_consistent(dataset: tuple[Path, pd.DataFrame]) -> None:
+    root, table = dataset
+    oracle = pd.read_csv(root / ORACLE_FILE)
+    limits = json.loads((root / LIMITS_FILE).read_text())
+    assert tuple(oracle.columns) == ORACLE_COLUMNS
+    pd.testing.assert_frame_equal(oracle[["video_id", "clip_id", "mode", "label"]],
+                                  table[["video_id", "clip_id", "mode", "label"]])
+    assert set(oracle["ironic"]) <= {0, 1}
+    assert limits["monte_carlo"]["n"] == MONTE_CARLO and limits["monte_carlo"]["seed"] == 0
+    assert limits["process"]["annotators"] == 5 and limits["process"]["cues"] == [2, 5]
+    assert list(limits["expected_mae"]) == list(SUBSETS)
+    for key in SUBSETS:
+        assert limits["expected_mae"][key]["se"] > 0
+        predictions = oracle[f"bayes_{key}"]
+        assert np.allclose(predictions * 5, (predictions * 5).round(), atol=1e-9)  # a possible label value
+        for split in SPLIT_NAMES:
+            rows = oracle[oracle["mode"] == split]
+            mae = (rows["label"] - rows[f"bayes_{key}"]).abs().mean()
+            assert limits["split_mae"][split][key] == pytest.approx(mae, abs=1e-12), (split, key)
+    assert limits["split_size"] == oracle["mode"].value_counts().to_dict()
+    assert limits["constant"]["mae"] > limits["expected_mae"]["text"]["mae"]
+
+
+def test_oracle_predictions_are_recomputed_from_the_rendered_observations(dataset: tuple[Path, pd.DataFrame]) -> None:
+    """The transcript's cue words and label_V/label_A are the exact observations the Bayes predictor used."""
+    root, table = dataset
+    oracle = pd.read_csv(root / ORACLE_FILE)
+    high = DEFAULT_PROCESS.cues[1]
+    words = np.full((len(table), high), -1)  # (N, C)
+    for i, text in enumerate(table["text"]):
+        cues = [CUE_INDEX[c] for c in _cues(text)]
+        words[i, : len(cues)] = cues
+    n = len(table)
+    observed = Draws(sentiment=np.zeros(n), ironic=np.zeros(n, bool), centre=np.zeros(n), words=words,
+                     video=table["label_V"].to_numpy(), audio=table["label_A"].to_numpy(),
+                     ratings=np.zeros((n, 5), int), label=np.zeros(n))
+    for key, prediction in bayes_predictions(DEFAULT_PROCESS, observed).items():
+        assert np.allclose(prediction, oracle[f"bayes_{key}"]), key
+
+
+def test_generator_rejects_a_process_over_another_lexicon(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    other = replace(sentiment_process(), valences=(-1.0, 1.0))
+    with pytest.raises(ValueError, match="LEXICON"):
+        _generate(tmp_path, process=other)
+    with pytest.raises(ValueError, match="monte_carlo"):
+        generate_sentiment(tmp_path, 12, 0, SPLITS, SECONDS, FPS, SIZE, SAMPLE_RATE, monte_carlo=1)
+    assert not any(tmp_path.iterdir())
 
 
 def test_splits_by_video_id(dataset: tuple[Path, pd.DataFrame]) -> None:
@@ -147,7 +226,7 @@ def test_bad_size_raises(tmp_path: Path, size: int) -> None:
 )
 def test_invalid_splits_raise(tmp_path: Path, splits: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        generate_sentiment(tmp_path, 16, 0, splits, SECONDS, FPS, SIZE, SAMPLE_RATE, SyntheticNoise())
+        generate_sentiment(tmp_path, 16, 0, splits, SECONDS, FPS, SIZE, SAMPLE_RATE)
     assert not (tmp_path / "label.csv").exists()
 
 
@@ -155,7 +234,8 @@ def test_determinism(dataset: tuple[Path, pd.DataFrame], tmp_path: Path) -> None
     root, table = dataset
     again = tmp_path / "again"
     _generate(again)
-    assert (again / "label.csv").read_bytes() == (root / "label.csv").read_bytes()
+    for name in ("label.csv", ORACLE_FILE, LIMITS_FILE):
+        assert (again / name).read_bytes() == (root / name).read_bytes(), name
     for row in table.itertuples():
         assert np.array_equal(_frames(again, row), _frames(root, row)), (row.video_id, row.clip_id)
 
@@ -167,9 +247,11 @@ def test_determinism(dataset: tuple[Path, pd.DataFrame], tmp_path: Path) -> None
 
 
 def test_regeneration_replaces_previous_dataset(tmp_path: Path) -> None:
-    _generate(tmp_path, n_clips=20)
+    _generate(tmp_path, n_clips=14)
     table = _generate(tmp_path, n_clips=12)
-    assert len(pd.read_csv(tmp_path / "label.csv")) == 12
+    assert len(pd.read_csv(tmp_path / "label.csv")) == len(pd.read_csv(tmp_path / ORACLE_FILE)) == 12
+    assert sum(json.loads((tmp_path / LIMITS_FILE).read_text())["split_size"].values()) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["Raw", "label.csv", LIMITS_FILE, ORACLE_FILE])
     assert len(list((tmp_path / "Raw").glob("*/*.mp4"))) == len(table) == 12
 
 
