@@ -12,18 +12,27 @@ Embeddings are L2-normalised (the space CLIP's contrastive loss works in).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import open_clip
-import torch
-import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
+if TYPE_CHECKING:  # torch is imported where it is used: config.check_params reads this module without it
+    import torch
 
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@functools.cache
+def open_clip_module():
+    """open_clip, imported on first use (about 9 s with torchvision: the stages that only read cached
+    features never pay it), with this project's model configs (`mmdistill-tiny`) registered."""
+    import open_clip
+
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+    return open_clip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +46,8 @@ class ImagePreprocess:
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames (N, H, W, 3) -> float (N, 3, S, S)."""
+        from torchvision.transforms.v2 import functional as TF
+
         x = frames.permute(0, 3, 1, 2)  # (N, 3, H, W)
         x = TF.resize(x, [self.image_size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
         x = TF.center_crop(x, [self.image_size, self.image_size])
@@ -55,24 +66,28 @@ class FrozenClip:
     precision: str = "fp32"  # fp16 | bf16: autocast on GPU; the CPU always computes in fp32
 
     def _autocast(self) -> torch.autocast:
+        import torch
+
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         enabled = self.device.type == "cuda" and dtype is not None
         return torch.autocast(device_type=self.device.type, dtype=dtype, enabled=enabled)
 
-    @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Preprocessed images (N, 3, S, S) -> unit-norm embeddings (N, D) float32 on CPU."""
-        with self._autocast():
-            z = self.model.encode_image(images.to(self.device, non_blocking=True))  # (N, D)
-        return F.normalize(z.float(), dim=-1).cpu()
+        import torch
 
-    @torch.inference_mode()
+        with torch.inference_mode(), self._autocast():
+            z = self.model.encode_image(images.to(self.device, non_blocking=True))  # (N, D)
+            return torch.nn.functional.normalize(z.float(), dim=-1).cpu()
+
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """Strings -> unit-norm embeddings (N, D) float32 on CPU (truncated to the context length)."""
+        import torch
+
         tokens = self.tokenizer(texts).to(self.device)  # (N, context_length)
-        with self._autocast():
+        with torch.inference_mode(), self._autocast():
             z = self.model.encode_text(tokens)  # (N, D)
-        return F.normalize(z.float(), dim=-1).cpu()
+            return torch.nn.functional.normalize(z.float(), dim=-1).cpu()
 
 
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip model sources that carry their own weights
@@ -85,6 +100,9 @@ def check_clip_source(model_name: str, pretrained: str) -> None:
             raise ValueError(f"clip.pretrained must be empty with clip.model {model_name!r}: "
                              f"{model_name.split(':')[0]} models carry their own weights")
         return
+    if not pretrained and (MODEL_CONFIG_DIR / f"{model_name}.json").is_file():
+        return  # one of this project's configs with random weights: nothing to look up
+    open_clip = open_clip_module()
     available = open_clip.list_models()
     if model_name not in available:
         raise ValueError(f"clip.model {model_name!r} is not an open_clip model. Available: {available} "
@@ -103,8 +121,11 @@ def load_clip(model_name: str, pretrained: str, device: torch.device, init_seed:
     With no weights (pretrained "" and a plain model name) the random init is drawn from
     `init_seed`, so the embedding space is a function of the config alone.
     """
+    import torch
+
     model_name = model_name.replace("/", "-") if not model_name.startswith(SCHEMAS) else model_name
     check_clip_source(model_name, pretrained)
+    open_clip = open_clip_module()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,

@@ -21,6 +21,7 @@ import yaml
 
 T = TypeVar("T")
 PARAMS_FILE = Path("params.yaml")
+MODALITIES: tuple[str, ...] = ("video", "audio", "text")  # the order of every per-modality array and mask
 
 
 class ConfigError(ValueError):
@@ -282,15 +283,16 @@ class StudentParams:
     audio_tokens: int  # multimodal student: log-mel frames pooled over time to this many tokens
 
 
+DISTANCES: tuple[str, ...] = ("l1", "mse", "smooth_l1")  # losses.DISTANCES's names (declared here: no torch)
+
+
 @dataclasses.dataclass(frozen=True)
 class VideoAdviserParams:
     weight: float  # lambda
     distance: str  # mse | l1 | smooth_l1
 
     def __post_init__(self) -> None:
-        from .losses import DISTANCES
-
-        check_choice("distill.videoadviser.distance", self.distance, tuple(DISTANCES.names()))
+        check_choice("distill.videoadviser.distance", self.distance, DISTANCES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,14 +312,15 @@ class MSDParams:
     meta_fraction: float  # the part of that split held out as the meta set
 
     def __post_init__(self) -> None:
-        from .losses import DISTANCES
-
-        check_choice("distill.msd.distance", self.distance, tuple(DISTANCES.names()))
+        check_choice("distill.msd.distance", self.distance, DISTANCES)
         check_choice("distill.msd.meta_split", self.meta_split, ("train", "valid"))
         if self.instance_temperature <= 0:
             raise ConfigError(f"distill.msd.instance_temperature must be > 0, got {self.instance_temperature}")
         if not 0.0 < self.meta_fraction < 1.0:
             raise ConfigError(f"distill.msd.meta_fraction must be in (0, 1), got {self.meta_fraction}")
+
+
+OBJECTIVES: tuple[str, ...] = ("triplet", "supcon")  # retrieval.retrieval_loss's objectives (declared here: light)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,8 +336,6 @@ class RetrievalParams:
     ce_weight: float  # weight of the shared classifier's cross-entropy
 
     def __post_init__(self) -> None:
-        from .retrieval import OBJECTIVES
-
         check_choice("distill.retrieval.objective", self.objective, OBJECTIVES)
 
 

@@ -336,8 +336,9 @@ def msd_weights(method: str, teacher: dict[str, torch.Tensor], train_idx: torch.
     weighting = msd_weighting(method)
     if weighting is None:
         return None, None
-    weights = build_weighting(weighting, teacher["saliency"][train_idx], instance_temperature=params.msd.instance_temperature,
-                              meta_lr=params.msd.meta_lr, lookahead_lr=params.train.lr)
+    weights = build_weighting(weighting, teacher["saliency"][train_idx],
+                              instance_temperature=params.msd.instance_temperature, meta_lr=params.msd.meta_lr,
+                              lookahead_lr=params.train.lr)
     if not isinstance(weights, MetaWeights):
         return weights, None
     return weights, LearnedState(weights, torch.Generator().manual_seed(seed + 1))
@@ -536,7 +537,10 @@ def train_retrieval_student(student: Student, labels: torch.Tensor, splits: np.n
     def valid_map(m: nn.Module) -> float:
         audio, visual = retrieval_embeddings(m, inputs["audio"][split.valid], inputs["visual"][split.valid],
                                              params.train.batch_size)
-        return retrieval_metrics(audio, visual, labels[split.valid].long())[0]["map_mean"]
+        present = features.present[split.valid]  # clips without a modality are neither its queries nor its items
+        return retrieval_metrics(audio, visual, labels[split.valid].long(),
+                                 audio_present=present[:, MODALITIES.index("audio")].numpy(),
+                                 visual_present=present[:, MODALITIES.index("video")].numpy())[0]["map_mean"]
 
     fingerprint = {"student": student.name, "distill": to_dict(params), "seed": seed, "dataset": dataset,
                    "n_train": len(split.train), "task": "retrieval"}

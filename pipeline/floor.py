@@ -166,8 +166,8 @@ def load_floor(model_dir: Path) -> TextFloor | ProbeFloor:
 def mean_features(manifest: pd.DataFrame, dataset: str, clip: ClipParams,
                   extract: ExtractParams) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Each retrieval modality's time-averaged features (N, C) and presence (N,), from the feature store."""
+    from .config import MODALITIES
     from .features import load_features
-    from .models import MODALITIES
 
     data = load_features(manifest, dataset, clip, extract, extract.video.frames, 1)
     arrays = {"video": data.video.mean(dim=1).double().numpy(), "audio": data.audio.mean(dim=1).double().numpy()}

@@ -54,7 +54,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import log_ndtr, logsumexp, ndtr
 
-MODALITIES: tuple[str, ...] = ("video", "audio", "text")  # the project's order (models.MODALITIES)
+from .config import MODALITIES
+
 # Every non-empty subset, largest first, members in MODALITIES order, joined with "+":
 # video+audio+text, video+audio, video+text, audio+text, video, audio, text.
 SUBSETS: tuple[str, ...] = tuple(

@@ -47,8 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODALITIES = ("video", "audio", "text")
-
+from .config import MODALITIES  # re-exported: the order of the `present` columns
 
 # --------------------------------------------------------------------------- teacher
 

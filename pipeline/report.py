@@ -53,11 +53,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from . import paths
-from .config import ReportParams, check_params, load_section, load_value
+from .config import MODALITIES, ReportParams, check_params, load_section, load_value
 from .datasets import DATASETS, clip_key
 from .families import FAMILIES, Family, parse_student
 from .metrics import METRIC_SETS, MetricSet
-from .models import MODALITIES
 from .runtime import setup_logging, stage
 from .stats import Comparison, compare, compare_family
 from .store import read_table

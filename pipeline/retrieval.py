@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import check_choice
+from .config import OBJECTIVES, check_choice
 from .losses import kd_loss
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ log = logging.getLogger(__name__)
 DIRECTIONS: tuple[str, ...] = ("a2v", "v2a")  # audio queries over the visual gallery, and the reverse
 METRIC_NAMES: tuple[str, ...] = ("map_a2v", "map_v2a", "map_mean")
 PER_QUERY_COLUMNS: tuple[str, ...] = ("direction", "id", "label", "ap")
-OBJECTIVES: tuple[str, ...] = ("triplet", "supcon")
 _EPS = 1e-12
 _TIE_DECIMALS = 12  # scores equal to this many decimals tie (one threshold of the AP)
 _QUERY_CHUNK = 512  # queries ranked at once: bounds the dozen (C, G) score/rank matrices in memory

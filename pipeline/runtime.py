@@ -12,9 +12,10 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # imported where used: the data stages (generate, prepare, floor) start without torch
+    import torch
 
 log = logging.getLogger("pipeline")
 
@@ -34,6 +35,9 @@ def seed_everything(seed: int) -> None:
 
     With the same params and the same machine type, CPU runs give identical outputs.
     """
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -43,6 +47,8 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks cuda when available; an explicit cuda request without a GPU fails clearly."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -67,6 +73,8 @@ class Ranks:
         return f"rank{self.rank}"
 
     def barrier(self) -> None:
+        import torch
+
         if self.world > 1:
             torch.distributed.barrier()
 
@@ -85,6 +93,8 @@ def init_ranks() -> Ranks:
 
     Idempotent: a second call returns the same ranks without joining again. A stage's `main`
     wraps its work in `process_group()`, which leaves the group at the end."""
+    import torch
+
     ranks = env_ranks()
     if ranks.world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
@@ -94,6 +104,8 @@ def init_ranks() -> Ranks:
 @contextlib.contextmanager
 def process_group() -> Iterator[Ranks]:
     """A stage's torchrun membership: join the process group (if under torchrun), leave it at the end."""
+    import torch
+
     ranks = init_ranks()
     try:
         yield ranks
@@ -104,6 +116,8 @@ def process_group() -> Iterator[Ranks]:
 
 def rank_device(name: str, ranks: Ranks) -> torch.device:
     """`resolve_device(name)`, except that under torchrun a GPU run takes cuda:LOCAL_RANK."""
+    import torch
+
     device = resolve_device(name)
     return torch.device("cuda", ranks.local_rank) if device.type == "cuda" and ranks.world > 1 else device
 
@@ -117,6 +131,8 @@ def train_device(name: str) -> torch.device:
 def is_main_process() -> bool:
     """True on rank 0 of a torchrun job and in a plain (single-process) run: the process that
     writes curves, checkpoints and stage outputs."""
+    import torch
+
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0
     return env_ranks().rank == 0

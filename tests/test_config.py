@@ -351,3 +351,30 @@ def test_check_params_fails_on_any_bad_name(base, tmp_path, edits, error, messag
     """A bad name anywhere fails whichever stage runs first, before it does any work."""
     with pytest.raises(error, match=message):
         check_params(edited(base, tmp_path, **edits))
+
+
+def test_choices_declared_in_config_match_the_implementations() -> None:
+    """config declares the closed choices it checks (so that loading params imports no torch); the modules
+    that implement them must offer exactly those."""
+    import torch
+
+    from pipeline import config, families, losses, msd, retrieval
+
+    assert config.DISTANCES == tuple(losses.DISTANCES.names())
+    assert set(families.WEIGHTINGS) == set(msd.WEIGHTINGS.names())
+    emb = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    outputs = {"audio_emb": emb, "visual_emb": emb.flip(0), "audio_logits": torch.randn(4, 2),
+               "visual_logits": torch.randn(4, 2)}
+    for objective in config.OBJECTIVES:  # every declared objective is implemented
+        assert torch.isfinite(retrieval.retrieval_loss(outputs, torch.tensor([0, 1, 0, 1]), objective)["loss"])
+
+
+def test_loading_params_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.config import check_params; check_params(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'open_clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_PARAMS.parent, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

@@ -67,7 +67,8 @@ def test_only_rank_0_logs(runs: dict[str, dict]) -> None:
 
 @pytest.fixture(scope="module")
 def stage_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small project with its features extracted, dropout off (dropout masks differ per rank)."""
+    """A small project with its features extracted, dropout and modality dropout off (their masks differ per
+    rank)."""
     from conftest import small_params, write_project
 
     from pipeline import extract, generate, prepare, teacher
@@ -75,6 +76,7 @@ def stage_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = small_params()
     params["seeds"] = [0]
     params["teacher"]["dropout"] = 0.0
+    params["teacher"]["modality_dropout"] = 0.0
     params["distill"]["student"]["dropout"] = 0.0
     root = write_project(tmp_path_factory.mktemp("ddp_stages") / "project", params)
     with pytest.MonkeyPatch.context() as mp:
@@ -87,7 +89,7 @@ def stage_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("stage", [["pipeline.teacher"], ["pipeline.distill", "videoadviser"]],
+@pytest.mark.parametrize("stage", [["pipeline.teacher"], ["pipeline.distill", "va-videoadviser"]],
                          ids=["teacher", "distill"])
 def test_stage_under_torchrun_matches_one_process(stage_project: Path, stage: list[str]) -> None:
     """The same global batch: two gloo processes train the same model as one (rank 0 writes)."""

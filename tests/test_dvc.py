@@ -1,5 +1,5 @@
 """The DVC contract, run as a user would: `dvc repro` on a fresh small project (two seeds, three
-methods: fewer processes than the default, the same DAG), a second `dvc repro` that does
+students: fewer processes than the default, the same DAG), a second `dvc repro` that does
 nothing, an experiment on a distill parameter that re-runs only distill/evaluate/report,
 `dvc metrics show` listing every model with the mean and std of the eight metrics, and the
 report."""
@@ -18,7 +18,8 @@ from conftest import small_params, write_project
 
 from pipeline.metrics import METRIC_NAMES
 
-METHODS = ["none", "videoadviser", "msd-learned"]
+METHODS = ["va-none", "va-videoadviser", "msd-learned"]
+MODELS = ["teacher", "teacher_self", "floor", *METHODS]
 
 
 def sh(*args: str, cwd: Path) -> str:
@@ -44,7 +45,7 @@ def init_repo(root: Path) -> Path:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = small_params()
     params["seeds"] = [0, 1]
-    params["distill"]["methods"] = METHODS
+    params["distill"]["students"] = METHODS
     root = init_repo(write_project(tmp_path_factory.mktemp("dvc") / "project", params, with_code=True))
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "project", cwd=root)  # a clone has commits (dvclive needs one)
@@ -64,7 +65,7 @@ def test_metrics_show_lists_every_model_with_all_metrics(repo: Path) -> None:
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo))
     files = next(iter(shown.values()))["data"]
     names = {Path(path).stem: entry["data"] for path, entry in files.items()}
-    assert set(names) == {"teacher", *METHODS}
+    assert set(names) == set(MODELS)
     for metrics in names.values():
         assert list(metrics["mean"]) == list(METRIC_NAMES) and list(metrics["std"]) == list(METRIC_NAMES)
         assert list(metrics["seeds"]) == ["0", "1"]
@@ -72,15 +73,16 @@ def test_metrics_show_lists_every_model_with_all_metrics(repo: Path) -> None:
 
 def test_report_lists_every_model(repo: Path) -> None:
     text = (repo / "reports" / "synthetic_sentiment" / "report.md").read_text()
-    for name in ("teacher", *METHODS):
+    for name in METHODS:
         assert f"| {name} " in text
+    assert "| teacher (all modalities) " in text and "| floor (linear) " in text
 
 
 def test_plots_show_renders_every_curve(repo: Path) -> None:
     shown = json.loads(sh("dvc", "plots", "show", "--json", cwd=repo))
     assert not shown.get("errors"), shown.get("errors")
     files = set(shown["data"])
-    for name in ("teacher", *(f"student_{m}" for m in METHODS)):
+    for name in ("teacher", "teacher_self", *(f"student_{m}" for m in METHODS)):
         for seed in (0, 1):
             assert f"dvclive/synthetic_sentiment/{name}/seed_{seed}/plots/metrics/valid/mae.tsv" in files
     assert "dvclive/synthetic_sentiment/student_msd-learned/seed_0/plots/metrics/train/w_text.tsv" in files
@@ -88,9 +90,9 @@ def test_plots_show_renders_every_curve(repo: Path) -> None:
 
 def test_distill_param_experiment_skips_upstream_stages(repo: Path) -> None:
     out = sh("dvc", "exp", "run", "-S", "distill.train.lr=0.002", cwd=repo)
-    for stage in ("prepare", "extract@video", "extract@audio", "extract@text", "teacher"):
+    for stage in ("prepare", "extract@video", "extract@audio", "extract@text", "teacher", "floor"):
         assert f"Stage '{stage}' didn't change, skipping" in out
-    for stage in [f"{s}@{m}" for s in ("distill", "evaluate") for m in METHODS] + ["report"]:
+    for stage in [f"distill@{m}" for m in METHODS] + ["evaluate", "report"]:
         assert f"Running stage '{stage}'" in out
     assert "Running stage 'teacher'" not in out
 
@@ -100,9 +102,10 @@ def test_switching_dataset_runs_retrieval_and_switching_back_recomputes_nothing(
     default's outputs stay in the DVC cache (and run-cache) and come back without running anything."""
     before = {p: p.read_bytes() for p in sorted((repo / "metrics" / "synthetic_sentiment").glob("*.json"))}
     out = sh("dvc", "exp", "run", "-S", "dataset=synthetic_av", "-S", "seeds=[0]", cwd=repo)
-    for stage in ("prepare", "extract@video", "teacher", *(f"distill@{m}" for m in METHODS), "report"):
+    for stage in ("prepare", "extract@video", "teacher", "floor", *(f"distill@{m}" for m in METHODS), "evaluate",
+                  "report"):
         assert f"Running stage '{stage}'" in out
-    for name in ("teacher", *METHODS):
+    for name in MODELS:
         metrics = json.loads((repo / "metrics" / "synthetic_av" / f"{name}.json").read_text())
         assert list(metrics["mean"]) == ["map_a2v", "map_v2a", "map_mean"] and list(metrics["seeds"]) == ["0"]
         assert 0.0 < metrics["mean"]["map_mean"] <= 1.0
