@@ -89,7 +89,15 @@ from .retrieval import (
     retrieval_metrics,
     save_retrieval_student,
 )
-from .runtime import is_main_process, process_group, seed_everything, setup_logging, stage, train_device
+from .runtime import (
+    is_main_process,
+    process_group,
+    run_seeds,
+    seed_everything,
+    setup_logging,
+    stage,
+    train_device,
+)
 from .teacher import SELF_TEACHER, TEACHER, read_teacher_predictions
 from .training import StepHook, fit
 
@@ -578,9 +586,11 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
                                   params.student.audio_tokens) if kind != "text" else None)
         splits = manifest["split"].to_numpy()
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
-        for seed, preds_path in zip(seeds, preds, strict=True):
+
+        def train(seed: int) -> None:
             seed_everything(seed)
-            teacher = read_teacher_predictions(manifest, preds_path)
+            teacher = read_teacher_predictions(manifest, paths.teacher_predictions(dataset, seed,
+                                                                                   teacher_of(student.method)))
             provenance = {"student": name, "family": student.family.name, "method": student.method,
                           "teacher": teacher_of(student.method), "params": to_dict(params), "seed": seed,
                           "dataset": dataset}
@@ -592,11 +602,13 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
                                            {**provenance, "classes": features.classes, "best": best,
                                             "video_tokens": params.student.video_tokens,
                                             "audio_tokens": params.student.audio_tokens})
-                continue
+                return
             model, tokenizer, best = train_student(student, texts, labels, splits, teacher, features, params, seed,
                                                    dataset)
             if is_main_process():
                 save_student(paths.student_dir(dataset, name, seed), model, tokenizer, {**provenance, "best": best})
+
+        run_seeds(train, seeds, params.train.device)
 
 
 def main(argv: list[str] | None = None) -> None:

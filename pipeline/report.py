@@ -75,7 +75,7 @@ METRIC_LABELS: dict[str, str] = {  # the papers' column names
 SHORT_LABELS: dict[str, str] = {"map_mean": "mAP"}  # in sentences and axis labels, where no qualifier is needed
 CURVE_LABELS: dict[str, str] = {"valid/mae": "Validation MAE", "valid/map": "Validation mAP"}
 EFFICIENCY_KEYS = ("params", "latency_ms_b1", "latency_ms_batched", "batch_size", "device", "inputs")
-MODEL_LABELS = {TEACHER: "teacher (all modalities)", SELF_TEACHER: "teacher_self (control: text only)",
+MODEL_LABELS = {TEACHER: "teacher (all modalities)", SELF_TEACHER: "teacher_self (control: the va student's inputs)",
                 FLOOR: "floor (linear)"}
 MISSING = {  # the missing-modality evaluation: what is missing -> the teacher's subset that remains
     "nothing": "video+audio+text", "video": "audio+text", "audio": "video+text", "video and audio": "text"}
@@ -305,7 +305,8 @@ def read_teachers(dataset: str, seeds: Sequence[int]) -> TeacherRecords:
             pooled[m].append(np.asarray(columns[f"saliency_{m}"], dtype=np.float64)[train])
         _collect(subsets, config["subset_metrics"])
         _, self_config = read_table(paths.teacher_predictions(dataset, seed, SELF_TEACHER), stage="teacher")
-        _collect(self_subsets, self_config.get("subset_metrics", {}))
+        if self_config.get("name") == SELF_TEACHER:  # not a copy of the teacher (retrieval: the same model)
+            _collect(self_subsets, self_config.get("subset_metrics", {}))
     return TeacherRecords(population, {m: np.concatenate(v) for m, v in pooled.items()},
                           str(config.get("teacher", {}).get("saliency", "unknown")), subsets, self_subsets,
                           config.get("teacher", {}))

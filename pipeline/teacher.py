@@ -78,7 +78,15 @@ from .features import FeatureArrays, feature_files, load_features
 from .losses import classification_loss, task_loss, teacher_loss
 from .metrics import METRIC_SETS
 from .models import MODALITIES, PromptTeacher, TeacherConfig, modality_dropout, only_modality, save_teacher
-from .runtime import is_main_process, process_group, seed_everything, setup_logging, stage, train_device
+from .runtime import (
+    is_main_process,
+    process_group,
+    run_seeds,
+    seed_everything,
+    setup_logging,
+    stage,
+    train_device,
+)
 from .store import read_table, write_table
 from .training import fit
 
@@ -354,7 +362,8 @@ def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractP
         task = DATASETS.get(dataset).task
         available = tuple(m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any()))
         own = tuple(m for m in SELF_MODALITIES[task] if m in available)
-        for seed in seeds:
+
+        def both(seed: int) -> None:
             train_one_seed(data, labels, splits, params, seed, dataset, task, TEACHER)
             if own == available and is_main_process():  # the student sees all the teacher sees: same model
                 log.info("%s: the `self` student sees every modality the teacher sees (%s): %s is a copy of %s",
@@ -362,6 +371,8 @@ def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractP
                 copy_teacher(dataset, seed)
             elif own != available:
                 train_one_seed(restricted(data, own), labels, splits, params, seed, dataset, task, SELF_TEACHER)
+
+        run_seeds(both, seeds, params.train.device)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -72,11 +72,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from dvclive import Live
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-
-from dvclive import Live
 
 from .config import TrainParams
 from .runtime import Ranks, Throughput, init_ranks

@@ -182,7 +182,7 @@ def test_report_shows_both_families_controls_limits_and_missing_modalities(chain
     text = (chain / paths.report_dir(DS) / "report.md").read_text()
     for name in METHODS:
         assert f"| {name} " in text and f"`{name}`" in text
-    for row in ("teacher (all modalities)", "teacher_self (control: text only)", "floor (linear)",
+    for row in ("teacher (all modalities)", "teacher_self (control: the va student's inputs)", "floor (linear)",
                 "teacher, video missing", "teacher, video and audio missing"):
         assert f"| {row} " in text
     for heading in ("## Known limits of the synthetic data", "## The teacher given each subset of its modalities",

@@ -98,7 +98,8 @@ def _teacher_tables(dataset: str, seeds: list[int], rng: np.random.Generator, ta
                             "modalities": available})
         own = "text" if task == "sentiment" else "video+audio"
         write_table(paths.teacher_predictions(dataset, s, "teacher_self"), {**common, "reg": rng.normal(size=n)},
-                    config={"seed": s, "subset_metrics": {own: subsets[own]}, "modalities": own.split("+")})
+                    config={"seed": s, "subset_metrics": {own: subsets[own]}, "modalities": own.split("+"),
+                            "name": "teacher_self" if task == "sentiment" else "teacher"})
     return population
 
 
@@ -210,7 +211,7 @@ def test_family_tables_show_mean_and_std_over_seeds(workdir: Path) -> None:
             assert cells[9] == f"{inputs[name]['efficiency']['params']:,}"
         for reference in ("teacher (all modalities)", "floor (linear)"):
             _row(md, reference, section)
-    _row(md, "teacher_self (control: text only)", "## VideoAdviser family")
+    _row(md, "teacher_self (control: the va student's inputs)", "## VideoAdviser family")
     assert "va-none" not in md.split("## MSD family", 1)[1].split("\n## ", 1)[0]  # each family its own table
 
 

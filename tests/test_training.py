@@ -222,3 +222,43 @@ def test_step_hook_runs_once_per_optimizer_step_with_the_whole_batch(tmp_path: P
         assert len(seen) == 3 * 3  # 3 epochs x ceil(10 / 4) steps
         assert [len(s) for s in seen[:3]] == [4, 4, 2] and sorted(sum(seen[:3], [])) == list(range(10))
         assert curve(tmp_path, f"h{accum}", "train/hooked") == pytest.approx([10 / 3] * 3)
+
+
+# --------------------------------------------------------------------------- seeds in parallel processes
+
+
+def test_run_seeds_runs_every_seed_once(tmp_path: Path) -> None:
+    import os
+
+    from pipeline.runtime import run_seeds, seed_workers
+
+    def train(seed: int) -> None:
+        torch.manual_seed(seed)
+        (tmp_path / f"seed_{seed}.txt").write_text(f"{os.getpid()} {torch.get_num_threads()} {torch.rand(1).item()}")
+
+    run_seeds(train, [0, 1, 2], "cpu")
+    done = {int(p.stem.split("_")[1]): p.read_text().split() for p in tmp_path.glob("seed_*.txt")}
+    assert sorted(done) == [0, 1, 2]
+    workers = seed_workers(3, "cpu")
+    pids = {v[0] for v in done.values()}
+    assert len(pids) == workers and (workers == 1) == (pids == {str(os.getpid())})
+    for seed, (_, _, value) in done.items():  # each seed is drawn from its own seed, whichever worker ran it
+        torch.manual_seed(seed)
+        assert float(value) == pytest.approx(torch.rand(1).item())
+
+
+def test_run_seeds_names_the_seeds_of_a_failed_worker(tmp_path: Path) -> None:
+    from pipeline.runtime import run_seeds, seed_workers
+
+    def train(seed: int) -> None:
+        if seed == 1:
+            raise ValueError("seed 1 is broken")
+        (tmp_path / f"seed_{seed}.txt").write_text("ok")
+
+    if seed_workers(2, "cpu") == 1:
+        with pytest.raises(ValueError, match="seed 1 is broken"):
+            run_seeds(train, [0, 1], "cpu")
+    else:
+        with pytest.raises(RuntimeError, match=r"worker of seeds \[\[1\]\]"):
+            run_seeds(train, [0, 1], "cpu")
+    assert (tmp_path / "seed_0.txt").read_text() == "ok"  # the other seed finished and is kept
