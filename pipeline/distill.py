@@ -59,7 +59,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from tokenizers import ByteLevelBPETokenizer
+from tokenizers.processors import RobertaProcessing
 from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
 
 from . import paths
 from .config import (
@@ -75,8 +78,8 @@ from .config import (
     to_dict,
 )
 from .datasets import DATASETS, read_manifest
+from .families import MSD_PREFIX, Student, parse_student
 from .families import WEIGHTINGS as WEIGHTING_NAMES
-from .families import Student, parse_student
 from .features import FeatureArrays, load_features
 from .losses import kd_loss, logit_regression_loss, msd_kd_loss, msd_loss, task_loss, videoadviser_loss
 from .models import MODALITIES, STUDENTS, StudentConfig, TextStudent, only_modality, save_student
@@ -115,10 +118,6 @@ Batch = dict[str, torch.Tensor]
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int):
     """A RoBERTa-style byte-level BPE tokenizer trained on `texts` (offline default)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import RobertaProcessing
-    from transformers import PreTrainedTokenizerFast
-
     bpe = ByteLevelBPETokenizer()
     order = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's special-token ids 0..4
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=order, show_progress=False)
@@ -132,8 +131,6 @@ def build_student(params: StudentParams, kind: str, train_texts: list[str], num_
     RoBERTa. A multimodal student takes its feature sizes from `features`. `second_order` (msd-learned's
     look-ahead differentiates through a gradient) selects the eager attention, since the fused CPU attention
     kernels have no double backward."""
-    from transformers import AutoModel, AutoTokenizer, RobertaConfig, RobertaModel
-
     config = StudentConfig(num_classes=num_classes, head_hidden=params.head_hidden, dropout=params.dropout,
                            max_length=params.max_length, kind=kind)
     if kind == "multimodal":
@@ -206,7 +203,7 @@ MethodLoss = Callable[[dict[str, torch.Tensor], Batch, DistillParams], tuple[tor
 METHODS: Registry[MethodLoss] = Registry("distillation method")  # sentiment: text and multimodal students
 RETRIEVAL_METHODS: Registry[MethodLoss] = Registry("distillation method (retrieval)")
 METHOD_TEACHER = {"self": SELF_TEACHER}  # the teacher whose predictions a method reads; default TEACHER
-MSD_PREFIX = "msd-"
+
 
 
 @METHODS.register("none")

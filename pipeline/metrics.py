@@ -144,7 +144,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
 
 from . import retrieval  # retrieval imports config and losses, never this module: no cycle
 from .config import Registry
@@ -220,6 +219,8 @@ def _multiclass_acc(pred: np.ndarray, y: np.ndarray, bound: float) -> float:
 def _binary(truth: np.ndarray, preds: np.ndarray) -> tuple[float, float]:
     """(accuracy, weighted F1) of boolean arrays; labels (truth) first as in MMSA."""
     acc = float(np.mean(truth == preds))
+    from sklearn.metrics import f1_score  # here: the stages that only declare metrics do not pay its import
+
     f1 = float(f1_score(truth, preds, average="weighted", zero_division=0))
     return acc, f1
 
@@ -274,6 +275,8 @@ def sims_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     values = {"mae": float(np.mean(np.abs(p - t))), "corr": _pearson(p, t)}
     for name, edges in SIMS_EDGES.items():
         values[name] = float(np.mean(_sims_bins(p, edges) == _sims_bins(t, edges)))
+    from sklearn.metrics import f1_score
+
     values["f1"] = float(f1_score(_sims_bins(t, SIMS_EDGES["acc2"]), _sims_bins(p, SIMS_EDGES["acc2"]),
                                   average="weighted", zero_division=0))
     return {name: values[name] for name in SIMS_METRIC_NAMES}

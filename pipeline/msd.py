@@ -5,7 +5,7 @@ The student's objective (distill.py's `msd-<weighting>` methods; losses.msd_loss
 
     L = |S(x) - y| + alpha * KD_T(c_S, c_T) + sum_{m in M_S} w_m(x) * D(S(x_m), r_T^m)
 
-with M_T = models.MODALITIES = (video, audio, text) the teacher's modalities, M_S the student's,
+with M_T = config.MODALITIES = (video, audio, text) the teacher's modalities, M_S the student's,
 r_T^m the teacher's output with only m kept and s_m(x) (N, |M_T|) the teacher's saliency of m
 (teacher.py: |r_T(x) - r_T(x without m)|, or with teacher.saliency=loss the rise of the teacher's
 L1 loss without m, which can be negative). This module turns saliencies into the weights w:
@@ -20,14 +20,20 @@ L1 loss without m, which can be negative). This module turns saliencies into the
                 a negative loss saliency (removing m helps the teacher) gets a smaller weight.
                 Uniform when sbar = 0.
     learned     w = softmax(phi), phi_0 = log(population weights), updated by a one-step
-                look-ahead meta-gradient on the validation loss (L2RW: Ren et al., "Learning to
+                look-ahead meta-gradient on a held-out meta set (L2RW: Ren et al., "Learning to
                 Reweight Examples for Robust Deep Learning", ICML 2018; Meta-Weight-Net: Shu et
-                al., NeurIPS 2019), for a training batch and a validation batch:
+                al., NeurIPS 2019), once per optimizer step, for the step's training batch and a
+                batch of the meta set:
                     theta' = theta - eta * grad_theta L_train(theta, softmax(phi))
-                    g      = grad_phi L_valid(theta')       (second order, through theta')
+                    g      = grad_phi L_meta(theta')        (second order, through theta')
                     phi   <- phi - beta * g                  (g averaged over ranks under DDP)
-                eta = lookahead_lr, beta = meta_lr; L_valid is the student's task loss. The
-                model's real update then uses the new weights, detached (MetaWeights).
+                eta = lookahead_lr, beta = meta_lr; L_meta is the student's task loss. The
+                model's real update then uses the new weights, detached (MetaWeights). The meta
+                set is carved from the training (or validation) split and is never the set the
+                model is selected on (distill.carve_meta_set); distill runs the step from the
+                training loop's step hook, on the whole batch, so gradient accumulation does not
+                change it. Under DDP each rank steps on its shard and the meta-gradients are
+                averaged: equal to the whole batch's to first order in eta.
 
 Every weighting is defined over all teacher modalities and sums to 1 over M_T, so the total
 auxiliary weight is comparable across weightings and across students. A student then uses the
@@ -207,7 +213,8 @@ class MetaWeights:
              valid_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, float]:
         """One meta-update of phi. train_loss(params, w) -> scalar: the full training objective on a
         training batch with weights w (M,) (not detached: it must depend on w, e.g. via
-        the distill method's loss); valid_loss(params) -> scalar: the task loss on a validation batch.
+        the distill method's loss); valid_loss(params) -> scalar: the task loss on a batch of the meta set
+        (held out from training and from model selection).
         Both evaluate the model with the given parameter dict (functional_forward). The model's own
         parameters and .grad are not changed. Returns train_loss, valid_loss (at theta'),
         phi_grad_norm and w_<name> (after the update).
