@@ -605,7 +605,7 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
             if is_main_process():
                 save_student(paths.student_dir(dataset, name, seed), model, tokenizer, {**provenance, "best": best})
 
-        run_seeds(train, seeds, params.train.device)
+        run_seeds(train, seeds, params.train.device, per_core=2)  # tiny students: two processes per core
 
 
 def main(argv: list[str] | None = None) -> None:

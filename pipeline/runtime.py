@@ -141,18 +141,19 @@ def is_main_process() -> bool:
 # --------------------------------------------------------------------------- seeds in parallel
 
 
-def seed_workers(n_seeds: int, device: str) -> int:
-    """How many processes `run_seeds` uses: one per seed, up to twice the CPU cores this process may use, on
-    a CPU run with more than one core outside torchrun (a GPU, or each torchrun rank, trains one seed at a
-    time). Two processes per core at most: the tiny models of the default leave a core idle between
-    their small operations, and 3 seeds on 2 cores take 1.5 seeds' time instead of 2."""
+def seed_workers(n_seeds: int, device: str, per_core: int = 1) -> int:
+    """How many processes `run_seeds` uses: one per seed, up to `per_core` per CPU core this process may
+    use, on a CPU run with more than one core outside torchrun (a GPU, or each torchrun rank, trains one
+    seed at a time). Two per core suit models so small that a process leaves its core idle between
+    operations (the students: 3 seeds on 2 cores take 1.5 seeds' time instead of 2); one per core suits
+    the compute-bound ones (the teacher)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if n_seeds < 2 or cores < 2 or env_ranks().world > 1 or resolve_device(device).type != "cpu":
         return 1
-    return min(n_seeds, 2 * cores)
+    return min(n_seeds, per_core * cores)
 
 
-def run_seeds(train: Callable[[int], None], seeds: Sequence[int], device: str) -> None:
+def run_seeds(train: Callable[[int], None], seeds: Sequence[int], device: str, per_core: int = 1) -> None:
     """train(seed) for every seed. On a CPU with several cores, the seeds run in `seed_workers` forked
     processes, each with max(1, threads // workers) torch threads and its seeds in order (seed i goes to
     worker i mod W): the tiny models of the default gain little from a second intra-op thread and much
@@ -160,7 +161,7 @@ def run_seeds(train: Callable[[int], None], seeds: Sequence[int], device: str) -
     its own resumable checkpoint, so the result of a seed does not depend on which worker ran it (for
     a given number of threads per worker). A failed seed fails the stage, naming it; the other
     workers' finished seeds are kept (their outputs and checkpoints are on disk)."""
-    workers = seed_workers(len(seeds), device)
+    workers = seed_workers(len(seeds), device, per_core)
     if workers == 1:
         for seed in seeds:
             train(seed)

@@ -236,10 +236,10 @@ def test_run_seeds_runs_every_seed_once(tmp_path: Path) -> None:
         torch.manual_seed(seed)
         (tmp_path / f"seed_{seed}.txt").write_text(f"{os.getpid()} {torch.get_num_threads()} {torch.rand(1).item()}")
 
-    run_seeds(train, [0, 1, 2], "cpu")
+    run_seeds(train, [0, 1, 2], "cpu", per_core=2)
     done = {int(p.stem.split("_")[1]): p.read_text().split() for p in tmp_path.glob("seed_*.txt")}
     assert sorted(done) == [0, 1, 2]
-    workers = seed_workers(3, "cpu")
+    workers = seed_workers(3, "cpu", per_core=2)
     pids = {v[0] for v in done.values()}
     assert len(pids) == workers and (workers == 1) == (pids == {str(os.getpid())})
     for seed, (_, _, value) in done.items():  # each seed is drawn from its own seed, whichever worker ran it
