@@ -229,11 +229,14 @@ class TrainParams:
     grad_accum: int  # micro-batches per optimizer step (the global batch is split, not multiplied)
     checkpoint_every: int  # optimizer steps between resumable checkpoints; 0 = only at the end of an epoch
     patience: int = 0  # early stopping: stop after this many epochs without a better validation value; 0 = never
+    min_epochs: int = 0  # early stopping never stops before this many epochs (a model's initial plateau)
 
     def __post_init__(self) -> None:
         check_choice("train.precision", self.precision, PRECISIONS)
         if self.patience < 0:
             raise ConfigError(f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
+        if not 0 <= self.min_epochs <= self.epochs:
+            raise ConfigError(f"train.min_epochs must be in [0, epochs={self.epochs}], got {self.min_epochs}")
         if self.grad_accum < 1 or self.batch_size < self.grad_accum:
             raise ConfigError(f"train: need 1 <= grad_accum <= batch_size, got grad_accum={self.grad_accum}, "
                               f"batch_size={self.batch_size}")

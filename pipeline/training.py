@@ -37,8 +37,10 @@ Scale (params `train.*`, see `TrainParams`):
 - **Validation** runs on every rank on the unwrapped model; rank 0's value is broadcast so that
   every rank selects the same best epoch. Only rank 0 writes curves and checkpoints.
 - **Early stopping.** With `patience` P > 0, training stops after the first epoch that ends P
-  epochs after the best one (no better validation value in P epochs); the best epoch's weights
-  are restored as always. The learning-rate schedule is planned over `epochs` either way, so a
+  epochs after the best one (no better validation value in P epochs), but never before
+  `min_epochs` epochs: a model that sits on an initial plateau (the text student predicts a
+  constant for its first 3-5 epochs on the default data) must not be stopped there. The best
+  epoch's weights are restored as always. The learning-rate schedule is planned over `epochs` either way, so a
   run stopped early followed the same schedule as a full one up to its last epoch.
 - **Step hook.** `step_hook(model, shard)` runs once per optimizer step, before the step's
   micro-batches, on every rank, with the unwrapped model and this rank's whole shard of the
@@ -366,7 +368,8 @@ def _fit(model: nn.Module, trained: list[nn.Parameter], n_train: int, get_batch:
         bar = tqdm(range(progress["epoch"], epochs), desc=desc, unit="epoch", total=epochs, initial=progress["epoch"],
                    disable=not main)
         for epoch in bar:
-            if params.patience and epoch - 1 - progress["best"]["epoch"] >= params.patience:  # here: on resume too
+            if (params.patience and epoch >= params.min_epochs  # checked here: on resume too
+                    and epoch - 1 - progress["best"]["epoch"] >= params.patience):
                 if main:
                     log.info("%s: no better valid %s in the %d epochs after epoch %d; stopping early after epoch %d",
                              desc, valid_metric, params.patience, progress["best"]["epoch"], epoch - 1)

@@ -31,8 +31,8 @@ def small_params() -> dict:
     params["extract"]["video"]["frames"] = 4
     params["teacher"]["video_tokens"] = 4
     params["extract"]["audio"]["n_mels"] = 32
-    params["teacher"]["train"].update(epochs=3, batch_size=8)
-    params["distill"]["train"].update(epochs=2, batch_size=8)
+    params["teacher"]["train"].update(epochs=3, batch_size=8, min_epochs=0)
+    params["distill"]["train"].update(epochs=2, batch_size=8, min_epochs=0)
     params["distill"]["student"].update(hidden_size=32, intermediate_size=64, vocab_size=300, max_length=32)
     return params
 

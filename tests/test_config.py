@@ -147,7 +147,8 @@ def test_unknown_nested_key_rejected_with_dotted_location(base, tmp_path):
     path = edited(base, tmp_path, teacher__train__lrr=0.1)
     with pytest.raises(ConfigError, match=r"teacher\.train: unknown keys \['lrr'\]\. Valid keys: "
                                           r"\['batch_size', 'checkpoint_every', 'device', 'epochs', 'grad_accum', "
-                                          r"'lr', 'patience', 'precision', 'warmup', 'weight_decay'\]"):
+                                          r"'lr', 'min_epochs', 'patience', 'precision', 'warmup', "
+                                          r"'weight_decay'\]"):
         load_section("teacher", path)
 
 

@@ -195,9 +195,27 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_family_tables_show_mean_and_std_over_seeds(workdir: Path) -> None:
-    inputs = make_inputs(DS, STUDENTS, SEEDS)
-    md = report.run(DS, STUDENTS, SEEDS, PARAMS).read_text()
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One sentiment report (both families, limits) written once for the tests that only read it."""
+    root = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        inputs = make_inputs(DS, STUDENTS, SEEDS)
+        report.run(DS, STUDENTS, SEEDS, PARAMS)
+    return root, inputs
+
+
+@pytest.fixture
+def written(made: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> tuple[str, dict]:
+    """(report.md, the inputs) of `made`, with its folder as the working directory."""
+    root, inputs = made
+    monkeypatch.chdir(root)
+    return (paths.report_dir(DS) / "report.md").read_text(), inputs
+
+
+def test_family_tables_show_mean_and_std_over_seeds(written: tuple[str, dict]) -> None:
+    md, inputs = written
     assert md.startswith(f"# Report: {DS}") and "seeds: 0, 1, 2" in md
     header = _row(md, "Model", "## VideoAdviser family")
     assert header[1:9] == ["MAE", "Corr", "Acc-7", "Acc-5", "Acc-2 (has0)", "F1 (has0)", "Acc-2 (non0)", "F1 (non0)"]
@@ -215,9 +233,8 @@ def test_family_tables_show_mean_and_std_over_seeds(workdir: Path) -> None:
     assert "va-none" not in md.split("## MSD family", 1)[1].split("\n## ", 1)[0]  # each family its own table
 
 
-def test_comparisons_pool_seeds_per_clip_with_intervals_and_holm(workdir: Path) -> None:
-    make_inputs(DS, STUDENTS, SEEDS)
-    md = report.run(DS, STUDENTS, SEEDS, PARAMS).read_text()
+def test_comparisons_pool_seeds_per_clip_with_intervals_and_holm(written: tuple[str, dict]) -> None:
+    md, _ = written
     section = "### Against `va-none`"
     scores = {n: _errors(n, SEEDS) for n in ("va-none", "va-kd", "va-self", "va-videoadviser")}
     expected = stats.compare_family(scores, "va-none", higher_is_better=False, metric="MAE", confidence=0.95,
@@ -234,9 +251,8 @@ def test_comparisons_pool_seeds_per_clip_with_intervals_and_holm(workdir: Path) 
     assert _row(md, "`va-self`", section)[5] == "no"  # noise around va-none: it does not
 
 
-def test_controls_self_and_floor_are_compared(workdir: Path) -> None:
-    make_inputs(DS, STUDENTS, SEEDS)
-    md = report.run(DS, STUDENTS, SEEDS, PARAMS).read_text()
+def test_controls_self_and_floor_are_compared(written: tuple[str, dict]) -> None:
+    md, _ = written
     control = stats.compare(_errors("va-videoadviser", SEEDS), _errors("va-self", SEEDS), False,
                             method="va-videoadviser", baseline="va-self", metric="MAE", n_resamples=500)
     assert f"- {control.sentence()}" in md
@@ -246,9 +262,8 @@ def test_controls_self_and_floor_are_compared(workdir: Path) -> None:
     assert "## Summary" in md and control.sentence() in md.split("## Summary", 1)[1].split("\n## ", 1)[0]
 
 
-def test_limits_and_the_gap_each_method_closes(workdir: Path) -> None:
-    inputs = make_inputs(DS, STUDENTS, SEEDS)
-    md = report.run(DS, STUDENTS, SEEDS, PARAMS).read_text()
+def test_limits_and_the_gap_each_method_closes(written: tuple[str, dict]) -> None:
+    md, inputs = written
     limit = inputs["limits"]
     assert _row(md, "text", "## Known limits")[2] == f"{limit['text']:.3f}"
     none, kd = (inputs[n]["mean"]["mae"] for n in ("va-none", "va-kd"))
@@ -261,9 +276,8 @@ def test_limits_and_the_gap_each_method_closes(workdir: Path) -> None:
     assert _row(md, "text", "## The teacher given")[-1] == f"{limit['text']:.3f}"
 
 
-def test_missing_modality_table_figure_and_comparison(workdir: Path) -> None:
-    inputs = make_inputs(DS, STUDENTS, SEEDS)
-    md = report.run(DS, STUDENTS, SEEDS, PARAMS).read_text()
+def test_missing_modality_table_figure_and_comparison(written: tuple[str, dict]) -> None:
+    md, inputs = written
     section = "## Missing modalities at test time"
     given = inputs["teacher"]["given"]
     for label, subset in (("teacher, video missing", "audio+text"), ("teacher, audio missing", "video+text"),
@@ -278,9 +292,8 @@ def test_missing_modality_table_figure_and_comparison(workdir: Path) -> None:
     assert _valid_png(paths.report_dir(DS) / "missing_modality.png")[0] > 100
 
 
-def test_teacher_quality_given_each_subset(workdir: Path) -> None:
-    make_inputs(DS, STUDENTS, SEEDS)
-    md = report.run(DS, STUDENTS, SEEDS, PARAMS).read_text()
+def test_teacher_quality_given_each_subset(written: tuple[str, dict]) -> None:
+    md, _ = written
     from pipeline.store import read_table
 
     values = [read_table(paths.teacher_predictions(DS, s), "teacher")[1]["subset_metrics"]["video+text"]["test"]["mae"]
@@ -293,9 +306,8 @@ def test_teacher_quality_given_each_subset(workdir: Path) -> None:
     _row(md, "text (teacher_self, trained on it alone)", "## The teacher given")
 
 
-def test_figures_are_written(workdir: Path) -> None:
-    make_inputs(DS, STUDENTS, SEEDS)
-    md = report.run(DS, STUDENTS, SEEDS, PARAMS).read_text()
+def test_figures_are_written(written: tuple[str, dict]) -> None:
+    md, _ = written
     for figure in ["efficiency.png", "saliency.png", "curves.png", "missing_modality.png", "msd_weights.png"]:
         assert f"]({figure})" in md
         width, height = _valid_png(paths.report_dir(DS) / figure)

@@ -212,7 +212,7 @@ def test_step_hook_runs_once_per_optimizer_step_with_the_whole_batch(tmp_path: P
     for accum in (1, 2):
         seen: list[list[int]] = []
 
-        def hook(m: nn.Module, shard: torch.Tensor) -> dict[str, float]:
+        def hook(m: nn.Module, shard: torch.Tensor, seen: list[list[int]] = seen) -> dict[str, float]:
             assert isinstance(m, nn.Sequential)  # the model itself (not a DDP wrapper)
             seen.append(sorted(shard.tolist()))
             return {"hooked": float(len(shard))}
@@ -262,3 +262,16 @@ def test_run_seeds_names_the_seeds_of_a_failed_worker(tmp_path: Path) -> None:
         with pytest.raises(RuntimeError, match=r"worker of seeds \[\[1\]\]"):
             run_seeds(train, [0, 1], "cpu")
     assert (tmp_path / "seed_0.txt").read_text() == "ok"  # the other seed finished and is kept
+
+
+def test_no_early_stop_before_min_epochs(tmp_path: Path) -> None:
+    """A plateau at the start (the best value at epoch 0, then no better one): patience 2 alone would stop
+    after epoch 2; min_epochs 5 keeps training until 5 epochs have run, and then it stops."""
+    values = iter([0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6])
+    model = mlp()
+    x, y = data(20)
+    params = dataclasses.replace(PARAMS, epochs=8, patience=2, min_epochs=5)
+    best = fit(model, model.parameters(), n_train=20, get_batch=lambda i: {"x": x[i], "y": y[i]},
+               loss_fn=lambda m, b: (F.mse_loss(m(b["x"]).squeeze(-1), b["y"]), {}), validate=lambda m: next(values),
+               params=params, epochs=params.epochs, seed=0, curves=tmp_path / "curves", desc="m")
+    assert best == {"epoch": 0, "valid_mae": 0.5, "epochs_run": 5}
