@@ -14,14 +14,13 @@ Real datasets are not generated: they are provided at data/raw/<name>/ (see READ
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 from . import paths
 from .config import ConfigError, GenerateParams, Registry, check_params, load_section
 from .runtime import setup_logging, stage
-from .synthetic import AVNoise, generate_av, generate_sentiment, sentiment_process
+from .synthetic import generate_av, generate_sentiment, sentiment_process
 
 GENERATORS: Registry[Callable[[Path, GenerateParams], object]] = Registry("synthetic dataset")
 
@@ -43,8 +42,12 @@ def _sentiment(root: Path, params: GenerateParams) -> None:
 @GENERATORS.register("synthetic_av")
 def _av(root: Path, params: GenerateParams) -> None:
     block, media = params.synthetic_av, params.media
-    generate_av(root, block.n_clips, params.seed, seconds=media.seconds, fps=media.fps, size=media.size,
-                sample_rate=media.sample_rate, n_folds=block.n_folds, noise=AVNoise(**dataclasses.asdict(block.noise)))
+    try:
+        generate_av(root, block.n_clips, params.seed, seconds=media.seconds, fps=media.fps, size=media.size,
+                    sample_rate=media.sample_rate, n_folds=block.n_folds, audio_noise=block.noise.audio,
+                    visual_noise=block.noise.visual)
+    except ValueError as err:  # name the params block, not the library's argument
+        raise ConfigError(f"params.yaml generate.synthetic_av: {err}") from None
 
 
 def run(name: str, root: Path, params: GenerateParams) -> None:

@@ -120,12 +120,13 @@ give a byte-identical ``label.csv`` and ``oracle.csv`` and identical decoded fra
 Classes are balanced (clip i has class i mod 10, in a seeded shuffled order) and the folds
 stratified (clips sorted by class go round-robin over the folds). For a clip of class k, each
 modality sees k through its own gaussian noise, in units of the spacing between neighbouring
-classes (``AVNoise``), so neither modality alone identifies the class every time:
+classes (``generate_av``'s ``audio_noise`` and ``visual_noise``), so neither modality alone
+identifies the class every time:
 
-* **visual**: ``v = k + N(0, noise.visual)``; the bouncing square of ``synthetic_sentiment``
+* **visual**: ``v = k + N(0, visual_noise)``; the bouncing square of ``synthetic_sentiment``
   (same motion and background) is coloured with hue ``(v / 10) mod 1`` on the colour wheel
   (saturation 0.85), scaled by a random brightness (nuisance).
-* **audio**: ``a = k + N(0, noise.audio)``; the harmonic tone of ``synthetic_sentiment``
+* **audio**: ``a = k + N(0, audio_noise)``; the harmonic tone of ``synthetic_sentiment``
   (`render_audio`) with fundamental ``f0 = 160 * 2 ** (a / 4)`` Hz (a major third per class:
   160 Hz for class 0, about 761 Hz for class 9).
 
@@ -143,7 +144,6 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -740,20 +740,6 @@ AV_BASE_PITCH_HZ = 160.0  # f0 of class 0
 AV_CLASSES_PER_OCTAVE = 4.0  # f0 = AV_BASE_PITCH_HZ * 2 ** (a / AV_CLASSES_PER_OCTAVE)
 
 
-@dataclass(frozen=True)
-class AVNoise:
-    """Standard deviations of the per-clip gaussian noise on each modality's class cue, in class spacings."""
-
-    audio: float = 0.4
-    visual: float = 0.4
-
-    def __post_init__(self) -> None:
-        for name in ("audio", "visual"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0.0):
-                raise ValueError(f"AVNoise.{name} must be a finite value >= 0, got {value!r}")
-
-
 def av_hue_rgb(visual_cue: float, n_classes: int) -> np.ndarray:
     """Square colour (float RGB in [0, 255]) of a visual class cue: hue (cue / K) mod 1, saturation 0.85."""
     hue = (visual_cue / n_classes) % 1.0
@@ -802,7 +788,8 @@ def generate_av(
     size: int,
     sample_rate: int,
     n_folds: int = 5,
-    noise: AVNoise = AVNoise(),
+    audio_noise: float,
+    visual_noise: float,
 ) -> pd.DataFrame:
     """Write the ``synthetic_av`` dataset (VEGAS layout: class folders + fold files) under ``root``.
 
@@ -813,7 +800,8 @@ def generate_av(
         seconds, fps, size, sample_rate: clip duration, frame rate, frame side in pixels (even,
             >= 32, not 48 or 72: ``DECORD_UNREADABLE_SIZES``) and audio sample rate.
         n_folds: number of fold files (VEGAS protocol: 5).
-        noise: per-modality class-cue noise (see the module docstring).
+        audio_noise, visual_noise: standard deviations of the gaussian noise on each modality's class
+            cue, in class spacings (see the module docstring), finite and >= 0.
 
     Returns:
         One row per clip (columns ``AV_TABLE_COLUMNS``), in id order.
@@ -828,6 +816,9 @@ def generate_av(
     if n_clips < max(n_classes, n_folds):
         raise ValueError(f"n_clips={n_clips} is too small: need at least {max(n_classes, n_folds)} clips so that "
                          f"each of the {n_classes} classes and each of the {n_folds} folds gets one")
+    for name, value in (("audio_noise", audio_noise), ("visual_noise", visual_noise)):
+        if not (math.isfinite(value) and value >= 0.0):
+            raise ValueError(f"{name} must be a finite value >= 0, got {value!r}")
     _check_generation_args(n_clips, seconds, fps, size, sample_rate)
     n_frames, n_samples = int(round(seconds * fps)), int(round(seconds * sample_rate))
 
@@ -844,8 +835,8 @@ def generate_av(
                                                desc=AV_DATASET_NAME, unit="clip"):
         rng = np.random.default_rng(clip_seq)
         eps = rng.normal(0.0, 1.0, size=2)  # (2,) audio, visual
-        audio_cue = _clean(label + noise.audio * eps[0])
-        visual_cue = _clean(label + noise.visual * eps[1])
+        audio_cue = _clean(label + audio_noise * eps[0])
+        visual_cue = _clean(label + visual_noise * eps[1])
         frames = render_av_frames(av_hue_rgb(visual_cue, n_classes), n_frames, size, rng)  # (T, size, size, 3)
         # render_audio's f0 is cue_to_pitch(c) = 220 * 2 ** (c / 3): pick c so that it equals av_pitch(audio_cue)
         audio = render_audio(3.0 * math.log2(av_pitch(audio_cue) / BASE_PITCH_HZ), n_samples, sample_rate, rng)  # (n,)
