@@ -205,7 +205,6 @@ RETRIEVAL_METHODS: Registry[MethodLoss] = Registry("distillation method (retriev
 METHOD_TEACHER = {"self": SELF_TEACHER}  # the teacher whose predictions a method reads; default TEACHER
 
 
-
 @METHODS.register("none")
 def _none(out: dict[str, torch.Tensor], batch: Batch, params: DistillParams) -> tuple[torch.Tensor, dict[str, float]]:
     return task_loss(out["reg"], batch["y"]), {}
@@ -575,8 +574,8 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
     task = DATASETS.get(dataset).task
     (RETRIEVAL_METHODS if task == "retrieval" else METHODS).get(student.method)
     kind = student.kind(task)
-    preds = [paths.teacher_predictions(dataset, s, teacher_of(student.method)) for s in seeds]
-    with stage(f"distill@{name}", [paths.manifest(dataset), *preds], [paths.student_root(dataset, name)]):
+    preds = {s: paths.teacher_predictions(dataset, s, teacher_of(student.method)) for s in seeds}
+    with stage(f"distill@{name}", [paths.manifest(dataset), *preds.values()], [paths.student_root(dataset, name)]):
         manifest = read_manifest(paths.manifest(dataset))
         texts = manifest["text"].tolist()
         features = (load_features(manifest, dataset, clip, extract, params.student.video_tokens,
@@ -586,8 +585,7 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
 
         def train(seed: int) -> None:
             seed_everything(seed)
-            teacher = read_teacher_predictions(manifest, paths.teacher_predictions(dataset, seed,
-                                                                                   teacher_of(student.method)))
+            teacher = read_teacher_predictions(manifest, preds[seed])
             provenance = {"student": name, "family": student.family.name, "method": student.method,
                           "teacher": teacher_of(student.method), "params": to_dict(params), "seed": seed,
                           "dataset": dataset}

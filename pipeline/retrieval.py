@@ -73,12 +73,10 @@ from torch import nn
 
 from .config import OBJECTIVES, check_choice
 from .losses import kd_loss
-from .metrics import RETRIEVAL_METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS: tuple[str, ...] = ("a2v", "v2a")  # audio queries over the visual gallery, and the reverse
-METRIC_NAMES = RETRIEVAL_METRIC_NAMES  # declared in metrics (its metric sets are listed without torch)
 PER_QUERY_COLUMNS: tuple[str, ...] = ("direction", "id", "label", "ap")
 _EPS = 1e-12
 _TIE_DECIMALS = 12  # scores equal to this many decimals tie (one threshold of the AP)

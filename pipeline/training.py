@@ -40,8 +40,8 @@ Scale (params `train.*`, see `TrainParams`):
   epochs after the best one (no better validation value in P epochs), but never before
   `min_epochs` epochs: a model that sits on an initial plateau (the text student predicts a
   constant for its first 3-5 epochs on the default data) must not be stopped there. The best
-  epoch's weights are restored as always. The learning-rate schedule is planned over `epochs` either way, so a
-  run stopped early followed the same schedule as a full one up to its last epoch.
+  epoch's weights are restored as always. The learning-rate schedule is planned over `epochs`
+  either way, so a run stopped early followed the same schedule as a full one up to its last epoch.
 - **Step hook.** `step_hook(model, shard)` runs once per optimizer step, before the step's
   micro-batches, on every rank, with the unwrapped model and this rank's whole shard of the
   global batch (training-set positions, not split into micro-batches): whatever it does is the
