@@ -3,7 +3,7 @@
 Three metric sets, chosen per dataset by ``DatasetSpec.metric_set`` through :data:`METRIC_SETS`:
 ``mosi_mosei`` (:func:`sentiment_metrics`, :data:`METRIC_NAMES`; labels in [-3, 3]),
 ``sims`` (:func:`sims_metrics`, :data:`SIMS_METRIC_NAMES`; CH-SIMS, labels in [-1, 1]) and
-``retrieval`` (``retrieval.METRIC_NAMES``; VEGAS-like audio-visual retrieval, defined in
+``retrieval`` (``RETRIEVAL_METRIC_NAMES``; VEGAS-like audio-visual retrieval, defined in
 ``pipeline/retrieval.py``). Each :class:`MetricSet` also names its headline metric (``primary``,
 with its direction ``higher_is_better``), the validation curve students log (``curve``) and how
 one seed's predictions file is scored (``from_csv``), so that no other module hard-codes MAE:

@@ -18,9 +18,8 @@ from PIL import Image
 from pipeline import paths, report, stats
 from pipeline.config import ReportParams
 from pipeline.datasets import clip_key
-from pipeline.metrics import METRIC_NAMES, METRIC_SETS
+from pipeline.metrics import METRIC_NAMES, METRIC_SETS, RETRIEVAL_METRIC_NAMES
 from pipeline.models import MODALITIES
-from pipeline.retrieval import METRIC_NAMES as RETRIEVAL_METRIC_NAMES
 from pipeline.retrieval import write_per_query_ap
 from pipeline.store import write_table
 
