@@ -77,13 +77,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from pipeline import extract, media  # noqa: E402
-from pipeline.clip import FrozenClip, load_clip  # noqa: E402
-from pipeline.config import ClipParams, ExtractParams, load_section  # noqa: E402
-from pipeline.datasets import MANIFEST_COLUMNS, clip_key, write_manifest  # noqa: E402
-from pipeline.runtime import resolve_device, seed_everything, setup_logging  # noqa: E402
-from pipeline.store import FeatureReader  # noqa: E402
-from pipeline.synthetic import render_frames, write_mp4  # noqa: E402
+from pipeline import extract  # noqa: E402
+from pipeline.core.config import ClipParams, ExtractParams, load_section  # noqa: E402
+from pipeline.core.runtime import resolve_device, seed_everything, setup_logging  # noqa: E402
+from pipeline.data.datasets import MANIFEST_COLUMNS, clip_key, write_manifest  # noqa: E402
+from pipeline.data.synthetic import render_frames, write_mp4  # noqa: E402
+from pipeline.features import media
+from pipeline.features.clip import FrozenClip, load_clip  # noqa: E402
+from pipeline.features.store import FeatureReader  # noqa: E402
 
 log = logging.getLogger("benchmarks.extract")
 
@@ -506,7 +507,7 @@ def table_rows(r: Results, args: argparse.Namespace, cores: int) -> list[Row]:
 def footnotes(r: Results, args: argparse.Namespace, spec: ClipSpec, setup: Setup, cores: int) -> list[str]:
     cpu_fp32 = " (the CPU computes fp32)" if setup.device.type == "cpu" else ""
     notes = [
-        f"clips: {r.clips} synthetic H.264 mp4s (pipeline.synthetic: libx264 crf 20, {r.keyframe_interval:.0f} frames "
+        f"clips: {r.clips} synthetic H.264 mp4s (pipeline.data.synthetic: libx264 crf 20, {r.keyframe_interval:.0f} frames "
         f"per keyframe, no audio), {spec.seconds:g} s x {spec.fps} fps = {spec.frames} frames of "
         f"{spec.size}x{spec.size}; F={args.frames} sampled uniformly",
         f"stage: backend {args.backend}, model {args.model} ({args.pretrained or 'random weights'}), "

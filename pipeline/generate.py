@@ -17,10 +17,11 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from . import paths
-from .config import ConfigError, GenerateParams, Registry, check_params, load_section
-from .runtime import setup_logging, stage
-from .synthetic import generate_av, generate_sentiment, sentiment_process
+from pipeline.core import paths
+from pipeline.core.config import ConfigError, GenerateParams, check_params, load_section
+from pipeline.core.registry import Registry
+from pipeline.core.runtime import setup_logging, stage
+from pipeline.data.synthetic import generate_av, generate_sentiment, sentiment_process
 
 GENERATORS: Registry[Callable[[Path, GenerateParams], object]] = Registry("synthetic dataset")
 

@@ -21,10 +21,10 @@ import argparse
 import logging
 from pathlib import Path
 
-from . import paths
-from .config import PrepareParams, check_params, load_section, load_value
-from .datasets import MANIFEST_COLUMNS, manifest_columns, read_dataset, write_manifest
-from .runtime import setup_logging, stage
+from pipeline.core import paths
+from pipeline.core.config import PrepareParams, check_params, load_section, load_value
+from pipeline.core.runtime import setup_logging, stage
+from pipeline.data.datasets import MANIFEST_COLUMNS, manifest_columns, read_dataset, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Train a tiny MLP with `pipeline.training.fit` on fixed seeded data, once per `--grad-accum`
+"""Train a tiny MLP with `pipeline.training.loop.fit` on fixed seeded data, once per `--grad-accum`
 value (same initial weights); the main process saves the final weights to OUT/accum<N>.pt.
 Run by tests/test_ddp.py, as one process or under torchrun:
 
@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import TrainParams
-from pipeline.runtime import init_ranks, is_main_process, seed_everything, setup_logging, train_device
-from pipeline.training import fit
+from pipeline.core.config import TrainParams
+from pipeline.core.runtime import init_ranks, is_main_process, seed_everything, setup_logging, train_device
+from pipeline.training.loop import fit
 
 N, D, BATCH = 17, 6, 8
 

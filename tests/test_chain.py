@@ -17,10 +17,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import distill, evaluate, extract, floor, generate, paths, prepare, report, teacher
-from pipeline.metrics import METRIC_NAMES, metrics_from_csv
-from pipeline.models import MODALITIES, load_student, load_teacher
-from pipeline.store import FeatureReader, read_table
+from pipeline import distill, evaluate, extract, floor, generate, prepare, report, teacher
+from pipeline.core import paths
+from pipeline.core.config import MODALITIES
+from pipeline.evaluation.metrics import METRIC_NAMES, metrics_from_csv
+from pipeline.features.store import FeatureReader, read_table
+from pipeline.models import students as student_lib
+from pipeline.models.students import load_student
+from pipeline.models.teacher import load_teacher
+from pipeline.training import teacher as teacher_lib
 
 DS = "synthetic_sentiment"
 METHODS = ("va-none", "va-kd", "va-self", "va-videoadviser", "msd-none", "msd-kd", "msd-uniform", "msd-population",
@@ -93,9 +98,9 @@ def test_seeds_give_different_teachers(chain: Path) -> None:
 
 
 def test_teacher_checkpoint_rebuilds_the_predictions(chain: Path) -> None:
-    from pipeline.config import load_section
-    from pipeline.datasets import read_manifest
-    from pipeline.features import load_features
+    from pipeline.core.config import load_section
+    from pipeline.data.datasets import read_manifest
+    from pipeline.features.arrays import load_features
 
     model, ckpt = load_teacher(chain / paths.teacher_checkpoint(DS, 1))
     assert ckpt["dataset"] == DS and ckpt["config"]["num_classes"] == 7 and ckpt["seed"] == 1
@@ -105,7 +110,7 @@ def test_teacher_checkpoint_rebuilds_the_predictions(chain: Path) -> None:
         mp.chdir(chain)
         data = load_features(manifest, DS, load_section("clip", params), load_section("extract", params),
                              model.config.frames, model.config.audio_tokens)
-    reg = teacher.predict(model, data, torch.arange(len(data.ids)))["reg"].numpy()
+    reg = teacher_lib.predict(model, data, torch.arange(len(data.ids)))["reg"].numpy()
     columns, _ = read_table(chain / paths.teacher_predictions(DS, 1), stage="teacher")
     np.testing.assert_allclose(reg, columns["reg"], rtol=1e-5, atol=1e-5)
 
@@ -166,7 +171,7 @@ def test_student_reloads_from_its_directory(chain: Path, method: str) -> None:
     table = pd.read_csv(chain / paths.predictions(DS, method, 0), dtype={"id": str})
     manifest = pd.read_csv(chain / paths.manifest(DS), dtype={"id": str}, keep_default_na=False).set_index("id")
     texts = manifest.loc[table["id"], "text"].tolist()
-    pred = distill.predict_student(model, distill.tokenize(tokenizer, texts, meta["config"]["max_length"]), 8)
+    pred = student_lib.predict_student(model, student_lib.tokenize(tokenizer, texts, meta["config"]["max_length"]), 8)
     np.testing.assert_allclose(pred.numpy(), table["pred"].to_numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -215,7 +220,7 @@ def test_same_params_same_metrics(chain: Path, tmp_path: Path, monkeypatch: pyte
 
 
 def test_unknown_method_fails_before_work(project: Path) -> None:
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"unknown student 'va-nope': a student is <family>-<method>. Available: "):
         distill.main(["va-nope"])

@@ -1,4 +1,4 @@
-"""Tests of the frozen CLIP encoder (pipeline.clip) and the prompt ensembling of extract@text.
+"""Tests of the frozen CLIP encoder (pipeline.features.clip) and the prompt ensembling of extract@text.
 
 Everything runs offline on the tiny `mmdistill-tiny` architecture (random weights, 64-d
 embeddings, 64x64 images): the pretrained-loading paths (checkpoint file, `local-dir:`)
@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.clip import MODEL_CONFIG_DIR, FrozenClip, ImagePreprocess, clip_config, load_clip
-from pipeline.extract import prompt_embeddings
+from pipeline.features.clip import MODEL_CONFIG_DIR, FrozenClip, ImagePreprocess, clip_config, load_clip
+from pipeline.features.extraction import prompt_embeddings
 
 CPU = torch.device("cpu")
 MODEL = "mmdistill-tiny"

@@ -1,4 +1,4 @@
-"""Tests of pipeline.csd: CMU-MultimodalSDK computational sequences in and out of our feature files."""
+"""Tests of pipeline.data.csd: CMU-MultimodalSDK computational sequences in and out of our feature files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.csd import (
+from pipeline.data.csd import (
     SDK_METADATA_KEYS,
     CsdError,
     clip_id_of,
@@ -21,8 +21,8 @@ from pipeline.csd import (
     main,
     step_intervals,
 )
-from pipeline.datasets import MANIFEST_COLUMNS
-from pipeline.store import FeatureReader, FeatureWriter, StoreError
+from pipeline.data.datasets import MANIFEST_COLUMNS
+from pipeline.features.store import FeatureReader, FeatureWriter, StoreError
 
 CONFIG = {"modality": "video", "frames": 4}
 IDS = ["vidA$_$1", "vidA$_$2", "vidB$_$0003", "plain"]

@@ -1,4 +1,4 @@
-"""Tests of the dataset readers and the manifest (pipeline.datasets)."""
+"""Tests of the dataset readers and the manifest (pipeline.data.datasets)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import paths
-from pipeline.config import ConfigError
-from pipeline.datasets import (
+from pipeline.core import paths
+from pipeline.core.config import ConfigError
+from pipeline.data.datasets import (
     DATASETS,
     MANIFEST_COLUMNS,
     UNIMODAL_LABELS,
-    DatasetError,
     read_csv_dataset,
     read_dataset,
     read_manifest,
     read_mmsa,
     write_manifest,
 )
-from pipeline.synthetic import generate_sentiment
+from pipeline.data.errors import DatasetError
+from pipeline.data.synthetic import generate_sentiment
 
 SPEC = DATASETS.get("synthetic_sentiment")
 N_CLIPS = 12

@@ -93,8 +93,8 @@ def stage_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          ids=["teacher", "distill"])
 def test_stage_under_torchrun_matches_one_process(stage_project: Path, stage: list[str]) -> None:
     """The same global batch: two gloo processes train the same model as one (rank 0 writes)."""
-    from pipeline import paths
-    from pipeline.store import read_table
+    from pipeline.core import paths
+    from pipeline.features.store import read_table
 
     ds = "synthetic_sentiment"
 
@@ -102,7 +102,7 @@ def test_stage_under_torchrun_matches_one_process(stage_project: Path, stage: li
         if stage[0] == "pipeline.teacher":
             columns, _ = read_table(stage_project / paths.teacher_predictions(ds, 0), stage="teacher")
             return {"reg": torch.as_tensor(columns["reg"]), "logits": torch.as_tensor(columns["logits"])}
-        from pipeline.models import load_student
+        from pipeline.models.students import load_student
 
         model, _, _ = load_student(stage_project / paths.student_dir(ds, stage[1], 0))
         return {k: v.clone() for k, v in model.state_dict().items()}

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, RobertaConfig, RobertaModel
 
-from pipeline.config import (
+from pipeline.core.config import (
+    MODALITIES,
     DistillParams,
     KDParams,
     MSDParams,
@@ -20,20 +21,16 @@ from pipeline.config import (
     TrainParams,
     VideoAdviserParams,
 )
-from pipeline.distill import (
-    METHODS,
-    RETRIEVAL_METHODS,
-    build_student,
-    forward_with_modalities,
-    msd_weighting,
-    tokenize,
-    train_bpe_tokenizer,
-    train_retrieval_student,
-)
-from pipeline.families import all_students, parse_student
-from pipeline.features import FeatureArrays
-from pipeline.models import MODALITIES, MultimodalStudent, TextStudent
+from pipeline.core.paths import SELF_TEACHER, TEACHER
+from pipeline.distillation.families import all_students, parse_student
+from pipeline.distillation.methods import METHODS
+from pipeline.distillation.train import train_student
+from pipeline.features.arrays import FeatureArrays
+from pipeline.models.students import MultimodalStudent, TextStudent, build_student, tokenize, train_bpe_tokenizer
+from pipeline.tasks.retrieval import BRANCH_MODALITIES
+from pipeline.tasks.table import TASKS
 
+SENTIMENT_TASK, RETRIEVAL_TASK = TASKS.get("sentiment"), TASKS.get("retrieval")
 TEXTS = ["i thought the movie was great", "honestly the acting felt awful to me", "it was okay i guess"] * 4
 STUDENT = StudentParams(pretrained="", hidden_size=32, layers=1, heads=2, intermediate_size=64,
                         vocab_size=300, max_length=24, head_hidden=16, dropout=0.0, video_tokens=3, audio_tokens=5)
@@ -50,6 +47,12 @@ def params(weight: float = 0.5, distance: str = "mse", msd_distance: str = "l1")
                          msd=MSDParams(kd_weight=0.0, temperature=2.0, distance=msd_distance,
                                        instance_temperature=1.0, meta_lr=0.1, meta_split="train",
                                        meta_fraction=0.2))
+
+
+def apply_method(name: str, out: dict, batch: dict, p: DistillParams, task=SENTIMENT_TASK):
+    """A method's loss as the trainer computes it: the task's objective, the method's own params section."""
+    method = METHODS.get(name)
+    return method.loss(task.objective(p), out, batch, method.section_of(p))
 
 
 def features(n: int) -> FeatureArrays:
@@ -102,12 +105,12 @@ def test_pretrained_student_missing_dir_fails_clearly(tmp_path: Path) -> None:
 def test_method_losses_known_values() -> None:
     out = {"reg": torch.tensor([1.0, -1.0]), "logits": torch.zeros(2, 7)}
     batch = {"y": torch.tensor([0.0, 0.0]), "teacher_reg": torch.tensor([0.0, 1.0])}
-    loss, parts = METHODS.get("none")(out, batch, params())
+    loss, parts = apply_method("none", out, batch, params())
     assert loss.item() == pytest.approx(1.0)  # mean(|1 - 0|, |-1 - 0|)
-    loss, parts = METHODS.get("videoadviser")(out, batch, params(weight=0.5, distance="mse"))
+    loss, parts = apply_method("videoadviser", out, batch, params(weight=0.5, distance="mse"))
     # task 1.0 + 0.5 * mean((1 - 0)^2, (-1 - 1)^2) = 1.0 + 0.5 * 2.5
     assert loss.item() == pytest.approx(2.25) and parts == pytest.approx({"task": 1.0, "distill": 2.5})
-    loss, _ = METHODS.get("videoadviser")(out, batch, params(weight=2.0, distance="l1"))
+    loss, _ = apply_method("videoadviser", out, batch, params(weight=2.0, distance="l1"))
     assert loss.item() == pytest.approx(1.0 + 2.0 * 1.5)  # l1: mean(1, 2)
 
 
@@ -115,7 +118,8 @@ def test_kd_method_known_value() -> None:
     """Uniform teacher over K = 2 vs a student sure of class 0: KL computed by hand at T = 2."""
     out = {"reg": torch.tensor([0.0]), "logits": torch.tensor([[4.0, 0.0]])}
     batch = {"y": torch.tensor([0.0]), "teacher_logits": torch.tensor([[0.0, 0.0]])}
-    loss, parts = METHODS.get("kd")(out, batch, params())
+    method = METHODS.get("kd")
+    loss, parts = method.loss(SENTIMENT_TASK.objective(params()), out, batch, method.section_of(params()))
     # p_S = softmax([2, 0]) = [0.880797, 0.119203]; KL(u || p_S) = 0.5 ln(0.5/0.880797) + 0.5 ln(0.5/0.119203)
     #     = 0.5 * (-0.566219) + 0.5 * (1.433781) = 0.433781; times T^2 = 4 -> 1.735124; task 0; weight 0.5
     assert parts["distill"] == pytest.approx(1.735124, abs=1e-5)
@@ -125,9 +129,12 @@ def test_kd_method_known_value() -> None:
 def test_method_names_and_weightings() -> None:
     assert METHODS.names() == ["kd", "msd-instance", "msd-learned", "msd-population", "msd-uniform", "none",
                                "self", "videoadviser"]
-    assert RETRIEVAL_METHODS.names() == METHODS.names()
-    assert METHODS.get("self") is METHODS.get("videoadviser")  # the control differs only in its teacher
-    assert msd_weighting("msd-learned") == "learned" and msd_weighting("kd") is None
+    va, control = METHODS.get("videoadviser"), METHODS.get("self")
+    assert (control.loss, control.section) == (va.loss, va.section)  # the control differs only in its teacher
+    assert (va.teacher, control.teacher) == (TEACHER, SELF_TEACHER)
+    assert METHODS.get("msd-learned").weighting == "learned" and METHODS.get("kd").weighting is None
+    assert {m: METHODS.get(m).section for m in ("none", "kd", "videoadviser", "msd-instance")} == {
+        "none": None, "kd": "kd", "videoadviser": "videoadviser", "msd-instance": "msd"}  # its own section only
 
 
 def test_msd_method_known_value() -> None:
@@ -136,7 +143,8 @@ def test_msd_method_known_value() -> None:
            "mod": torch.tensor([[1.0, 0.0], [-1.0, 2.0]])}
     batch = {"y": torch.tensor([0.0, 0.0]), "teacher_logits": torch.zeros(2, 7),
              "teacher_mod": torch.tensor([[0.0, 0.0], [0.0, 0.0]]), "weights": torch.tensor([[0.5, 0.25]] * 2)}
-    loss, parts = METHODS.get("msd-uniform")(out, batch, params(msd_distance="l1"))
+    method, p = METHODS.get("msd-uniform"), params(msd_distance="l1")
+    loss, parts = method.loss(SENTIMENT_TASK.objective(p), out, batch, method.section_of(p))
     # task 1.0; msd: clip 1: 0.5 * 1 + 0.25 * 0 = 0.5, clip 2: 0.5 * 1 + 0.25 * 2 = 1.0 -> mean 0.75
     assert loss.item() == pytest.approx(1.75) and parts["msd"] == pytest.approx(0.75) and parts["distill"] == 0
 
@@ -147,8 +155,8 @@ def test_text_student_sees_only_text() -> None:
     assert isinstance(model, TextStudent) and model.modalities == ("text",)
     model.eval()
     batch = tokenize(tok, TEXTS[:3], STUDENT.max_length)
-    out, mod = forward_with_modalities(model, batch, model.modalities)
-    torch.testing.assert_close(mod, model(**batch)["reg"][:, None])
+    out = SENTIMENT_TASK.forward(model, batch, model.modalities, modality_specific=True)
+    torch.testing.assert_close(out["mod"], model(**batch)["reg"][:, None])
     torch.testing.assert_close(out["logits"], model(**batch)["logits"])
 
 
@@ -162,7 +170,8 @@ def test_multimodal_student_masks_what_it_does_not_keep() -> None:
              "present": feats.present}
     out = model(**batch)
     assert out["reg"].shape == (3,) and out["logits"].shape == (3, 7)
-    full, mod = forward_with_modalities(model, batch, model.modalities)  # mod (B, 3): S(x_video), S(x_audio), S(x_text)
+    full = SENTIMENT_TASK.forward(model, batch, model.modalities, modality_specific=True)
+    mod = full["mod"]  # (B, 3): S(x_video), S(x_audio), S(x_text)
     assert mod.shape == (3, 3)
     torch.testing.assert_close(full["reg"], out["reg"])
     torch.testing.assert_close(full["logits"], out["logits"])
@@ -205,8 +214,9 @@ def test_every_method_trains_a_retrieval_student(student: str, tmp_path: Path, m
     labels, splits, teacher, data = retrieval_setup()
     torch.manual_seed(0)
     p = dataclasses.replace(params(), train=dataclasses.replace(TRAIN, epochs=6, lr=1e-2))
-    model, best = train_retrieval_student(parse_student(student), labels, splits, teacher, data, p, seed=0,
-                                          dataset="toy")
+    model, tokenizer, best = train_student(RETRIEVAL_TASK, parse_student(student), [""] * len(labels), labels, splits,
+                                           teacher, data, p, seed=0, dataset="toy")
+    assert tokenizer is None
     assert {"epoch", "valid_map", "epochs_run"} <= set(best) and 0.0 < best["valid_map"] <= 1.0
     assert best["valid_map"] > 0.7, best  # the classes are easy: the branches must have learned them
     out = model(audio=data.audio[:4], visual=data.video[:4])
@@ -220,9 +230,9 @@ def test_every_method_trains_a_retrieval_student(student: str, tmp_path: Path, m
 def test_retrieval_methods_add_their_distillation_terms() -> None:
     labels, _, teacher, data = retrieval_setup(n=6)
     torch.manual_seed(0)
-    from pipeline.distill import RETRIEVAL_MODALITIES, build_retrieval_student
-    from pipeline.losses import kd_loss
-    from pipeline.retrieval import retrieval_loss
+    from pipeline.distillation.losses import kd_loss
+    from pipeline.models.retrieval_student import build_retrieval_student
+    from pipeline.tasks.retrieval import retrieval_loss
 
     model = build_retrieval_student(params(), data, 3)
     out = model(audio=data.audio, visual=data.video)
@@ -230,20 +240,26 @@ def test_retrieval_methods_add_their_distillation_terms() -> None:
              "weights": torch.tensor([0.7, 0.2])}
     task = retrieval_loss(out, labels.long(), "supcon", temperature=0.1)["loss"]
     p = params()
-    none, _ = RETRIEVAL_METHODS.get("none")(out, batch, p)
+    objective = RETRIEVAL_TASK.objective(p)
+
+    def loss_of(name: str) -> tuple[torch.Tensor, dict[str, float]]:
+        method = METHODS.get(name)
+        return method.loss(objective, out, batch, method.section_of(p))
+
+    none, _ = loss_of("none")
     torch.testing.assert_close(none, task)
-    kd, _ = RETRIEVAL_METHODS.get("kd")(out, batch, p)
+    kd, _ = loss_of("kd")
     expected_kd = (kd_loss(out["audio_logits"], teacher["logits"], 2.0)
                    + kd_loss(out["visual_logits"], teacher["logits"], 2.0)) / 2
     torch.testing.assert_close(kd, task + 0.5 * expected_kd)
-    va, _ = RETRIEVAL_METHODS.get("videoadviser")(out, batch, p)
+    va, _ = loss_of("videoadviser")
     z = lambda c: (c - c.mean(-1, keepdim=True)) / (c.std(-1, keepdim=True) + 1e-7)  # noqa: E731  standardised
     expected_va = sum(((z(out[b]) - z(teacher["logits"])) ** 2).mean() for b in ("audio_logits", "visual_logits")) / 2
     torch.testing.assert_close(va, task + 0.5 * expected_va)
-    msd, _ = RETRIEVAL_METHODS.get("msd-population")(out, batch, p)  # kd_weight 0: the MSD term alone
+    msd, _ = loss_of("msd-population")  # kd_weight 0: the MSD term alone
     branch = {"video": "visual_logits", "audio": "audio_logits"}
     expected_msd = sum(w * kd_loss(out[branch[m]], teacher["logits_only"][:, i], 2.0)
-                       for i, (m, w) in enumerate(zip(RETRIEVAL_MODALITIES, (0.7, 0.2), strict=True)))
+                       for i, (m, w) in enumerate(zip(BRANCH_MODALITIES, (0.7, 0.2), strict=True)))
     torch.testing.assert_close(msd, task + expected_msd)
 
 
@@ -263,28 +279,27 @@ def sentiment_setup(n: int = 40) -> tuple[list[str], torch.Tensor, object, dict[
 
 
 def test_meta_set_is_carved_from_train_and_never_the_selection_clips() -> None:
-    from pipeline.distill import Splits
+    from pipeline.distillation.train import Splits
 
     _, _, splits, _, _ = sentiment_setup()
     p = params()
-    split = Splits.of(splits, "msd-learned", p, seed=0)
+    learned = METHODS.get("msd-learned")
+    split = Splits.of(splits, learned, p, seed=0)
     train, valid = set(np.flatnonzero(splits == "train")), set(np.flatnonzero(splits == "valid"))
     meta = set(split.meta.tolist())
     assert meta < train and not meta & set(split.train.tolist()) and set(split.valid.tolist()) == valid
     assert len(meta) == round(0.2 * len(train)) and meta | set(split.train.tolist()) == train
-    assert Splits.of(splits, "msd-learned", p, seed=0).meta.tolist() == split.meta.tolist()  # seeded
-    from_valid = Splits.of(splits, "msd-learned", dataclasses.replace(p, msd=dataclasses.replace(
+    assert Splits.of(splits, learned, p, seed=0).meta.tolist() == split.meta.tolist()  # seeded
+    from_valid = Splits.of(splits, learned, dataclasses.replace(p, msd=dataclasses.replace(
         p.msd, meta_split="valid", meta_fraction=0.5)), seed=0)
     assert set(from_valid.meta.tolist()) | set(from_valid.valid.tolist()) == valid
     assert not set(from_valid.meta.tolist()) & set(from_valid.valid.tolist())
-    assert Splits.of(splits, "msd-population", p, seed=0).meta is None
+    assert Splits.of(splits, METHODS.get("msd-population"), p, seed=0).meta is None
 
 
 def test_learned_weights_do_not_depend_on_grad_accum(tmp_path: Path, monkeypatch) -> None:
     """One meta step per optimizer step, on the whole batch, from the training loop: accumulating the
     same batch in two micro-batches gives the same weights (and the same student)."""
-    from pipeline.distill import train_student
-
     monkeypatch.chdir(tmp_path)
     texts, labels, splits, teacher, data = sentiment_setup()
     student = dataclasses.replace(STUDENT, dropout=0.0)
@@ -293,16 +308,17 @@ def test_learned_weights_do_not_depend_on_grad_accum(tmp_path: Path, monkeypatch
         p = dataclasses.replace(params(), student=student, train=dataclasses.replace(TRAIN, epochs=2, grad_accum=accum),
                                 msd=dataclasses.replace(params().msd, meta_lr=50.0))
         torch.manual_seed(0)
-        model, _, best = train_student(parse_student("msd-learned"), texts, labels, splits, teacher, data, p, seed=0,
-                                       dataset=f"toy{accum}")
+        model, _, best = train_student(SENTIMENT_TASK, parse_student("msd-learned"), texts, labels, splits, teacher, data,
+                                       p, seed=0, dataset=f"toy{accum}")
         results.append((model, best))
     (m1, b1), (m2, b2) = results
     weights = [[b[f"w_{m}"] for m in MODALITIES] for b in (b1, b2)]
     assert weights[0] == pytest.approx(weights[1], abs=1e-6)
-    from pipeline.distill import Splits
-    from pipeline.msd import population_weights
+    from pipeline.distillation.msd import population_weights
+    from pipeline.distillation.train import Splits
 
-    start = population_weights(teacher["saliency"][Splits.of(splits, "msd-learned", params(), 0).train]).tolist()
+    start = population_weights(teacher["saliency"][Splits.of(splits, METHODS.get("msd-learned"), params(),
+                                                              0).train]).tolist()
     assert max(abs(a - b) for a, b in zip(weights[0], start, strict=True)) > 1e-3  # the meta step moved them
     assert b1["n_meta"] == b2["n_meta"] > 0
     for (name, a), (_, b) in zip(m1.state_dict().items(), m2.state_dict().items(), strict=True):

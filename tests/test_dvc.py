@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import small_params, write_project
 
-from pipeline.metrics import METRIC_NAMES
+from pipeline.evaluation.metrics import METRIC_NAMES
 
 METHODS = ["msd-learned"]  # one student: the chain test covers both families; this one the DVC contract
 MODELS = ["teacher", "teacher_self", "floor", *METHODS]

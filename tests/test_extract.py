@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import extract, media
-from pipeline.clip import load_clip
-from pipeline.config import ClipParams, ExtractParams, from_dict
-from pipeline.datasets import DATASETS, read_manifest, read_mmsa, write_manifest
-from pipeline.store import FeatureReader, StoreError
-from pipeline.synthetic import generate_sentiment
+from pipeline import extract
+from pipeline.core.config import ClipParams, ExtractParams, from_dict
+from pipeline.data.datasets import DATASETS, read_manifest, read_mmsa, write_manifest
+from pipeline.data.synthetic import generate_sentiment
+from pipeline.features import extraction, media
+from pipeline.features.clip import load_clip
+from pipeline.features.store import FeatureReader, StoreError
 
 DS = "synthetic_sentiment"
 N_CLIPS, FRAMES, N_MELS, SAMPLE_RATE, SECONDS = 12, 4, 32, 16000, 1.0
@@ -95,7 +96,7 @@ def test_extract_video(workdir: Path, raw: Path) -> None:
     _run("video")
     expected_config = {"modality": "video", "clip": {"model": "mmdistill-tiny", "pretrained": "", "init_seed": 0},
                        "frames": FRAMES, "sampling": "uniform", "normalized": True}
-    assert extract.video_config(CLIP, _params().video) == expected_config
+    assert extraction.video_config(CLIP, _params().video) == expected_config
     assert not Path(str(_features("video")) + ".partial").exists()
     manifest = _clean_manifest(raw)
     torch.manual_seed(SEED)
@@ -119,7 +120,7 @@ def test_extract_video(workdir: Path, raw: Path) -> None:
     assert list(failures.columns) == ["id", "path", "reason"] and failures.empty
     # the recorded config guards readers that expect other features
     with pytest.raises(StoreError, match="frames: file has 4, requested 8"):
-        FeatureReader(_features("video"), extract.video_config(CLIP, dataclasses.replace(_params().video, frames=8)))
+        FeatureReader(_features("video"), extraction.video_config(CLIP, dataclasses.replace(_params().video, frames=8)))
 
 
 def test_video_failure_over_ratio_keeps_partial_then_resumes(
@@ -167,7 +168,7 @@ def test_video_failure_over_ratio_keeps_partial_then_resumes(
     assert calls == ["broken.mp4"]
     assert any(f"{N_CLIPS} clips already in" in r.getMessage() for r in caplog.records)
     assert not partial.exists()
-    with FeatureReader(_features("video"), extract.video_config(CLIP, _params().video)) as reader:
+    with FeatureReader(_features("video"), extraction.video_config(CLIP, _params().video)) as reader:
         assert set(reader.ids()) == good_ids
         for k, v in first.items():
             np.testing.assert_array_equal(reader.read(k)["frames"], v)
@@ -215,7 +216,7 @@ def test_extract_audio_over_ratio_fails(workdir: Path, with_broken_clip: Path) -
 
 
 def test_audio_track_missing_is_a_failure(workdir: Path, raw: Path) -> None:
-    from pipeline.synthetic import write_mp4
+    from pipeline.data.synthetic import write_mp4
 
     silent = workdir / "silent.mp4"
     write_mp4(silent, np.zeros((4, 32, 32, 3), np.uint8), 4, None, SAMPLE_RATE)
@@ -240,7 +241,7 @@ def test_extract_text(workdir: Path, raw: Path) -> None:
     manifest = _clean_manifest(raw)
     torch.manual_seed(SEED)
     clip = load_clip(CLIP.model, CLIP.pretrained, torch.device("cpu"), CLIP.init_seed)
-    with FeatureReader(_features("text"), extract.text_config(CLIP, TEMPLATES, CLASSES)) as reader:
+    with FeatureReader(_features("text"), extraction.text_config(CLIP, TEMPLATES, CLASSES)) as reader:
         assert reader.config == expected_config
         assert sorted(reader.ids()) == sorted(manifest["id"])
         alone = {row.id: clip.encode_texts([row.text])[0].numpy() for row in manifest.itertuples()}

@@ -22,16 +22,18 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import distill, evaluate, extract, floor, generate, paths, prepare, teacher
-from pipeline.models import MODALITIES
-from pipeline.store import FeatureReader, StoreError
-from pipeline.synthetic import write_mp4
+from pipeline import distill, evaluate, extract, floor, generate, prepare, teacher
+from pipeline.core import paths
+from pipeline.core.config import MODALITIES
+from pipeline.data.synthetic import write_mp4
+from pipeline.features import media
+from pipeline.features.store import FeatureReader, StoreError
 
 DS = "synthetic_sentiment"
 # decode slowly so that the kill lands mid-run, whatever the machine's speed
 SLOW_EXTRACT = """
 import sys, time
-import pipeline.media as media
+import pipeline.features.media as media
 real = media.read_frames
 def slow(*args, **kwargs):
     time.sleep(0.1)
@@ -91,14 +93,14 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(prepared: Path, tmp_pat
         FeatureReader(out)
 
     decoded: list[str] = []
-    real = extract.media.read_frames
+    real = media.read_frames
 
     def counting(path, *args, **kwargs):
         decoded.append(Path(path).name)
         return real(path, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(extract.media, "read_frames", counting)
+        mp.setattr(media, "read_frames", counting)
         extract.main(["video"])
     n_clips = len(pd.read_csv(prepared / paths.manifest(DS)))
     assert 0 < len(decoded) <= n_clips - 6  # at least the 3 chunks of 2 clips were not re-encoded

@@ -1,4 +1,4 @@
-"""Tests of pipeline.latency: the timing harness, parameter counting, and the end-to-end pipelines
+"""Tests of pipeline.evaluation.latency: the timing harness, parameter counting, and the end-to-end pipelines
 (raw clip -> prediction), which must give the predictions of the cached-feature path."""
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import extract, latency
-from pipeline.clip import load_clip
-from pipeline.config import ClipParams, ExtractParams, LatencyParams, StudentParams, from_dict
-from pipeline.datasets import DATASETS, read_manifest, read_mmsa, write_manifest
-from pipeline.distill import build_student, predict_student, tokenize
-from pipeline.features import load_features
-from pipeline.models import MODALITIES, PromptTeacher, TeacherConfig
-from pipeline.synthetic import generate_sentiment
+from pipeline import extract
+from pipeline.core.config import MODALITIES, ClipParams, ExtractParams, LatencyParams, StudentParams, from_dict
+from pipeline.data.datasets import DATASETS, read_manifest, read_mmsa, write_manifest
+from pipeline.data.synthetic import generate_sentiment
+from pipeline.evaluation import latency
+from pipeline.features.arrays import load_features
+from pipeline.features.clip import load_clip
+from pipeline.models.masks import set_audio_stats
+from pipeline.models.students import build_student, predict_student, tokenize
+from pipeline.models.teacher import PromptTeacher, TeacherConfig
 
 DS = "synthetic_sentiment"
 CLIP = ClipParams("mmdistill-tiny", "", 0)
@@ -35,7 +37,7 @@ CPU = torch.device("cpu")
 
 
 class FakeClock:
-    """perf_counter for pipeline.latency: advances only when the fake process says so."""
+    """perf_counter for pipeline.evaluation.latency: advances only when the fake process says so."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -176,7 +178,7 @@ def _teacher(data) -> PromptTeacher:
                            frames=data.video.shape[1], audio_tokens=data.audio.shape[1], layers=1, heads=2,
                            dropout=0.1, prompt_alpha=0.5, mask="learned", step1_hidden=8)
     teacher = PromptTeacher(config, data.prompts)
-    teacher.set_audio_stats(data.audio, data.present[:, MODALITIES.index("audio")])
+    set_audio_stats(teacher, data.audio, data.present[:, MODALITIES.index("audio")])
     nn.init.normal_(teacher.mask_tokens)  # so that a masked modality changes the output
     return teacher.eval()
 

@@ -1,4 +1,4 @@
-"""Tests of the known-limits engine (pipeline.limits): no media, numpy only."""
+"""Tests of the known-limits engine (pipeline.data.limits): no media, numpy only."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.special import ndtr
 
-from pipeline.limits import (
-    MODALITIES,
+from pipeline.core.config import MODALITIES
+from pipeline.data.limits import (
     SUBSETS,
     SentimentProcess,
     bayes_predictions,
@@ -25,7 +25,7 @@ from pipeline.limits import (
     text_loglik,
     word_log_probs,
 )
-from pipeline.synthetic import DEFAULT_PROCESS, LEXICON_VALENCES, sentiment_process
+from pipeline.data.synthetic import DEFAULT_PROCESS, LEXICON_VALENCES, sentiment_process
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of pipeline.losses: expected values are worked out by hand in the comments."""
+"""Tests of pipeline.distillation.losses: expected values are worked out by hand in the comments."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pipeline.config import ConfigError
-from pipeline.losses import (
+from pipeline.core.config import ConfigError
+from pipeline.distillation.losses import (
     DISTANCES,
     classification_loss,
     kd_loss,

@@ -1,4 +1,4 @@
-"""Tests of decoding (pipeline.media) and of the log-mel front end (pipeline.extract.log_mel)."""
+"""Tests of decoding (pipeline.features.media) and of the log-mel front end (pipeline.extract.log_mel)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import av
 import numpy as np
 import pytest
 
-from pipeline import media
-from pipeline.config import AudioParams, VideoParams
-from pipeline.extract import log_mel
-from pipeline.media import DecodeError, FrameSampler, read_audio, read_frames, uniform_indices, video_info
-from pipeline.synthetic import write_mp4
+from pipeline.core.config import AudioParams, VideoParams
+from pipeline.data.synthetic import write_mp4
+from pipeline.features import media
+from pipeline.features.extraction import log_mel
+from pipeline.features.media import DecodeError, FrameSampler, read_audio, read_frames, uniform_indices, video_info
 
 FPS, SIZE, SAMPLE_RATE, SECONDS = 4, 32, 16000, 1.0
 N_FRAMES = 10  # 2.5 s at 4 fps
@@ -249,7 +249,7 @@ MODES = {
 @pytest.mark.parametrize("mode", list(MODES))
 def test_backends_decode_the_same_frames(clip8: Path, mode: str) -> None:
     sampler, expected_idx = MODES[mode]
-    reference = _pyav_frames(clip8)  # every frame, decoded independently of pipeline.media
+    reference = _pyav_frames(clip8)  # every frame, decoded independently of pipeline.features.media
     assert len(reference) == N_FRAMES8
     expected = np.stack([reference[i] for i in expected_idx])  # (F, H, W, 3)
     decoded = {backend: read_frames(clip8, sampler, backend) for backend in BACKENDS}

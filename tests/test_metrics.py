@@ -1,4 +1,4 @@
-"""Tests for pipeline.metrics: expected values are worked out by hand in the comments."""
+"""Tests for pipeline.evaluation.metrics: expected values are worked out by hand in the comments."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline import retrieval
-from pipeline.config import ConfigError
-from pipeline.datasets import DATASETS
-from pipeline.metrics import (
+from pipeline.core.config import ConfigError
+from pipeline.data.datasets import DATASETS
+from pipeline.evaluation.metrics import (
     METRIC_NAMES,
     METRIC_SETS,
     SIMS_METRIC_NAMES,
@@ -29,6 +28,7 @@ from pipeline.metrics import (
     sims_metrics,
     summarize_seeds,
 )
+from pipeline.tasks import retrieval
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def test_pearson_corr_by_hand():
 def test_constant_prediction_corr_nan_and_single_predicted_class(caplog):
     y = [1.0, -1.0, 2.0]
     pred = [1.0, 1.0, 1.0]
-    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.metrics"):
         m = _m(pred, y)
     assert math.isnan(m["corr"])
     assert "constant" in caplog.text
@@ -164,7 +164,7 @@ def test_constant_prediction_corr_nan_and_single_predicted_class(caplog):
 def test_all_labels_zero_non0_nan(caplog):
     y = [0.0, 0.0, 0.0]
     pred = [0.1, -0.1, 0.0]
-    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.metrics"):
         m = _m(pred, y)
     assert math.isnan(m["acc2_non0"])
     assert math.isnan(m["f1_non0"])
@@ -269,7 +269,7 @@ def test_main_error_returns_1(tmp_path, capsys):
 def test_module_entry_point(tmp_path):
     a = _write_csv(tmp_path / "a.csv", ["x", "y"], [2.0, -1.0], [2.0, -1.0])
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.metrics", str(a)],
+        [sys.executable, "-m", "pipeline.evaluation.metrics", str(a)],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
     )
     out = json.loads(proc.stdout)
@@ -385,14 +385,14 @@ def test_sims_bins_match_interval_definition():
 
 
 def test_sims_labels_outside_range_are_clipped_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.metrics"):
         m = sims_metrics(np.array([1.0, -1.0, 0.5]), np.array([1.5, -3.0, 0.5]))
     assert "2 of 3 labels lie outside" in caplog.text
     assert m["mae"] == 0.0 and m["acc5"] == 1.0
 
 
 def test_sims_constant_clipped_prediction_corr_nan(caplog):
-    with caplog.at_level(logging.WARNING, logger="pipeline.metrics"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.metrics"):
         m = _s([2.0, 3.0, 5.0], [0.2, -0.4, 1.0])  # all clip to 1.0
     assert math.isnan(m["corr"]) and "constant" in caplog.text
     # p = [1, 1, 1]; t2 = [1, 0, 1] -> acc2 2/3; class 1: P 2/3, R 1 -> F1 4/5; class 0 never predicted -> 0

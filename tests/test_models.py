@@ -1,4 +1,4 @@
-"""Tests of pipeline.models: the CLIP prompt teacher and the RoBERTa text student (tiny, CPU)."""
+"""Tests of pipeline.models.networks: the CLIP prompt teacher and the RoBERTa text student (tiny, CPU)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models import (
-    MODALITIES,
-    STUDENT_CONFIG,
-    PromptTeacher,
-    StudentConfig,
-    TeacherConfig,
-    TextStudent,
-    load_student,
-    load_teacher,
-    save_student,
-    save_teacher,
-)
+from pipeline.core.config import MODALITIES
+from pipeline.models.masks import set_audio_stats
+from pipeline.models.students import STUDENT_CONFIG, StudentConfig, TextStudent, load_student, save_student
+from pipeline.models.teacher import PromptTeacher, TeacherConfig, load_teacher, save_teacher
 
 D, N_MELS, K, FRAMES, A = 16, 8, 7, 4, 5
 VIDEO, AUDIO, TEXT = (MODALITIES.index(m) for m in ("video", "audio", "text"))
@@ -189,7 +181,7 @@ def test_set_audio_stats_standardises():
     audio[:, :, 3] = 7.0  # a constant mel bin: std clamped to 1e-3
     audio[1] = 1000.0  # a clip without audio must not count
     present = torch.tensor([True, False, True, True])
-    model.set_audio_stats(audio, present)
+    set_audio_stats(model, audio, present)
 
     frames = audio.numpy()[[0, 2, 3]].reshape(-1, N_MELS)  # 15 frames x 8 bins
     mean = frames.mean(axis=0)
@@ -212,7 +204,7 @@ def test_set_audio_stats_standardises():
 
 def test_set_audio_stats_without_audio_keeps_defaults():
     model = make_teacher()
-    model.set_audio_stats(torch.randn(2, A, N_MELS), torch.tensor([False, False]))
+    set_audio_stats(model, torch.randn(2, A, N_MELS), torch.tensor([False, False]))
     assert torch.equal(model.audio_mean, torch.zeros(N_MELS))
     assert torch.equal(model.audio_std, torch.ones(N_MELS))
 
@@ -239,7 +231,7 @@ def test_mask_token_trainability(mask):
 @pytest.mark.parametrize("mask", ["zeros", "learned"])
 def test_save_load_teacher_round_trip(tmp_path, mask):
     model = make_teacher(mask=mask)
-    model.set_audio_stats(torch.randn(3, A, N_MELS) * 2 + 1, torch.tensor([True, True, False]))
+    set_audio_stats(model, torch.randn(3, A, N_MELS) * 2 + 1, torch.tensor([True, True, False]))
     with torch.no_grad():
         model.alpha.fill_(0.37)
     path = tmp_path / "teacher.pt"
@@ -313,7 +305,7 @@ def test_student_forward_shapes():
 
 
 def test_save_load_student_round_trip(tmp_path):
-    from pipeline.distill import tokenize, train_bpe_tokenizer
+    from pipeline.models.students import tokenize, train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(SENTENCES, vocab_size=300, max_length=38)
     # byte-level BPE: 256 byte symbols + 5 specials at least, so the encoder's vocab follows the tokenizer

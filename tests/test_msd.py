@@ -1,4 +1,4 @@
-"""Tests of pipeline.msd: the MSD weightings (hand-computed in the comments) and the learned
+"""Tests of pipeline.distillation.msd: the MSD weightings (hand-computed in the comments) and the learned
 weighting's look-ahead meta-gradient on small constructed problems."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import msd
-from pipeline.config import ConfigError
-from pipeline.losses import msd_loss, task_loss
-from pipeline.msd import (
+from pipeline.core.config import ConfigError
+from pipeline.distillation import msd
+from pipeline.distillation.losses import msd_loss, task_loss
+from pipeline.distillation.msd import (
     WEIGHTINGS,
     MetaWeights,
     build_weighting,

@@ -15,13 +15,15 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import paths, report, stats
-from pipeline.config import ReportParams
-from pipeline.datasets import clip_key
-from pipeline.metrics import METRIC_NAMES, METRIC_SETS, RETRIEVAL_METRIC_NAMES
-from pipeline.models import MODALITIES
-from pipeline.retrieval import write_per_query_ap
-from pipeline.store import write_table
+from pipeline import report
+from pipeline.core import paths
+from pipeline.core.config import MODALITIES, ReportParams
+from pipeline.data.datasets import clip_key
+from pipeline.evaluation import report as report_lib
+from pipeline.evaluation import stats
+from pipeline.evaluation.metrics import METRIC_NAMES, METRIC_SETS, RETRIEVAL_METRIC_NAMES
+from pipeline.features.store import write_table
+from pipeline.tasks.retrieval import write_per_query_ap
 
 DS = "mosi"  # a registered dataset (its metric set names the columns); the files are fake
 RETRIEVAL_DS = "synthetic_av"  # metric set "retrieval": map_* metrics, students log valid/map
@@ -105,7 +107,7 @@ def _teacher_tables(dataset: str, seeds: list[int], rng: np.random.Generator, ta
 def make_inputs(dataset: str, students: list[str], seeds: list[int], limits: bool = True,
                 teacher_curve: str | None = None) -> dict:
     """Everything report reads, in the cwd. Returns {name: metrics JSON data} and "population"."""
-    ms = report.metric_set(dataset)
+    ms = report_lib.metric_set(dataset)
     task = "retrieval" if ms.primary == "map_mean" else "sentiment"
     rng = np.random.default_rng(0)
     out: dict = {}
@@ -135,7 +137,7 @@ def make_inputs(dataset: str, students: list[str], seeds: list[int], limits: boo
         if name in ("teacher_self", "floor"):
             continue
         for s in seeds:
-            base = paths.curves(dataset, report.curves_name(name), s) / "plots" / "metrics"
+            base = paths.curves(dataset, report_lib.curves_name(name), s) / "plots" / "metrics"
             curve = (teacher_curve or ms.curve) if name == "teacher" else ms.curve
             _tsv(base / f"{curve}.tsv", Path(curve).name, 1.0 / (np.arange(EPOCHS) + 1) + rng.uniform(0, 0.1, EPOCHS))
             if name.startswith("msd-") and name not in ("msd-none", "msd-kd"):
@@ -293,7 +295,7 @@ def test_missing_modality_table_figure_and_comparison(written: tuple[str, dict])
 
 def test_teacher_quality_given_each_subset(written: tuple[str, dict]) -> None:
     md, _ = written
-    from pipeline.store import read_table
+    from pipeline.features.store import read_table
 
     values = [read_table(paths.teacher_predictions(DS, s), "teacher")[1]["subset_metrics"]["video+text"]["test"]["mae"]
               for s in SEEDS]
@@ -367,7 +369,7 @@ def test_unknown_student_is_refused(workdir: Path) -> None:
 
 def test_retrieval_report_compares_map_higher_is_better(workdir: Path, caplog: pytest.LogCaptureFixture) -> None:
     inputs = make_inputs(RETRIEVAL_DS, STUDENTS, SEEDS, teacher_curve="valid/ce")  # the teacher logs CE
-    with caplog.at_level(logging.INFO, logger="pipeline.report"):
+    with caplog.at_level(logging.INFO, logger="pipeline.evaluation.report"):
         md = report.run(RETRIEVAL_DS, STUDENTS, SEEDS, PARAMS).read_text()
     header = _row(md, "Model", "## VideoAdviser family")
     assert header[1:5] == ["mAP a→v", "mAP v→a", "mAP (mean)", "Params"]

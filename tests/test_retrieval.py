@@ -1,4 +1,4 @@
-"""Tests of the retrieval metrics, the two-branch student and its losses (pipeline.retrieval)."""
+"""Tests of the retrieval metrics, the two-branch student and its losses (pipeline.tasks.retrieval)."""
 
 from __future__ import annotations
 
@@ -14,24 +14,26 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
-from pipeline import retrieval
-from pipeline.config import ConfigError
-from pipeline.losses import kd_loss
-from pipeline.retrieval import (
-    PER_QUERY_COLUMNS,
+from pipeline.core.config import ConfigError
+from pipeline.distillation.losses import kd_loss
+from pipeline.models.retrieval_student import (
     RetrievalStudent,
     RetrievalStudentConfig,
+    load_retrieval_student,
+    save_retrieval_student,
+)
+from pipeline.tasks import retrieval
+from pipeline.tasks.retrieval import (
+    PER_QUERY_COLUMNS,
     average_precision,
     branch_kd_loss,
     cosine_similarity,
     cross_modal_triplet_loss,
-    load_retrieval_student,
     metrics_from_per_query,
     read_per_query_ap,
     retrieval_loss,
     retrieval_map,
     retrieval_metrics,
-    save_retrieval_student,
     supcon_loss,
     write_per_query_ap,
 )
@@ -164,7 +166,7 @@ def test_retrieval_map_invariant_to_gallery_permutation() -> None:
 
 def test_retrieval_map_query_without_relevant_item(caplog: pytest.LogCaptureFixture) -> None:
     queries = np.array([[1.0, 0.0], [0.0, 1.0]])
-    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.tasks.retrieval"):
         mean_ap, per_query = retrieval_map(queries, [0, 7], GALLERY, GALLERY_LABELS)
     assert per_query.tolist() == [1.0, 0.0]
     assert mean_ap == pytest.approx(0.5)  # the query without a relevant item counts as 0
@@ -258,7 +260,7 @@ def test_retrieval_metrics_missing_modalities_are_left_out(caplog: pytest.LogCap
     has_visual[[2, 9]] = False
     audio[~has_audio] = 0.3  # what a branch gives every clip with zero features: one shared vector
     visual[~has_visual] = -0.7
-    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.tasks.retrieval"):
         metrics, table = retrieval_metrics(audio, visual, labels, ids=ids, audio_present=has_audio,
                                            visual_present=has_visual)
     assert "3 of 12 clips have no audio: they are not a2v queries and not items of the v2a gallery" in caplog.text
@@ -279,7 +281,7 @@ def test_retrieval_metrics_missing_modalities_are_left_out(caplog: pytest.LogCap
     assert metrics_from_per_query(read_per_query_ap(path)) == pytest.approx(metrics, rel=1e-15)
     # without the masks the shared vectors tie in every ranking, and a warning counts them
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.tasks.retrieval"):
         unmasked, unmasked_table = retrieval_metrics(audio, visual, labels, ids=ids)
     assert "a2v gallery (visual embeddings): 2 of 12 items share their (normalised) embedding" in caplog.text
     assert "v2a gallery (audio embeddings): 3 of 12 items share their (normalised) embedding" in caplog.text
@@ -290,7 +292,7 @@ def test_retrieval_metrics_counts_identical_gallery_items(caplog: pytest.LogCapt
     audio, visual, labels = _paired(n=12)
     visual[[3, 7]] = visual[0]  # three identical items
     visual[11] = 2.5 * visual[5]  # the same direction: identical once normalised
-    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.tasks.retrieval"):
         retrieval_metrics(audio, visual, labels)
     assert ("a2v gallery (visual embeddings): 5 of 12 items share their (normalised) embedding with another item, "
             "in 2 group(s)") in caplog.text
@@ -298,7 +300,7 @@ def test_retrieval_metrics_counts_identical_gallery_items(caplog: pytest.LogCapt
     caplog.clear()
     present = np.ones(12, dtype=bool)
     present[[3, 7, 11]] = False  # only present items count: nothing identical is left
-    with caplog.at_level(logging.WARNING, logger="pipeline.retrieval"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.tasks.retrieval"):
         retrieval_metrics(audio, visual, labels, visual_present=present)
     assert "share their" not in caplog.text
 

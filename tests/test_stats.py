@@ -1,4 +1,4 @@
-"""Tests of pipeline.stats on constructed cases whose answers are known."""
+"""Tests of pipeline.evaluation.stats on constructed cases whose answers are known."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.stats import (
+from pipeline.evaluation.stats import (
     Comparison,
     bootstrap_ci,
     compare,
@@ -240,7 +240,7 @@ def test_compare_family_errors() -> None:
 
 
 def test_compare_family_warns_when_nothing_can_hold(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pipeline.stats"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation.stats"):
         compare_family(_family(), "none", higher_is_better=False, n_resamples=99)
     # 3 comparisons * 2 / 100 = 0.06 >= 0.05
     assert "smallest attainable Holm-adjusted p is 0.06 >= alpha = 0.05" in caplog.text

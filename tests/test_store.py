@@ -1,4 +1,4 @@
-"""Tests of pipeline.store: the resumable HDF5 feature files and the per-clip tables."""
+"""Tests of pipeline.features.store: the resumable HDF5 feature files and the per-clip tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.store import (
+from pipeline.features.store import (
     FeatureReader,
     FeatureWriter,
     StoreError,

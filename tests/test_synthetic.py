@@ -1,4 +1,4 @@
-"""Tests of the synthetic dataset generators (pipeline.synthetic): synthetic_sentiment and synthetic_av."""
+"""Tests of the synthetic dataset generators (pipeline.data.synthetic): synthetic_sentiment and synthetic_av."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.limits import SUBSETS, Draws, bayes_predictions
-from pipeline.media import FrameSampler, read_audio, read_frames
-from pipeline.synthetic import (
+from pipeline.data.limits import SUBSETS, Draws, bayes_predictions
+from pipeline.data.synthetic import (
     AV_CLASSES,
     AV_TABLE_COLUMNS,
     CLOSING_FILLERS,
@@ -37,7 +36,8 @@ from pipeline.synthetic import (
     sentiment_process,
     write_mp4,
 )
-from pipeline.vegas import MANIFEST_COLUMNS, fold_path, read_vegas
+from pipeline.data.vegas import MANIFEST_COLUMNS, fold_path, read_vegas
+from pipeline.features.media import FrameSampler, read_audio, read_frames
 
 SPLITS = {"train": 0.6, "valid": 0.15, "test": 0.25}
 SECONDS, FPS, SIZE, SAMPLE_RATE = 1.0, 8, 32, 16000

@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import teacher as teacher_stage
-from pipeline.config import TeacherParams, TrainParams
-from pipeline.features import FeatureArrays
-from pipeline.models import PromptTeacher, TeacherConfig, modality_dropout
+from pipeline.core.config import TeacherParams, TrainParams
+from pipeline.core.paths import SELF_TEACHER
+from pipeline.features.arrays import FeatureArrays
+from pipeline.models.masks import modality_dropout
+from pipeline.models.teacher import PromptTeacher, TeacherConfig
+from pipeline.tasks.table import TASKS
+from pipeline.training import teacher as teacher_lib
+
+SENTIMENT_TASK, RETRIEVAL_TASK = TASKS.get("sentiment"), TASKS.get("retrieval")
 
 N, F, D, A, M, K = 40, 4, 16, 5, 8, 7
 
@@ -40,10 +45,10 @@ def test_schedules_train_and_select_on_validation(schedule: str, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     arrays, labels, splits = data()
     torch.manual_seed(0)
-    model, best = teacher_stage.train_teacher(arrays, labels, splits, dataclasses.replace(PARAMS, schedule=schedule),
-                                              seed=0, dataset="toy")
+    model, best = teacher_lib.train_teacher(arrays, labels, splits, dataclasses.replace(PARAMS, schedule=schedule),
+                                              seed=0, dataset="toy", task=SENTIMENT_TASK)
     assert 0 <= best["epoch"] < 3 and np.isfinite(best["valid_mae"]) and best["epochs_run"] == 3
-    out = teacher_stage.predict(model, arrays, torch.arange(N))
+    out = teacher_lib.predict(model, arrays, torch.arange(N))
     assert out["logits"].shape == (N, K) and torch.isfinite(out["reg"]).all()
     curves = tmp_path / "dvclive" / "toy" / "teacher" / "seed_0"
     assert (curves / "plots" / "metrics" / "valid" / "mae.tsv").is_file()
@@ -55,7 +60,7 @@ def test_two_phase_second_phase_trains_only_g(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     arrays, labels, splits = data()
     snapshots = []
-    real_fit = teacher_stage.fit
+    real_fit = teacher_lib.fit
 
     def spy(model, parameters, **kwargs):
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
@@ -63,10 +68,10 @@ def test_two_phase_second_phase_trains_only_g(tmp_path, monkeypatch) -> None:
         snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
         return result
 
-    monkeypatch.setattr(teacher_stage, "fit", spy)
+    monkeypatch.setattr(teacher_lib, "fit", spy)
     torch.manual_seed(0)
-    model, _ = teacher_stage.train_teacher(arrays, labels, splits, dataclasses.replace(PARAMS, schedule="two_phase"),
-                                           seed=0, dataset="toy")
+    model, _ = teacher_lib.train_teacher(arrays, labels, splits, dataclasses.replace(PARAMS, schedule="two_phase"),
+                                           seed=0, dataset="toy", task=SENTIMENT_TASK)
     before, after = snapshots[2], snapshots[3]  # around the second phase
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("step1.") for k in changed)
@@ -76,22 +81,22 @@ def test_two_phase_second_phase_trains_only_g(tmp_path, monkeypatch) -> None:
 def test_saliency_definitions() -> None:
     full, without, y = torch.tensor([1.0, 0.0]), torch.tensor([0.5, 1.0]), torch.tensor([1.0, 1.0])
     # prediction: |r(x) - r(x without m)|
-    torch.testing.assert_close(teacher_stage.saliency(full, without, y, "prediction"), torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(SENTIMENT_TASK.saliency(full, without, y, "prediction"), torch.tensor([0.5, 1.0]))
     # loss: |y - r(x without m)| - |y - r(x)|: removing m hurts clip 0 by 0.5, helps clip 1 by 1.0
-    torch.testing.assert_close(teacher_stage.saliency(full, without, y, "loss"), torch.tensor([0.5, -1.0]))
+    torch.testing.assert_close(SENTIMENT_TASK.saliency(full, without, y, "loss"), torch.tensor([0.5, -1.0]))
 
 
 def test_modality_predictions_mask_the_other_modalities(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     arrays, labels, splits = data()
     torch.manual_seed(0)
-    model, _ = teacher_stage.train_teacher(arrays, labels, splits, PARAMS, seed=0, dataset="toy")
-    full_out = teacher_stage.predict(model, arrays, torch.arange(N))
+    model, _ = teacher_lib.train_teacher(arrays, labels, splits, PARAMS, seed=0, dataset="toy", task=SENTIMENT_TASK)
+    full_out = teacher_lib.predict(model, arrays, torch.arange(N))
     full = full_out["reg"]
-    out = teacher_stage.modality_predictions(model, arrays, full_out, labels, "prediction")
-    only_text = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([False, False, True]))
+    out = teacher_lib.modality_predictions(model, arrays, full_out, labels, "prediction", task=SENTIMENT_TASK)
+    only_text = teacher_lib.predict(model, arrays, torch.arange(N), keep=torch.tensor([False, False, True]))
     np.testing.assert_allclose(out["reg_only_text"], only_text["reg"].numpy())
-    no_text = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([True, True, False]))
+    no_text = teacher_lib.predict(model, arrays, torch.arange(N), keep=torch.tensor([True, True, False]))
     np.testing.assert_allclose(out["saliency_text"], (full - no_text["reg"]).abs().numpy())
     np.testing.assert_allclose(out["reg_without_text"], no_text["reg"].numpy())
     assert out["saliency_text"].mean() > 0
@@ -111,28 +116,28 @@ def test_retrieval_teacher_classifies_without_the_regression_head(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     arrays, labels, splits = class_data()
     torch.manual_seed(0)
-    g_before = {k: v.clone() for k, v in teacher_stage.PromptTeacher(
-        teacher_stage.TeacherConfig(embed_dim=D, audio_dim=M, num_classes=K, frames=F, audio_tokens=A, layers=1,
+    g_before = {k: v.clone() for k, v in teacher_lib.PromptTeacher(
+        teacher_lib.TeacherConfig(embed_dim=D, audio_dim=M, num_classes=K, frames=F, audio_tokens=A, layers=1,
                                     heads=2, dropout=0.0, prompt_alpha=0.1, mask="zeros", step1_hidden=8),
         arrays.prompts).step1.state_dict().items()}
     torch.manual_seed(0)
     params = dataclasses.replace(PARAMS, train=dataclasses.replace(PARAMS.train, epochs=25, lr=5e-3))
-    model, best = teacher_stage.train_teacher(arrays, labels, splits, params, seed=0, dataset="toy", task="retrieval")
+    model, best = teacher_lib.train_teacher(arrays, labels, splits, params, seed=0, dataset="toy", task=RETRIEVAL_TASK)
     assert set(best) == {"epoch", "valid_ce", "epochs_run"} and np.isfinite(best["valid_ce"])
     for k, v in model.step1.state_dict().items():  # g is not trained (same init under the same seed)
         torch.testing.assert_close(v, g_before[k])
     curves = tmp_path / "dvclive" / "toy" / "teacher" / "seed_0" / "plots" / "metrics" / "valid"
     assert (curves / "ce.tsv").is_file() and not (curves / "mae.tsv").exists()
-    full = teacher_stage.predict(model, arrays, torch.arange(N))
+    full = teacher_lib.predict(model, arrays, torch.arange(N))
     train = torch.from_numpy(splits == "train")
     assert (full["logits"][train].argmax(-1) == labels[train].long()).float().mean() > 0.5
-    out = teacher_stage.modality_predictions(model, arrays, full, labels, "prediction", task="retrieval")
+    out = teacher_lib.modality_predictions(model, arrays, full, labels, "prediction", task=RETRIEVAL_TASK)
     assert out["logits_only_video"].shape == (N, K) and "reg_only_video" not in out
-    no_video = teacher_stage.predict(model, arrays, torch.arange(N), keep=torch.tensor([False, True, True]))
+    no_video = teacher_lib.predict(model, arrays, torch.arange(N), keep=torch.tensor([False, True, True]))
     tv = 0.5 * (full["logits"].softmax(-1) - no_video["logits"].softmax(-1)).abs().sum(-1)
     np.testing.assert_allclose(out["saliency_video"], tv.numpy(), rtol=1e-6)
     np.testing.assert_allclose(out["saliency_text"], 0.0, atol=1e-7)  # text is absent: masking it changes nothing
-    loss = teacher_stage.class_saliency(full["logits"], no_video["logits"], labels, "loss")
+    loss = RETRIEVAL_TASK.saliency(full["logits"], no_video["logits"], labels, "loss")
     ce = torch.nn.functional.cross_entropy
     torch.testing.assert_close(loss, ce(no_video["logits"], labels.long(), reduction="none")
                                - ce(full["logits"], labels.long(), reduction="none"))
@@ -163,7 +168,8 @@ def test_modality_dropout_trains_the_mask_vectors(tmp_path, monkeypatch) -> None
     for p in (0.0, 0.5):
         torch.manual_seed(0)
         params = dataclasses.replace(PARAMS, mask="learned", modality_dropout=p)
-        model, _ = teacher_stage.train_teacher(arrays, labels, splits, params, seed=0, dataset=f"toy{p}")
+        model, _ = teacher_lib.train_teacher(arrays, labels, splits, params, seed=0, dataset=f"toy{p}",
+                                             task=SENTIMENT_TASK)
         moved[p] = model.mask_tokens.detach().abs().sum(dim=1)  # (3,): they start at zero
     assert torch.equal(moved[0.0], torch.zeros(3))
     assert (moved[0.5] > 0).all()
@@ -192,22 +198,22 @@ def test_clip_anchored_teacher_starts_at_the_scaled_clip_similarities() -> None:
 def test_self_teacher_never_sees_video_or_audio(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     arrays, labels, splits = data()
-    text_only = teacher_stage.restricted(arrays, ("text",))
+    text_only = teacher_lib.restricted(arrays, ("text",))
     assert not text_only.present[:, :2].any() and text_only.present[:, 2].all()
     torch.manual_seed(0)
-    model, _ = teacher_stage.train_teacher(text_only, labels, splits, PARAMS, seed=0, dataset="toy",
-                                           name=teacher_stage.SELF_TEACHER)
+    model, _ = teacher_lib.train_teacher(text_only, labels, splits, PARAMS, seed=0, dataset="toy",
+                                           task=SENTIMENT_TASK, name=SELF_TEACHER)
     shuffled = dataclasses.replace(text_only, video=text_only.video.flip(0), audio=text_only.audio + 3.0)
     idx = torch.arange(N)
-    torch.testing.assert_close(teacher_stage.predict(model, shuffled, idx)["reg"],
-                               teacher_stage.predict(model, text_only, idx)["reg"])
+    torch.testing.assert_close(teacher_lib.predict(model, shuffled, idx)["reg"],
+                               teacher_lib.predict(model, text_only, idx)["reg"])
     assert (tmp_path / "dvclive" / "toy" / "teacher_self" / "seed_0").is_dir()
 
 
 def test_subset_columns_cover_every_subset() -> None:
-    cols = teacher_stage.subset_columns(["video", "audio", "text"], "reg")
+    cols = teacher_lib.subset_columns(["video", "audio", "text"], "reg")
     assert cols == {"video+audio+text": "reg", "video+audio": "reg_without_text", "video+text": "reg_without_audio",
                     "audio+text": "reg_without_video", "video": "reg_only_video", "audio": "reg_only_audio",
                     "text": "reg_only_text"}
-    assert teacher_stage.subset_columns(["video", "audio"], "logits") == {
+    assert teacher_lib.subset_columns(["video", "audio"], "logits") == {
         "video+audio": "logits", "video": "logits_only_video", "audio": "logits_only_audio"}

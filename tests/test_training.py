@@ -1,4 +1,4 @@
-"""pipeline.training.fit on tiny models and random tensors (CPU, one process): the learning-rate
+"""pipeline.training.loop.fit on tiny models and random tensors (CPU, one process): the learning-rate
 schedule, how a global batch is split, gradient accumulation, resumable checkpoints, trainable
 subsets and precision on CPU. DDP under torchrun: tests/test_ddp.py."""
 
@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import TrainParams
-from pipeline.runtime import Ranks
-from pipeline.training import fit, micro_batches, warmup_linear
+from pipeline.core.config import TrainParams
+from pipeline.core.runtime import Ranks
+from pipeline.training.loop import fit, micro_batches, warmup_linear
 
 D = 6
 PARAMS = TrainParams(epochs=3, batch_size=4, lr=1e-2, warmup=0.2, weight_decay=0.01, device="cpu", precision="fp32",
@@ -125,7 +125,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path, caplog: p
     with pytest.raises(Interrupted):  # in step 8 (epoch 1); the last checkpoint is after step 6
         train(model, tmp_path, params, state_path=state, fingerprint={"data": "v1"}, fail_at=15)
     assert state.is_file()
-    with caplog.at_level(logging.INFO, logger="pipeline.training"):
+    with caplog.at_level(logging.INFO, logger="pipeline.training.loop"):
         best = train(model, tmp_path, params, state_path=state, fingerprint={"data": "v1"})
     assert "resuming from" in caplog.text and "at epoch 1, batch 1" in caplog.text
     assert_same_weights(model, reference, exact=True)
@@ -141,7 +141,7 @@ def test_a_different_fingerprint_starts_fresh(tmp_path: Path, caplog: pytest.Log
         train(mlp(), tmp_path, state_path=state, fingerprint={"data": "v1", "model": "a"}, fail_at=8)
     assert state.is_file()
     model = mlp()
-    with caplog.at_level(logging.INFO, logger="pipeline.training"):
+    with caplog.at_level(logging.INFO, logger="pipeline.training.loop"):
         train(model, tmp_path, dataclasses.replace(PARAMS, lr=2e-2), state_path=state,
               fingerprint={"data": "v2", "model": "a"})
     warning = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -177,7 +177,7 @@ def test_only_the_given_parameters_train(tmp_path: Path) -> None:
 def test_precision_is_ignored_on_cpu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     fp32, bf16 = mlp(), mlp()
     train(fp32, tmp_path, name="fp32")
-    with caplog.at_level(logging.INFO, logger="pipeline.training"):
+    with caplog.at_level(logging.INFO, logger="pipeline.training.loop"):
         train(bf16, tmp_path, dataclasses.replace(PARAMS, precision="bf16"), name="bf16")
     assert "precision bf16 applies on CUDA only; training on cpu in fp32" in caplog.text
     assert_same_weights(fp32, bf16, exact=True)
@@ -230,7 +230,7 @@ def test_step_hook_runs_once_per_optimizer_step_with_the_whole_batch(tmp_path: P
 def test_run_seeds_runs_every_seed_once(tmp_path: Path) -> None:
     import os
 
-    from pipeline.runtime import run_seeds, seed_workers
+    from pipeline.core.runtime import run_seeds, seed_workers
 
     def train(seed: int) -> None:
         torch.manual_seed(seed)
@@ -248,7 +248,7 @@ def test_run_seeds_runs_every_seed_once(tmp_path: Path) -> None:
 
 
 def test_run_seeds_names_the_seeds_of_a_failed_worker(tmp_path: Path) -> None:
-    from pipeline.runtime import run_seeds, seed_workers
+    from pipeline.core.runtime import run_seeds, seed_workers
 
     def train(seed: int) -> None:
         if seed == 1:

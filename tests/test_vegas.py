@@ -1,4 +1,4 @@
-"""Tests of the VEGAS readers (pipeline.vegas): raw layout, fold files, precomputed features."""
+"""Tests of the VEGAS readers (pipeline.data.vegas): raw layout, fold files, precomputed features."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.datasets import DatasetError
-from pipeline.store import StoreError, read_arrays
-from pipeline.vegas import (
+from pipeline.data.errors import DatasetError
+from pipeline.data.vegas import (
     FEATURE_KEYS,
     FEATURE_MANIFEST_COLUMNS,
     MANIFEST_COLUMNS,
@@ -23,6 +22,7 @@ from pipeline.vegas import (
     video_path,
     write_fold_files,
 )
+from pipeline.features.store import StoreError, read_arrays
 
 CLASSES = ("dog", "baby_cry", "chainsaw")  # sorted: baby_cry 0, chainsaw 1, dog 2
 PER_CLASS = 5
@@ -284,9 +284,9 @@ def test_feature_keys() -> None:
 
 
 def test_vegas_dataset_manifest_round_trips_with_its_classes(root: Path, tmp_path: Path) -> None:
-    from pipeline.config import PrepareParams
-    from pipeline.datasets import MANIFEST_COLUMNS as COMMON
-    from pipeline.datasets import dataset_classes, read_dataset, read_manifest, write_manifest
+    from pipeline.core.config import PrepareParams
+    from pipeline.data.datasets import MANIFEST_COLUMNS as COMMON
+    from pipeline.data.datasets import dataset_classes, read_dataset, read_manifest, write_manifest
 
     spec, manifest = read_dataset("vegas", root, PrepareParams(test_fold=2, valid_fraction=0.25, split_seed=0))
     assert spec.task == "retrieval" and spec.metric_set == "retrieval"

@@ -19,12 +19,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import paths
-from .config import ClipParams, ExtractParams
-from .datasets import dataset_classes
-from .extract import feature_config
-from .models import MODALITIES
-from .store import FeatureReader
+from pipeline.core import paths
+from pipeline.core.config import MODALITIES, ClipParams, ExtractParams
+from pipeline.data.datasets import dataset_classes
+from pipeline.features.extraction import feature_config
+from pipeline.features.store import FeatureReader
 
 log = logging.getLogger(__name__)
 

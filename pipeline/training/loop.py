@@ -79,8 +79,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .config import TrainParams
-from .runtime import Ranks, Throughput, init_ranks
+from pipeline.core.config import TrainParams
+from pipeline.core.runtime import Ranks, Throughput, init_ranks
 
 log = logging.getLogger(__name__)
 

@@ -4,18 +4,22 @@ Each section of params.yaml maps to a frozen dataclass below. `load_section` tur
 section into its dataclass and rejects unknown or missing keys, naming the valid ones,
 so a typo in `dvc exp run -S teacher.lrr=...` fails before any work is done.
 
-Choices made by name (dataset, model, method, ...) resolve through `Registry`, one small
-table of names -> builders per concern; an unknown name raises with the available names.
+Closed choices (dataset, student, backend, distance, ...) are `Literal` fields declared here, so
+that loading params needs none of the modules they configure (this module imports nothing from
+the project); a test checks that each `Literal` matches the registry that implements it
+(core/registry.py: one small table of names -> builders per concern). An unknown name raises
+with the available names and the closest match.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
@@ -28,50 +32,30 @@ class ConfigError(ValueError):
     """A params.yaml value is missing, unknown or of the wrong type."""
 
 
-class Registry(Generic[T]):
-    """A table of names -> objects with an error that lists the valid names."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._items: dict[str, T] = {}
-
-    def register(self, name: str) -> Callable[[T], T]:
-        def decorator(obj: T) -> T:
-            self.add(name, obj)
-            return obj
-
-        return decorator
-
-    def add(self, name: str, obj: T) -> None:
-        if name in self._items:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._items[name] = obj
-
-    def get(self, name: str) -> T:
-        try:
-            return self._items[name]
-        except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}. Available: {sorted(self._items)}"
-            ) from None
-
-    def names(self) -> list[str]:
-        return sorted(self._items)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-
 # --------------------------------------------------------------------------- sections
 
 
-def check_choice(where: str, value: str, choices: tuple[str, ...]) -> None:
-    """Raise ConfigError unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ConfigError(f"{where}: unknown value {value!r}. Available: {list(choices)}")
+DatasetName = Literal["synthetic_sentiment", "synthetic_av", "mosi", "mosei", "sims", "csv", "vegas"]
+StudentName = Literal["va-none", "va-kd", "va-self", "va-videoadviser", "msd-none", "msd-kd", "msd-uniform",
+                      "msd-population", "msd-instance", "msd-learned"]  # <family>-<method>: distillation/families.py
+Backend = Literal["decord", "pyav"]  # features/media.py
+Sampling = Literal["uniform", "fps", "all"]
+Precision = Literal["fp32", "fp16", "bf16"]
+Distance = Literal["l1", "mse", "smooth_l1"]  # distillation/losses.py
+Objective = Literal["triplet", "supcon"]  # tasks/retrieval.py
+DISTANCES: tuple[str, ...] = get_args(Distance)
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+
+
+def did_you_mean(value: object, choices: list[str] | tuple[str, ...]) -> str:
+    """` Did you mean 'x'?` for the closest of `choices` (difflib), or "" when none is close."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def unknown_choice(where: str, value: object, choices: list[str] | tuple[str, ...]) -> ConfigError:
+    """ConfigError for a params value that is not among `choices`, naming the key and the closest match."""
+    return ConfigError(f"{where}: unknown value {value!r}.{did_you_mean(value, choices)} Available: {list(choices)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +78,7 @@ class SentimentNoiseParams:
 
 @dataclasses.dataclass(frozen=True)
 class SentimentParams:
-    """synthetic_sentiment (MOSI-like; the process is described in pipeline/synthetic.py)."""
+    """synthetic_sentiment (MOSI-like; the process is described in pipeline/data/synthetic.py)."""
 
     n_clips: int
     splits: dict[str, float]  # fraction of clips per split (train/valid/test), by video
@@ -160,9 +144,6 @@ class ClipParams:
     init_seed: int  # seeds the random init when pretrained is "" (apart from `seed`, so seeds share features)
 
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
 @dataclasses.dataclass(frozen=True)
 class RunParams:
     """How a stage runs; does not change what it computes (up to float rounding)."""
@@ -170,25 +151,16 @@ class RunParams:
     device: str  # auto | cpu | cuda | cuda:N
     batch_size: int  # clips per encoder batch
     num_workers: int  # DataLoader workers decoding clips while the main process encodes
-    precision: str  # fp32 | fp16 | bf16: autocast of the encoder on GPU (CPU always runs fp32)
-
-    def __post_init__(self) -> None:
-        check_choice("extract.run.precision", self.precision, PRECISIONS)
+    precision: Precision  # autocast of the encoder on GPU (CPU always runs fp32)
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoParams:
-    backend: str  # decord | pyav (for platforms without decord wheels)
-    sampling: str  # uniform: `frames` per clip | fps: `fps` frames per second | all: every frame
+    backend: Backend  # decord | pyav (for platforms without decord wheels)
+    sampling: Sampling  # uniform: `frames` per clip | fps: `fps` frames per second | all: every frame
     frames: int  # uniform sampling: frames per clip
     fps: float  # fps sampling: frames per second of video
     max_frames: int  # fps / all sampling: at most this many frames per clip (uniformly thinned beyond)
-
-    def __post_init__(self) -> None:
-        from .media import BACKENDS, SAMPLINGS  # the decoder's own lists
-
-        check_choice("extract.video.backend", self.backend, BACKENDS)
-        check_choice("extract.video.sampling", self.sampling, SAMPLINGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,14 +197,13 @@ class TrainParams:
     warmup: float  # fraction of the steps with a linear warm-up; then linear decay to 0
     weight_decay: float
     device: str  # auto | cpu | cuda | cuda:N (under torchrun each rank takes cuda:LOCAL_RANK)
-    precision: str  # fp32 | fp16 | bf16: autocast on GPU (fp16 with a gradient scaler); CPU runs fp32
+    precision: Precision  # autocast on GPU (fp16 with a gradient scaler); CPU runs fp32
     grad_accum: int  # micro-batches per optimizer step (the global batch is split, not multiplied)
     checkpoint_every: int  # optimizer steps between resumable checkpoints; 0 = only at the end of an epoch
     patience: int = 0  # early stopping: stop after this many epochs without a better validation value; 0 = never
     min_epochs: int = 0  # early stopping never stops before this many epochs (a model's initial plateau)
 
     def __post_init__(self) -> None:
-        check_choice("train.precision", self.precision, PRECISIONS)
         if self.patience < 0:
             raise ConfigError(f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
         if not 0 <= self.min_epochs <= self.epochs:
@@ -252,20 +223,17 @@ class TeacherParams:
     video_tokens: int  # frame embeddings are average-pooled over time to this many tokens
     audio_tokens: int  # log-mel frames are average-pooled over time to this many tokens
     prompt_alpha: float  # initial residual weight a of the video-enhanced prompts
-    mask: str  # zeros | learned: how a masked (missing or held-out) modality is filled
-    schedule: str  # joint | two_phase (step 1: classification -> regression)
+    mask: Literal["zeros", "learned"]  # how a masked (missing or held-out) modality is filled
+    schedule: Literal["joint", "two_phase"]  # step 1: classification -> regression
     ce_weight: float
     step1_hidden: int  # hidden width of g, the logits -> regression MLP
-    saliency: str  # prediction: |r_T(x) - r_T(x without m)| | loss: |y - r_T(x without m)| - |y - r_T(x)|
+    saliency: Literal["prediction", "loss"]  # prediction: |r_T(x) - r_T(x without m)| | loss: |y - r_T(x without m)| - |y - r_T(x)|
     train: TrainParams
     modality_dropout: float = 0.0  # training: each present modality masked with this probability, one always kept
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError(f"teacher.modality_dropout must be in [0, 1), got {self.modality_dropout}")
-        check_choice("teacher.mask", self.mask, ("zeros", "learned"))
-        check_choice("teacher.schedule", self.schedule, ("joint", "two_phase"))
-        check_choice("teacher.saliency", self.saliency, ("prediction", "loss"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,16 +254,10 @@ class StudentParams:
     audio_tokens: int  # multimodal student: log-mel frames pooled over time to this many tokens
 
 
-DISTANCES: tuple[str, ...] = ("l1", "mse", "smooth_l1")  # losses.DISTANCES's names (declared here: no torch)
-
-
 @dataclasses.dataclass(frozen=True)
 class VideoAdviserParams:
     weight: float  # lambda
-    distance: str  # mse | l1 | smooth_l1
-
-    def __post_init__(self) -> None:
-        check_choice("distill.videoadviser.distance", self.distance, DISTANCES)
+    distance: Distance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,22 +270,17 @@ class KDParams:
 class MSDParams:
     kd_weight: float  # alpha of the KD term on the full-input logits
     temperature: float  # T of that KD term
-    distance: str  # D between S(x_m) and T(x_m): mse | l1 | smooth_l1
+    distance: Distance  # D between S(x_m) and T(x_m)
     instance_temperature: float  # tau of the per-clip softmax over saliencies (`instance`)
     meta_lr: float  # beta: SGD step size of the weight logits phi (`learned`; the look-ahead step uses train.lr)
-    meta_split: str  # train | valid: the split `learned`'s meta set is carved from (never the selection clips)
+    meta_split: Literal["train", "valid"]  # the split `learned`'s meta set is carved from (never the selection clips)
     meta_fraction: float  # the part of that split held out as the meta set
 
     def __post_init__(self) -> None:
-        check_choice("distill.msd.distance", self.distance, DISTANCES)
-        check_choice("distill.msd.meta_split", self.meta_split, ("train", "valid"))
         if self.instance_temperature <= 0:
             raise ConfigError(f"distill.msd.instance_temperature must be > 0, got {self.instance_temperature}")
         if not 0.0 < self.meta_fraction < 1.0:
             raise ConfigError(f"distill.msd.meta_fraction must be in (0, 1), got {self.meta_fraction}")
-
-
-OBJECTIVES: tuple[str, ...] = ("triplet", "supcon")  # retrieval.retrieval_loss's objectives (declared here: light)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,18 +290,15 @@ class RetrievalParams:
     embed_dim: int  # common space E
     hidden_dim: int  # hidden layer of each branch
     dropout: float
-    objective: str  # supcon | triplet
+    objective: Objective
     temperature: float  # supcon tau
     margin: float  # triplet margin
     ce_weight: float  # weight of the shared classifier's cross-entropy
 
-    def __post_init__(self) -> None:
-        check_choice("distill.retrieval.objective", self.objective, OBJECTIVES)
-
 
 @dataclasses.dataclass(frozen=True)
 class DistillParams:
-    students: list[str]  # <family>-<method> (families.py), one student per entry and seed
+    students: list[StudentName]  # <family>-<method> (distillation/families.py), one student per entry and seed
     student: StudentParams
     retrieval: RetrievalParams
     train: TrainParams
@@ -409,7 +363,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "report": ReportParams,
 }
-TOP_LEVEL: dict[str, Any] = {"seeds": list[int], "dataset": str}
+TOP_LEVEL: dict[str, Any] = {"seeds": list[int], "dataset": DatasetName}
 
 
 # --------------------------------------------------------------------------- loading
@@ -452,25 +406,19 @@ def load_value(name: str, path: Path = PARAMS_FILE) -> Any:
 def check_params(path: Path = PARAMS_FILE) -> None:
     """Validate all of params.yaml before a stage does any work.
 
-    Every stage calls this first, so a typo anywhere (an unknown key, a dataset, method or
-    CLIP model name that does not exist) fails the first stage DVC runs, listing the valid
-    choices, instead of failing hours later in the stage that reads it.
+    Every stage calls this first, so a typo anywhere (an unknown key, a dataset or student
+    that does not exist) fails the first stage DVC runs, listing the valid choices, instead of
+    failing hours later in the stage that reads it. (The CLIP model name is an open set, checked
+    by the stages that build CLIP: features/clip.py `check_clip_source`.)
     """
-    from .clip import check_clip_source
-    from .datasets import DATASETS
-    from .families import parse_student
-
     sections = {name: load_section(name, path) for name in SECTIONS}
     seeds = load_value("seeds", path)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds}")
-    DATASETS.get(load_value("dataset", path))
+    load_value("dataset", path)
     students = sections["distill"].students
-    for name in students:
-        parse_student(name)
     if len(set(students)) != len(students):
         raise ConfigError(f"{path}: distill.students has duplicates: {students}")
-    check_clip_source(sections["clip"].model, sections["clip"].pretrained)
 
 
 def from_dict(cls: type[T], data: Any, where: str) -> T:
@@ -498,6 +446,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise unknown_choice(where, value, get_args(tp))
+        return value
     if origin in (typing.Union, types.UnionType):
         errors = []
         for arg in typing.get_args(tp):

@@ -51,8 +51,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import Registry
-from .models import MODALITIES
+from pipeline.core.config import MODALITIES
+from pipeline.core.registry import Registry
 
 MIN_INIT_WEIGHT = 1e-4  # floor of the learned weights' initial values: log(0) = -inf could never recover
 

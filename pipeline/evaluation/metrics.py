@@ -4,7 +4,7 @@ Three metric sets, chosen per dataset by ``DatasetSpec.metric_set`` through :dat
 ``mosi_mosei`` (:func:`sentiment_metrics`, :data:`METRIC_NAMES`; labels in [-3, 3]),
 ``sims`` (:func:`sims_metrics`, :data:`SIMS_METRIC_NAMES`; CH-SIMS, labels in [-1, 1]) and
 ``retrieval`` (``RETRIEVAL_METRIC_NAMES``; VEGAS-like audio-visual retrieval, defined in
-``pipeline/retrieval.py``). Each :class:`MetricSet` also names its headline metric (``primary``,
+``pipeline/tasks/retrieval.py``). Each :class:`MetricSet` also names its headline metric (``primary``,
 with its direction ``higher_is_better``), the validation curve students log (``curve``) and how
 one seed's predictions file is scored (``from_csv``), so that no other module hard-codes MAE:
 
@@ -117,13 +117,13 @@ Retrieval (``retrieval``)
 
 ``map_a2v``, ``map_v2a`` (mean average precision of audio queries over the visual gallery and
 the reverse; full ranking by cosine similarity, relevance = same class) and ``map_mean`` (their
-average); formulas, tie-breaking and sources in ``pipeline/retrieval.py``. They are computed
+average); formulas, tie-breaking and sources in ``pipeline/tasks/retrieval.py``. They are computed
 from embeddings (``retrieval.retrieval_metrics``), not from ``(pred, y)``, so this set's
 ``compute`` raises a ValueError; a seed's file is its per-query AP table
 (``retrieval.write_per_query_ap``), from which :func:`metrics_from_csv` recomputes the three
 values (``retrieval.metrics_from_per_query``: the mean AP of each direction's rows).
 
-Command line: ``python -m pipeline.metrics [--metric-set sims|retrieval] predictions.csv [...]``
+Command line: ``python -m pipeline.evaluation.metrics [--metric-set sims|retrieval] predictions.csv [...]``
 reads each seed's predictions CSV (per clip: ``id``, ``label``, ``pred``; for ``retrieval`` per
 query: ``direction``, ``id``, ``label``, ``ap``) and prints one JSON object mapping each path to
 its metrics (default metric set ``mosi_mosei``); ``nan`` is written as ``null`` so the output is
@@ -145,7 +145,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Registry
+from pipeline.core.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def _per_query_csv_metrics(path: Path) -> dict[str, float]:
 
     Every AP must be a number in [0, 1]: anything else means the file is not what evaluate writes.
     """
-    from . import retrieval  # imported here: it holds the retrieval student, and torch with it
+    from pipeline.tasks import retrieval  # imported here: it holds the retrieval student, and torch with it
 
     table = retrieval.read_per_query_ap(path)  # FileNotFoundError / ValueError (missing columns) name the file
     try:
@@ -412,13 +412,13 @@ def json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.metrics [--metric-set NAME] predictions.csv [...]` prints each CSV's metrics as JSON.
+    """`python -m pipeline.evaluation.metrics [--metric-set NAME] predictions.csv [...]` prints each CSV's metrics as JSON.
 
     Output: one JSON object ``{path: {metric: value, ...}, ...}`` (nan -> null).
     Returns 0, or 1 (with a message on stderr) when a CSV cannot be read or is invalid.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.metrics",
+        prog="python -m pipeline.evaluation.metrics",
         description="Recompute a seed's test metrics from its predictions CSV: per clip (columns id, label, "
         "pred) for the sentiment sets, per query (direction, id, label, ap) for retrieval.",
     )

@@ -16,6 +16,9 @@ CURVES = Path("dvclive")
 CHECKPOINTS = Path("checkpoints")  # resumable training state; not a DVC output (DVC clears outputs before a run)
 REPORTS = Path("reports")
 
+# the models besides the students (models/<ds>/<name>): the teacher, its `self` control, the linear floor
+TEACHER, SELF_TEACHER, FLOOR = "teacher", "teacher_self", "floor"
+
 
 def raw_dir(dataset: str) -> Path:
     return RAW / dataset
@@ -33,22 +36,22 @@ def failures(dataset: str, modality: str) -> Path:
     return FEATURES / dataset / f"failures_{modality}.csv"
 
 
-def teacher_dir(dataset: str, name: str = "teacher") -> Path:
+def teacher_dir(dataset: str, name: str = TEACHER) -> Path:
     """All seeds of a teacher (one DVC output): `teacher`, or the control `teacher_self`."""
     return MODELS / dataset / name
 
 
-def teacher_checkpoint(dataset: str, seed: int, name: str = "teacher") -> Path:
+def teacher_checkpoint(dataset: str, seed: int, name: str = TEACHER) -> Path:
     return teacher_dir(dataset, name) / f"seed_{seed}" / "teacher.pt"
 
 
-def teacher_predictions(dataset: str, seed: int, name: str = "teacher") -> Path:
+def teacher_predictions(dataset: str, seed: int, name: str = TEACHER) -> Path:
     return teacher_dir(dataset, name) / f"seed_{seed}" / "preds.h5"
 
 
 def floor_dir(dataset: str) -> Path:
     """The linear floor model (stage `floor`)."""
-    return MODELS / dataset / "floor"
+    return MODELS / dataset / FLOOR
 
 
 def student_root(dataset: str, method: str) -> Path:

@@ -38,8 +38,8 @@ the usual preprocessing.
 
 Commands:
 
-    python -m pipeline.csd export data/features/<ds>/video.h5 out.csd --array frames --name mmdistill_clip_video
-    python -m pipeline.csd import COVAREP.csd data/features/<ds>/covarep.h5 --manifest data/prepared/<ds>/manifest.csv
+    python -m pipeline.data.csd export data/features/<ds>/video.h5 out.csd --array frames --name mmdistill_clip_video
+    python -m pipeline.data.csd import COVAREP.csd data/features/<ds>/covarep.h5 --manifest data/prepared/<ds>/manifest.csv
 
 The raw HDF5 access (`read_csd_header`, `read_csd_entries`, `write_csd_file`) lives in
 store.py, the only module that imports h5py.
@@ -62,7 +62,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .store import FeatureReader, FeatureWriter, StoreError, read_csd_entries, read_csd_header, write_csd_file
+from pipeline.features.store import (
+    FeatureReader,
+    FeatureWriter,
+    StoreError,
+    read_csd_entries,
+    read_csd_header,
+    write_csd_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -396,9 +403,9 @@ def _metadata_arg(items: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """`export` and `import` subcommands (see the module docstring)."""
-    from .datasets import read_manifest
+    from pipeline.data.datasets import read_manifest
 
-    parser = argparse.ArgumentParser(prog="python -m pipeline.csd", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipeline.data.csd", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="one array of a feature file -> .csd")

@@ -39,7 +39,7 @@ import av
 import numpy as np
 
 if TYPE_CHECKING:
-    from pipeline.config import VideoParams
+    from pipeline.core.config import VideoParams
 
 log = logging.getLogger(__name__)
 

@@ -71,8 +71,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import OBJECTIVES, check_choice
-from .losses import kd_loss
+from pipeline.core.config import MODALITIES, OBJECTIVES, DistillParams, MSDParams, unknown_choice
+from pipeline.distillation.losses import kd_loss, logit_regression_loss, msd_kd_loss
+from pipeline.features.arrays import FeatureArrays
+from pipeline.models.retrieval_student import (
+    RETRIEVAL_CHECKPOINT,
+    build_retrieval_student,
+    retrieval_embeddings,
+    save_retrieval_student,
+)
 
 log = logging.getLogger(__name__)
 
@@ -299,101 +306,14 @@ def read_per_query_ap(path: Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- student
 
 
-@dataclasses.dataclass(frozen=True)
-class RetrievalStudentConfig:
-    audio_dim: int  # Da: audio feature size (128 for VGGish)
-    visual_dim: int  # Dv: visual feature size (1024 for Inception)
-    embed_dim: int  # E: common space
-    hidden_dim: int  # H: hidden layer of each branch
-    num_classes: int  # K
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("audio_dim", "visual_dim", "embed_dim", "hidden_dim", "num_classes"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"RetrievalStudentConfig.{name} must be an integer >= 1, got {value!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"RetrievalStudentConfig.dropout must be in [0, 1), got {self.dropout}")
 
 
-def _branch(in_dim: int, c: RetrievalStudentConfig) -> nn.Sequential:
-    # LayerNorm first: VGGish (quantised 0..255) and Inception features live on very different scales
-    return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, c.hidden_dim), nn.GELU(),
-                         nn.Dropout(c.dropout), nn.Linear(c.hidden_dim, c.embed_dim))
 
 
-class RetrievalStudent(nn.Module):
-    """Two-branch embedding network with a shared classifier (DESIGN.md "Retrieval task (VEGAS)").
-
-        e_a = normalise(f_a(x_a)),  e_v = normalise(f_v(x_v))     common space, |e| = 1, size E
-        c_a = W e_a + b,            c_v = W e_v + b               one classifier (W, b) for both
-
-    Features are (B, D) clip vectors; a (B, L, D) sequence (e.g. per-frame features) is
-    mean-pooled over L first.
-    """
-
-    def __init__(self, config: RetrievalStudentConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.audio = _branch(config.audio_dim, config)
-        self.visual = _branch(config.visual_dim, config)
-        self.classifier = nn.Linear(config.embed_dim, config.num_classes)
-
-    @staticmethod
-    def _pool(x: torch.Tensor, dim: int, name: str) -> torch.Tensor:
-        if x.dim() == 3:
-            x = x.mean(dim=1)  # (B, L, D) -> (B, D)
-        if x.dim() != 2 or x.shape[1] != dim:
-            raise ValueError(f"RetrievalStudent: {name} features must be (B, {dim}) or (B, L, {dim}), "
-                             f"got {tuple(x.shape)}")
-        return x
-
-    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        """audio (B, Da) or (B, L, Da) -> unit-norm embeddings (B, E)."""
-        return F.normalize(self.audio(self._pool(audio, self.config.audio_dim, "audio")), dim=-1)  # (B, E)
-
-    def embed_visual(self, visual: torch.Tensor) -> torch.Tensor:
-        """visual (B, Dv) or (B, L, Dv) -> unit-norm embeddings (B, E)."""
-        return F.normalize(self.visual(self._pool(visual, self.config.visual_dim, "visual")), dim=-1)  # (B, E)
-
-    def forward(self, audio: torch.Tensor | None = None, visual: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
-        """Embeddings and class logits of whichever modalities are given.
-
-        Returns audio_emb (B, E) and audio_logits (B, K) when `audio` is given, visual_emb and
-        visual_logits when `visual` is; at least one of them is required.
-        """
-        if audio is None and visual is None:
-            raise ValueError("RetrievalStudent.forward needs audio, visual or both")
-        out: dict[str, torch.Tensor] = {}
-        if audio is not None:
-            out["audio_emb"] = self.embed_audio(audio)  # (B, E)
-            out["audio_logits"] = self.classifier(out["audio_emb"])  # (B, K)
-        if visual is not None:
-            out["visual_emb"] = self.embed_visual(visual)  # (B, E)
-            out["visual_logits"] = self.classifier(out["visual_emb"])  # (B, K)
-        return out
 
 
-def save_retrieval_student(path: Path, model: RetrievalStudent, extra: dict[str, Any]) -> None:
-    """Checkpoint = weights + the config that built the model (+ provenance in `extra`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.state_dict(), **extra}, path)
 
 
-def load_retrieval_student(path: Path, map_location: str | torch.device = "cpu"
-                           ) -> tuple[RetrievalStudent, dict[str, Any]]:
-    """Rebuild a student from its checkpoint (its own config, not today's params), in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"retrieval student checkpoint {path} not found: run `dvc repro distill`")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    model = RetrievalStudent(RetrievalStudentConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
-    return model, ckpt
 
 
 # --------------------------------------------------------------------------- losses
@@ -480,7 +400,8 @@ def retrieval_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, objec
     ("supcon", temperature tau); c_a, c_v the shared classifier's logits of the audio and visual
     branches (`RetrievalStudent` outputs). Returns {"loss": L, "metric": L_metric, "ce": the mean CE}.
     """
-    check_choice("retrieval objective", objective, OBJECTIVES)
+    if objective not in OBJECTIVES:
+        raise unknown_choice("retrieval objective", objective, OBJECTIVES)
     a, v = outputs["audio_emb"], outputs["visual_emb"]  # (B, E)
     if objective == "triplet":
         metric = cross_modal_triplet_loss(a, v, labels, margin)
@@ -509,3 +430,121 @@ def branch_kd_loss(branch_logits: torch.Tensor | Sequence[torch.Tensor], teacher
             raise ValueError(f"branch_kd_loss: branch logits {tuple(logits.shape)} and teacher logits "
                              f"{tuple(teacher_logits.shape)} differ in shape")
     return sum(kd_loss(logits, teacher_logits, temperature) for logits in branches) / len(branches)
+
+
+# --------------------------------------------------------------------------- the task
+
+BRANCH_MODALITIES: tuple[str, ...] = ("video", "audio")  # the student's branches, in the teacher's modality names
+BRANCH_LOGITS = {"video": "visual_logits", "audio": "audio_logits"}
+
+
+def _branches(out: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    return [out[BRANCH_LOGITS[m]] for m in BRANCH_MODALITIES]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalObjective:
+    """The student's loss `retrieval_loss` and, with c_a, c_v its branches' logits, c_T the teacher's:
+    kd = KD_T(c_a, c_v; c_T) (`branch_kd_loss`), match = 1/2 sum_b D(z(c_b), z(c_T)) (the teacher's logits
+    as regression targets, both standardised per clip: `losses.logit_regression_loss`; they carry CLIP's
+    scale, up to 100), modality = sum_m w_m KD_T(c^m, c_T^m), branch m (visual for video) mimicking the
+    teacher given m alone (`losses.msd_kd_loss`)."""
+
+    objective: str
+    margin: float
+    temperature: float
+    ce_weight: float
+
+    def task_loss(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+        task = retrieval_loss(out, batch["y"].long(), self.objective, margin=self.margin,
+                              temperature=self.temperature, ce_weight=self.ce_weight)
+        return task["loss"], {"metric": task["metric"].item(), "ce": task["ce"].item()}
+
+    def kd(self, out: dict[str, torch.Tensor], teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        return branch_kd_loss(_branches(out), teacher_logits, temperature)
+
+    def match(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], distance: str) -> torch.Tensor:
+        return sum(logit_regression_loss(c, batch["teacher_logits"], distance)
+                   for c in _branches(out)) / len(BRANCH_MODALITIES)
+
+    def modality(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], params: MSDParams
+                 ) -> torch.Tensor:
+        """batch["teacher_mod"] (B, 2, K) = c_T^m and batch["weights"] (B, 2) = w_m(x), BRANCH_MODALITIES order."""
+        return msd_kd_loss(torch.stack(_branches(out), dim=1), batch["teacher_mod"], batch["weights"],
+                           params.temperature)
+
+
+class RetrievalTask:
+    name = "retrieval"
+    teacher_output = "logits"  # a classifier of the dataset's classes: no regression head
+    self_modalities = ("video", "audio")
+    student_kinds = {"va": "retrieval", "msd": "retrieval"}
+    valid_metric = "map"
+    maximize = True
+
+    def build_student(self, kind: str, params: DistillParams, texts: list[str], train_idx: torch.Tensor,
+                      features: FeatureArrays | None, num_classes: int, second_order: bool
+                      ) -> tuple[nn.Module, None, dict[str, torch.Tensor]]:
+        if features is None:
+            raise ValueError("the retrieval student needs the cached features")
+        return build_retrieval_student(params, features, num_classes), None, {"audio": features.audio,
+                                                                               "visual": features.video}
+
+    def student_modalities(self, model: nn.Module) -> tuple[str, ...]:
+        return BRANCH_MODALITIES
+
+    def teacher_targets(self, teacher: dict[str, torch.Tensor], rows: torch.Tensor, modalities: tuple[str, ...],
+                        modality_specific: bool) -> dict[str, torch.Tensor]:
+        out = {"teacher_logits": teacher["logits"][rows]}
+        if modality_specific:
+            index = [MODALITIES.index(m) for m in modalities]
+            out.update(teacher_mod=teacher["logits_only"][rows][:, index], saliency=teacher["saliency"][rows])
+        return out
+
+    def forward(self, net, inputs: dict[str, torch.Tensor], modalities: tuple[str, ...],
+                modality_specific: bool) -> dict[str, torch.Tensor]:
+        return net(audio=inputs["audio"], visual=inputs["visual"])  # each branch is its modality's own output
+
+    def objective(self, params: DistillParams) -> RetrievalObjective:
+        r = params.retrieval
+        return RetrievalObjective(r.objective, r.margin, r.temperature, r.ce_weight)
+
+    def validate(self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                 present: torch.Tensor, batch_size: int) -> float:
+        """map_mean (audio <-> visual) over the clips; a clip without a modality is neither its query nor item."""
+        audio, visual = retrieval_embeddings(model, inputs["audio"], inputs["visual"], batch_size)
+        return retrieval_metrics(audio, visual, labels.long(),
+                                 audio_present=present[:, MODALITIES.index("audio")].numpy(),
+                                 visual_present=present[:, MODALITIES.index("video")].numpy())[0]["map_mean"]
+
+    def save_student(self, out_dir: Path, model: nn.Module, tokenizer: Any, extra: dict[str, Any],
+                     params: DistillParams) -> None:
+        save_retrieval_student(out_dir / RETRIEVAL_CHECKPOINT, model,
+                               {**extra, "video_tokens": params.student.video_tokens,
+                                "audio_tokens": params.student.audio_tokens})
+
+    def class_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """CE(c, y) with y the class index (stored as float in the label tensor)."""
+        return F.cross_entropy(logits, y.long())
+
+    def saliency(self, full: torch.Tensor, without: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+        """s_m(x) per clip from the logits c(x) and c(x without m), (N, K) each: prediction: the total variation
+        1/2 sum_k |p_k(x) - p_k(x without m)| of p = softmax(c), in [0, 1]; loss: the rise of the
+        cross-entropy CE(c(x without m), y) - CE(c(x), y) (can be < 0)."""
+        if kind == "prediction":
+            return 0.5 * (full.softmax(-1) - without.softmax(-1)).abs().sum(-1)  # (N,)
+        y = labels.long()
+        return F.cross_entropy(without, y, reduction="none") - F.cross_entropy(full, y, reduction="none")
+
+    def teacher_primary(self, metric_set: str) -> str:
+        return "acc"
+
+    def teacher_metrics(self, pred: np.ndarray, labels: np.ndarray, metric_set: str) -> dict[str, float]:
+        """Accuracy `acc` and cross-entropy `ce` of the class logits `pred` (N, K)."""
+        logits = torch.from_numpy(np.asarray(pred, dtype=np.float64))
+        return {"acc": float((logits.numpy().argmax(-1) == labels).mean()),
+                "ce": float(F.cross_entropy(logits, torch.from_numpy(labels).long()))}
+
+
+TASK = RetrievalTask()

@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .datasets import DatasetError
-from .store import StoreError, read_arrays
+from pipeline.data.errors import DatasetError
+from pipeline.features.store import StoreError, read_arrays
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Known limits of ``synthetic_sentiment``: the Bayes-optimal predictor of the label from any modality subset.
 
-The generative process of `pipeline.synthetic` (see its docstring) has a 1-D latent, the sentiment
+The generative process of `pipeline.data.synthetic` (see its docstring) has a 1-D latent, the sentiment
 ``s ~ U(-3, 3)``, and every observation is conditionally independent given ``s`` (text also through
 the irony flag, summed out below). So the posterior over ``s`` given the observations ``o_S`` of a
 modality subset ``S`` is computed exactly, up to a grid, as prior times likelihoods, and from it the
@@ -54,7 +54,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.special import log_ndtr, logsumexp, ndtr
 
-from .config import MODALITIES
+from pipeline.core.config import MODALITIES
 
 # Every non-empty subset, largest first, members in MODALITIES order, joined with "+":
 # video+audio+text, video+audio, video+text, audio+text, video, audio, text.
@@ -71,7 +71,7 @@ UNDERFLOW = 1e-200  # a product of scaled likelihoods below this is recomputed i
 
 @dataclasses.dataclass(frozen=True)
 class SentimentProcess:
-    """Parameters of the synthetic_sentiment generative process (see pipeline.synthetic).
+    """Parameters of the synthetic_sentiment generative process (see pipeline.data.synthetic).
 
     Attributes:
         valences: mu_w of every lexicon entry, in [-3, 3] (the lexicon's order).

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .config import Registry
+from pipeline.core.registry import Registry
 
 
 def sentiment_bins(y: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -46,13 +46,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import media
-from .clip import FrozenClip
-from .config import AudioParams, LatencyParams, VideoParams
-from .distill import tokenize
-from .extract import LoadFrames, LoadLogMel, transcript_problem
-from .features import pool_time
-from .models import MODALITIES, PromptTeacher
+from pipeline.core.config import MODALITIES, AudioParams, LatencyParams, VideoParams
+from pipeline.features import media
+from pipeline.features.arrays import pool_time
+from pipeline.features.clip import FrozenClip
+from pipeline.features.extraction import LoadFrames, LoadLogMel, transcript_problem
+from pipeline.models.students import tokenize
+from pipeline.models.teacher import PromptTeacher
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ audio features and fuses the three pooled vectors late (so MSD has several modal
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MODALITIES  # re-exported: the order of the `present` columns
+from pipeline.core.config import MODALITIES  # re-exported: the order of the `present` columns
 
 # --------------------------------------------------------------------------- teacher
 
@@ -170,9 +169,6 @@ class PromptTeacher(nn.Module):
         u = torch.where(present[:, t_idx : t_idx + 1], u_text, self.anchor_token.expand_as(u_text))
         return torch.where(present[:, v_idx : v_idx + 1], u_video, u)  # (B, D)
 
-    def set_audio_stats(self, audio: torch.Tensor, present: torch.Tensor) -> None:
-        """Standardise log-mel bins with the mean/std of the clips that have audio. audio (N, A, n_mels)."""
-        set_audio_stats(self, audio, present)
 
     def classification_parameters(self) -> list[nn.Parameter]:
         """Everything but g (the two_phase schedule trains these first, then g alone)."""
@@ -196,166 +192,21 @@ def load_teacher(path: Path, map_location: str | torch.device = "cpu") -> tuple[
 # --------------------------------------------------------------------------- student
 
 
-@dataclasses.dataclass(frozen=True)
-class StudentConfig:
-    num_classes: int  # K
-    head_hidden: int
-    dropout: float
-    max_length: int  # tokens of the transcript
-    kind: str = "text"  # text | multimodal
-    video_dim: int = 0  # multimodal only: CLIP embedding size D
-    audio_dim: int = 0  # multimodal only: n_mels
-    video_tokens: int = 0
-    audio_tokens: int = 0
 
 
-class TextStudent(nn.Module):
-    """HF encoder over the transcript; first-token pooling -> regression + K logits."""
-
-    modalities: tuple[str, ...] = ("text",)
-
-    def __init__(self, encoder: nn.Module, config: StudentConfig) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.config = config
-        hidden = encoder.config.hidden_size
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(hidden, config.head_hidden), nn.GELU(),
-                                  nn.Dropout(config.dropout), nn.Linear(config.head_hidden, 1))
-        self.classifier = nn.Linear(hidden, config.num_classes)
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, H)
-        return hidden[:, 0]  # (B, H): <s> / [CLS]
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **unused: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
-        """input_ids, attention_mask (B, L) -> reg (B,), logits (B, K). Other inputs (features) are ignored."""
-        pooled = self.encode_text(input_ids, attention_mask)  # (B, H)
-        return {"reg": self.head(pooled).squeeze(-1), "logits": self.classifier(pooled)}
 
 
-class MultimodalStudent(TextStudent):
-    """A small late-fusion student over the transcript and the cached video and audio features.
-
-        t = W_t h_<s>(transcript)                       the text encoder's first token, projected to H
-        v = mean_f GELU(W_v LN(v_f))                    over the F pooled CLIP frame embeddings
-        a = mean_j GELU(W_a (mel_j - mu) / sigma)       over the A pooled log-mel frames
-        [v; a; t] -> MLP -> r_S,   Linear -> K logits
-
-    A modality absent for a clip (or held out for MSD's S(x_m)) is replaced by a learned mask
-    vector, as in the teacher, so the student can be run with any subset of its modalities.
-    """
-
-    modalities: tuple[str, ...] = MODALITIES
-
-    def __init__(self, encoder: nn.Module, config: StudentConfig) -> None:
-        nn.Module.__init__(self)
-        if config.kind != "multimodal" or min(config.video_dim, config.audio_dim) <= 0:
-            raise ValueError(f"MultimodalStudent needs kind=multimodal and feature sizes, got {config}")
-        self.encoder = encoder
-        self.config = config
-        h = config.head_hidden
-        self.register_buffer("audio_mean", torch.zeros(config.audio_dim))
-        self.register_buffer("audio_std", torch.ones(config.audio_dim))
-        self.text_proj = nn.Linear(encoder.config.hidden_size, h)
-        self.video_proj = nn.Sequential(nn.LayerNorm(config.video_dim), nn.Linear(config.video_dim, h), nn.GELU())
-        self.audio_proj = nn.Sequential(nn.Linear(config.audio_dim, h), nn.GELU())
-        self.mask_tokens = nn.Parameter(torch.zeros(len(MODALITIES), h))
-        self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(3 * h, h), nn.GELU(),
-                                  nn.Dropout(config.dropout), nn.Linear(h, 1))
-        self.classifier = nn.Linear(3 * h, config.num_classes)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, video: torch.Tensor,
-                audio: torch.Tensor, present: torch.Tensor, **unused: torch.Tensor) -> dict[str, torch.Tensor]:
-        """input_ids, attention_mask (B, L), video (B, F, D), audio (B, A, n_mels), present (B, 3) bool
-        -> reg (B,), logits (B, K). With present (P, B, 3), P masking patterns of the same clips, the
-        encoders run once and the outputs are (P, B) and (P, B, K): MSD's S(x_m) for every m in one forward."""
-        t = self.text_proj(self.encode_text(input_ids, attention_mask))  # (B, H)
-        v = self.video_proj(video).mean(dim=1)  # (B, H)
-        a = self.audio_proj((audio - self.audio_mean) / self.audio_std).mean(dim=1)  # (B, H)
-        pooled = torch.stack([v, a, t], dim=1)  # (B, 3, H), MODALITIES order
-        pooled = torch.where(present.unsqueeze(-1), pooled, self.mask_tokens.expand_as(pooled))  # ([P,] B, 3, H)
-        flat = pooled.flatten(-2)  # ([P,] B, 3H)
-        return {"reg": self.head(flat).squeeze(-1), "logits": self.classifier(flat)}
-
-    def set_audio_stats(self, audio: torch.Tensor, present: torch.Tensor) -> None:
-        """Standardise log-mel bins with the training clips' mean/std. audio (N, A, n_mels), present (N,)."""
-        set_audio_stats(self, audio, present)
 
 
-STUDENTS: dict[str, type[TextStudent]] = {"text": TextStudent, "multimodal": MultimodalStudent}
 
 
-def set_audio_stats(model: nn.Module, audio: torch.Tensor, present: torch.Tensor) -> None:
-    """Set `model`'s audio_mean / audio_std buffers (n_mels,) to the per-bin mean and std of the log-mel
-    frames of the clips with audio: audio (N, A, n_mels), present (N,) bool. std is floored at 1e-3."""
-    frames = audio[present].flatten(0, 1)  # (N' * A, n_mels)
-    if len(frames):
-        model.audio_mean.copy_(frames.mean(0))
-        model.audio_std.copy_(frames.std(0, correction=int(len(frames) > 1)).clamp_min(1e-3))
 
 
-def modality_dropout(present: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Training-time modality dropout: present (B, M) bool -> (B, M), each present modality dropped
-    independently with probability p, and where that would drop all of a clip's present modalities,
-    one of them (uniformly at random) kept. Clips with no present modality stay as they are.
-
-    Draws from `generator` (torch's default generator when None, which `training.fit` saves in its
-    checkpoints, so a resumed run draws the same masks). p = 0 returns `present` unchanged.
-    """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"teacher.modality_dropout must be in [0, 1), got {p}")
-    if p == 0.0:
-        return present
-    kept = present & (torch.rand(present.shape, generator=generator, device=present.device) >= p)  # (B, M)
-    none_left = ~kept.any(dim=1) & present.any(dim=1)  # (B,)
-    if none_left.any():
-        # one of the clip's present modalities, uniformly: the argmax of random scores over the present ones
-        scores = torch.rand(present.shape, generator=generator, device=present.device).masked_fill(~present, -1.0)
-        rescue = F.one_hot(scores.argmax(dim=1), present.shape[1]).bool()  # (B, M)
-        kept = torch.where(none_left.unsqueeze(1), rescue, kept)
-    return kept
 
 
-def only_modality(present: torch.Tensor, modality: int) -> torch.Tensor:
-    """present (B, 3) with every modality but `modality` masked: the input of S(x_m) and T(x_m)."""
-    keep = torch.zeros_like(present)
-    keep[:, modality] = True
-    return present & keep
 
 
-STUDENT_HEAD = "student_head.pt"
-STUDENT_CONFIG = "student.json"
 
 
-def save_student(out_dir: Path, model: TextStudent, tokenizer: Any, extra: dict[str, Any]) -> None:
-    """HF `save_pretrained` dir for encoder + tokenizer, plus the heads and their config."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    torch.save(heads, out_dir / STUDENT_HEAD)
-    (out_dir / STUDENT_CONFIG).write_text(json.dumps({"config": dataclasses.asdict(model.config), **extra},
-                                                     indent=2, sort_keys=True))
 
 
-def load_student(model_dir: Path) -> tuple[TextStudent, Any, dict[str, Any]]:
-    """Rebuild a saved student (text or multimodal) from its directory (not from today's params)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    if not (model_dir / STUDENT_CONFIG).is_file():
-        raise FileNotFoundError(f"{model_dir} is not a student directory (no {STUDENT_CONFIG}): "
-                                "run `dvc repro distill`")
-    meta = json.loads((model_dir / STUDENT_CONFIG).read_text())
-    config = StudentConfig(**meta["config"])
-    encoder = AutoModel.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = STUDENTS[config.kind](encoder, config)
-    heads = torch.load(model_dir / STUDENT_HEAD, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(heads, strict=False)
-    missing = [k for k in missing if not k.startswith("encoder.")]
-    if missing or unexpected:
-        raise RuntimeError(f"{model_dir / STUDENT_HEAD} does not match the student: missing {missing}, "
-                           f"unexpected {unexpected}")
-    model.eval()
-    return model, tokenizer, meta

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import ConfigError
+from pipeline.core.config import ConfigError
 
 WEIGHTINGS: tuple[str, ...] = ("uniform", "population", "instance", "learned")  # = msd.WEIGHTINGS (tested)
 MSD_PREFIX = "msd-"

@@ -56,8 +56,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import paths
-from .config import PrepareParams, Registry, load_section
+from pipeline.core import paths
+from pipeline.core.config import PrepareParams, load_section
+from pipeline.core.registry import Registry
+from pipeline.data.errors import DatasetError
+from pipeline.data.vegas import read_vegas
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,6 @@ CSV_OPTIONAL_COLUMNS = ("audio",)
 CSV_MANIFEST = "manifest.csv"  # of the csv dataset, at data/raw/csv/manifest.csv
 VIDEO_SUFFIX = ".mp4"
 SHOWN = 5  # offending rows or files named in a message; the rest are counted
-
-
-class DatasetError(ValueError):
-    """The raw dataset is missing or does not follow its layout."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,7 +393,6 @@ def read_vegas_dataset(root: Path, spec: DatasetSpec, params: PrepareParams) -> 
     common columns: label = class index, text empty (no transcripts), video_id = id, clip_id empty,
     then class_name and fold (CLASS_COLUMNS). Splits: fold `prepare.test_fold` is test; a stratified
     `prepare.valid_fraction` of the other folds is valid (drawn with `prepare.split_seed`)."""
-    from .vegas import read_vegas  # vegas.py imports DatasetError from here
 
     table = read_vegas(root, params.test_fold, params.valid_fraction, params.split_seed)
     return table.assign(text="", video_id=table["id"], clip_id="").loc[:, [*MANIFEST_COLUMNS, *CLASS_COLUMNS]]

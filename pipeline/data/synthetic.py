@@ -13,13 +13,13 @@ annotation, mode``. ``video_id`` is ``vid_000``, ``vid_001``, ...; ``clip_id`` i
 ...`` within its video (the file name is ``<clip_id>.mp4``). Every video holds several clips (4 to 8
 when ``n_clips`` is large enough, the last video may hold fewer) and all clips of a video belong to the
 same split (``mode`` in ``train``/``valid``/``test``), as in the real datasets. The MMSA reader
-(`pipeline.datasets`) checks only the files under ``Raw/``, so the two files beside label.csv are
+(`pipeline.data.datasets`) checks only the files under ``Raw/``, so the two files beside label.csv are
 invisible to it.
 
 Generative process
 ------------------
 For every clip, with its own random generator derived from the dataset seed, the draws of
-`pipeline.limits.sample` (parameters: `pipeline.limits.SentimentProcess`, built by `sentiment_process`):
+`pipeline.data.limits.sample` (parameters: `pipeline.data.limits.SentimentProcess`, built by `sentiment_process`):
 
 * **latent sentiment** ``s ~ Uniform(-3, 3)``.
 * **label: annotators who disagree.** ``A`` annotators (``annotators``, 5 as in CMU-MOSI) each rate
@@ -55,7 +55,7 @@ own independent noise, so none determines the label, and the annotators' disagre
 under every predictor's error.
 
 The renderer clips the video and audio cues to [-3, 3] (the colour and pitch ranges), so a value of
-exactly -3 or 3 means "at or beyond": `pipeline.limits` gives it the clipped tail's probability, and an
+exactly -3 or 3 means "at or beyond": `pipeline.data.limits` gives it the clipped tail's probability, and an
 interior value its gaussian density, which is exact for what is rendered.
 
 Regime (defaults in params.yaml, ``generate.synthetic_sentiment``). On CMU-MOSI, text-only models are
@@ -76,7 +76,7 @@ modality and video and audio are weak:
 
 Nothing is tuned for any model or distillation method.
 
-Known limits (`pipeline.limits`)
+Known limits (`pipeline.data.limits`)
 --------------------------------
 For every non-empty modality subset ``S`` (``video+audio+text``, ``video+audio``, ``video+text``,
 ``audio+text``, ``video``, ``audio``, ``text``), the Bayes-optimal predictor under absolute error is
@@ -112,7 +112,7 @@ give a byte-identical ``label.csv`` and ``oracle.csv`` and identical decoded fra
 ``synthetic_av`` (`generate_av`): a VEGAS-like audio-visual retrieval dataset
 -----------------------------------------------------------------------------
 10 classes named after VEGAS's (``AV_CLASSES``), written in the raw VEGAS layout that
-`pipeline.vegas.read_vegas` reads::
+`pipeline.data.vegas.read_vegas` reads::
 
     <root>/<class_name>/<video_id>.mp4     video ids av_00000, av_00001, ...
     <root>/folds/fold_1.txt .. fold_<n>.txt
@@ -152,7 +152,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .limits import (
+from pipeline.data.limits import (
     GRID_POINTS,
     SENTIMENT_RANGE,
     SUBSETS,
@@ -164,7 +164,7 @@ from .limits import (
     prior_prediction,
     sample,
 )
-from .vegas import FOLDS_DIR, video_path, write_fold_files
+from pipeline.data.vegas import FOLDS_DIR, video_path, write_fold_files
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,5 @@
+"""The error every dataset reader raises (its own module: the layout readers import it and each other)."""
+
+
+class DatasetError(ValueError):
+    """The raw dataset is missing or does not follow its layout."""

@@ -1,0 +1,303 @@
+"""Stage evaluate: test metrics over seeds of every model, per-clip predictions, size and end-to-end latency.
+
+Reads  models/<ds>/{teacher,teacher_self,floor,student_<student>}/, data/prepared/<ds>/manifest.csv,
+       the feature files (multimodal and retrieval students), the raw test clips (latency)
+Writes metrics/<ds>/<name>.json             {"mean": {...}, "std": {...}, "seeds": {"<s>": {...}},
+                                             "efficiency": {...}} with the dataset's metric set, for
+                                             name = teacher, teacher_self, floor and every student;
+                                             teacher.json also has "given": {subset: {mean, std, seeds}},
+                                             the teacher's test metrics given each subset of its
+                                             modalities (sentiment; the missing-modality evaluation)
+       predictions/<ds>/<name>/seed_<s>.csv  id, label, pred (test split); the teacher's given a subset
+                                             in predictions/<ds>/teacher/given_<subset>/; retrieval:
+                                             the per-query AP table direction, id, label, ap
+
+Command: python -m pipeline.evaluate
+
+One stage for every model: a process start costs about as much as scoring a model, and the
+report needs all of them anyway. The metrics follow the MMSA conventions (pipeline/evaluation/metrics.py),
+CH-SIMS's variant for `sims`; mean and std (ddof = 1) are over `seeds`. Each seed's numbers are
+recomputable from its CSV: `python -m pipeline.evaluation.metrics predictions/<ds>/<name>/seed_<s>.csv`
+(`--metric-set sims`). A model is rebuilt from its saved files, not from today's params.
+
+Retrieval datasets: map_a2v, map_v2a, map_mean over the test clips (retrieval.retrieval_metrics:
+each clip's audio queries every test clip's visual item, and the reverse; cosine similarity, relevant
+= same class; a clip without audio (visual) features is neither an audio (visual) query nor item).
+A student ranks by its branches' embeddings. The teacher, which sees both modalities at once, is
+scored as a retrieval model through its modality-specific outputs: a clip's audio item is
+softmax(c_T^audio), the class posterior given its audio alone, and its visual item softmax(c_T^video)
+(stored by the teacher stage as logits_only_<m>); the floor likewise through its linear probes.
+
+Efficiency (the models of the first seed; latency depends on the architecture, not on the weights
+or the seed): `params` counts every parameter inference needs (the teacher includes the frozen
+CLIP; a multimodal or retrieval student too, since it needs CLIP frame embeddings), and latency
+is wall time per clip from the raw inputs to the prediction (latency.py), at batch 1 and batched
+(`evaluate.latency.batch_size`), on the machine at hand (`device` is recorded). Students of the
+same kind share one architecture, so latency is measured once per kind, on the first such student,
+and the others record `latency_of` (timing them all would only rank measurement noise). The
+`teacher_self` control is never deployed: its latency is not measured (null).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.core import paths
+from pipeline.core.config import MODALITIES, ClipParams, EvaluateParams, ExtractParams
+from pipeline.core.paths import FLOOR, SELF_TEACHER, TEACHER
+from pipeline.core.runtime import resolve_device
+from pipeline.data.datasets import DATASETS, read_manifest
+from pipeline.evaluation.latency import (
+    MediaInputs,
+    MultimodalStudentPipeline,
+    RetrievalStudentPipeline,
+    TeacherPipeline,
+    TextStudentPipeline,
+    count_parameters,
+    manifest_rows,
+    measure_latency,
+)
+from pipeline.evaluation.metrics import CSV_COLUMNS, METRIC_SETS, json_safe, summarize_seeds
+from pipeline.features.arrays import FeatureArrays, load_features
+from pipeline.features.clip import load_clip
+from pipeline.features.store import read_table
+from pipeline.models.floor import ProbeFloor, TextFloor, load_floor
+from pipeline.models.retrieval_student import RETRIEVAL_CHECKPOINT, load_retrieval_student, retrieval_embeddings
+from pipeline.models.students import load_student, predict_student, student_inputs, tokenize
+from pipeline.models.teacher import load_teacher
+from pipeline.tasks.retrieval import retrieval_metrics, write_per_query_ap
+from pipeline.training.teacher import read_teacher_predictions, subset_columns
+
+log = logging.getLogger(__name__)
+
+
+
+def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path, metric_set: str) -> dict[str, float]:
+    """Write id, label, pred and return the metrics of exactly those values (float64, full precision),
+    with the dataset's metric set (MOSI/MOSEI conventions, or CH-SIMS's)."""
+    table = pd.DataFrame({"id": test["id"].to_numpy(), "label": test["label"].to_numpy(np.float64), "pred": pred})
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    table.loc[:, list(CSV_COLUMNS)].to_csv(csv_path, index=False)
+    return METRIC_SETS.get(metric_set).compute(table["pred"].to_numpy(), table["label"].to_numpy())
+
+
+class Evaluation:
+    """What every model's scoring shares: the dataset, its test split, the params, and the features
+    (loaded once, when a model needs them)."""
+
+    def __init__(self, dataset: str, params: EvaluateParams, clip: ClipParams, extract: ExtractParams,
+                 seeds: list[int]) -> None:
+        self.dataset, self.params, self.clip, self.extract, self.seeds = dataset, params, clip, extract, seeds
+        self.spec = DATASETS.get(dataset)
+        self.manifest = read_manifest(paths.manifest(dataset))
+        self.test_rows = np.flatnonzero(self.manifest["split"].to_numpy() == "test")
+        self.test = self.manifest.iloc[self.test_rows].reset_index(drop=True)
+        self.device = resolve_device(params.device)
+        self._features: dict[tuple[int, int], FeatureArrays] = {}
+        self.latency_by_kind: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def features(self, video_tokens: int, audio_tokens: int) -> FeatureArrays:
+        key = (video_tokens, audio_tokens)
+        if key not in self._features:
+            self._features[key] = load_features(self.manifest, self.dataset, self.clip, self.extract, *key)
+        return self._features[key]
+
+    def present(self, modality: str) -> np.ndarray:
+        """(N_test,) bool: the test clips that have `modality`'s features (retrieval: queries and items)."""
+        return self.features(self.extract.video.frames, 1).present[self.test_rows, MODALITIES.index(modality)].numpy()
+
+    @functools.cached_property
+    def frozen_clip(self):
+        """The frozen CLIP of the raw-clip pipelines (latency), loaded once."""
+        return load_clip(self.clip.model, self.clip.pretrained, self.device, self.clip.init_seed,
+                         self.extract.run.precision)
+
+    # ----------------------------------------------------------------------- one seed's test score
+
+    def sentiment(self, pred: np.ndarray, csv_path: Path) -> dict[str, float]:
+        return write_predictions(self.test, pred, csv_path, self.spec.metric_set)
+
+    def retrieval(self, audio: Any, visual: Any, csv_path: Path) -> dict[str, float]:
+        metrics, table = retrieval_metrics(audio, visual, self.test["label"].to_numpy().astype(np.int64),
+                                           ids=self.test["id"].tolist(), audio_present=self.present("audio"),
+                                           visual_present=self.present("video"))
+        write_per_query_ap(table, csv_path)
+        return metrics
+
+    def teacher_seed(self, name: str, seed: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+        """A teacher's test metrics, and (main sentiment teacher) its metrics given each subset of modalities."""
+        preds_path = paths.teacher_predictions(self.dataset, seed, name)
+        csv_path = paths.predictions(self.dataset, name, seed)
+        if self.spec.task == "retrieval":
+            only = read_teacher_predictions(self.test, preds_path)["logits_only"]  # (N, 3, K)
+            audio, visual = (only[:, MODALITIES.index(m)].softmax(-1) for m in ("audio", "video"))  # (N, K) each
+            return self.retrieval(audio, visual, csv_path), {}
+        columns, config = read_table(preds_path, stage="teacher")
+        row = pd.Series(np.arange(len(columns["id"])), index=columns["id"]).loc[self.test["id"]].to_numpy()
+        given: dict[str, dict[str, float]] = {}
+        if name == TEACHER:
+            for subset, column in subset_columns(config["modalities"], "reg").items():
+                given[subset] = self.sentiment(np.asarray(columns[column], dtype=np.float64)[row],
+                                               paths.predictions_dir(self.dataset, name) / f"given_{subset}"
+                                               / f"seed_{seed}.csv")
+        return self.sentiment(np.asarray(columns["reg"], dtype=np.float64)[row], csv_path), given
+
+    def student_seed(self, name: str, seed: int) -> dict[str, float]:
+        model_dir, csv_path = paths.student_dir(self.dataset, name, seed), paths.predictions(self.dataset, name, seed)
+        if self.spec.task == "retrieval":
+            model, ckpt = load_retrieval_student(model_dir / RETRIEVAL_CHECKPOINT, self.device)
+            features = self.features(ckpt["video_tokens"], ckpt["audio_tokens"])
+            rows = torch.from_numpy(self.test_rows)
+            audio, visual = retrieval_embeddings(model, features.audio[rows], features.video[rows],
+                                                 self.params.batch_size)
+            return self.retrieval(audio, visual, csv_path)
+        model, tokenizer, meta = load_student(model_dir)
+        model.to(self.device)
+        config = meta["config"]
+        features = None
+        if config["kind"] == "multimodal":
+            full = self.features(config["video_tokens"], config["audio_tokens"])
+            rows = torch.from_numpy(self.test_rows)
+            features = FeatureArrays(ids=self.test["id"].tolist(), video=full.video[rows], audio=full.audio[rows],
+                                     text=full.text[rows], present=full.present[rows], prompts=full.prompts,
+                                     classes=full.classes)
+        inputs = student_inputs(tokenize(tokenizer, self.test["text"].tolist(), config["max_length"]), features)
+        pred = predict_student(model, inputs, self.params.batch_size).double().numpy()
+        return self.sentiment(pred, csv_path)
+
+    def floor_seed(self, seed: int) -> dict[str, float]:
+        model = load_floor(paths.floor_dir(self.dataset))
+        csv_path = paths.predictions(self.dataset, FLOOR, seed)
+        if isinstance(model, ProbeFloor):
+            features = self.features(self.extract.video.frames, 1)
+            rows = torch.from_numpy(self.test_rows)
+            audio = model.posterior("audio", features.audio[rows].mean(dim=1).double().numpy())
+            visual = model.posterior("video", features.video[rows].mean(dim=1).double().numpy())
+            return self.retrieval(audio, visual, csv_path)
+        return self.sentiment(model(self.test["text"].fillna("").astype(str).tolist()), csv_path)
+
+    # ----------------------------------------------------------------------- efficiency
+
+    def efficiency(self, name: str) -> dict[str, Any]:
+        """Parameters needed at inference and measured latency per clip, raw inputs to prediction."""
+        seed = self.seeds[0]
+        rows = manifest_rows(self.test, self.params.latency.clips)
+        untimed = {"latency_ms_b1": None, "latency_ms_batched": None, "batch_size": self.params.latency.batch_size,
+                   "clips": 0, "device": str(self.device)}
+        if name == SELF_TEACHER:
+            teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed, name))
+            return {"params": count_parameters(teacher, self.frozen_clip.model), "inputs": "text", **untimed,
+                    "note": "a control, never deployed: not timed"}
+        if name == FLOOR and self.spec.task == "retrieval":
+            probes = load_floor(paths.floor_dir(self.dataset))
+            return {"params": probes.n_parameters, "inputs": "video+audio (time-averaged cached features)",
+                    **untimed, "note": "linear probes on cached features: not timed from raw clips"}
+        kind, pipeline, inputs = self.inference_pipeline(name, seed)
+        if kind in self.latency_by_kind:
+            source, timed = self.latency_by_kind[kind]
+            return {"params": count_parameters(*pipeline.modules()), "inputs": inputs, **timed, "latency_of": source}
+        timed = measure_latency(pipeline, rows, self.params.latency, self.device)
+        if kind not in (TEACHER, FLOOR):
+            self.latency_by_kind[kind] = (name, timed)
+        result = {"params": count_parameters(*pipeline.modules()), "inputs": inputs, **timed}
+        log.info("%s: %d parameters at inference (%s); %.2f ms per clip at batch 1, %.2f at batch %d (%s)", name,
+                 result["params"], inputs, result["latency_ms_b1"], result["latency_ms_batched"],
+                 result["batch_size"], result["device"])
+        return result
+
+    def inference_pipeline(self, name: str, seed: int) -> tuple[str, Any, str]:
+        """(kind, the model of `name` (its `seed`) wrapped end to end from raw clip to prediction, its inputs)."""
+        if name == TEACHER:
+            teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed))
+            inputs = "+".join(MODALITIES) if self.spec.task == "sentiment" else "video+audio"
+            return TEACHER, TeacherPipeline.build(teacher.to(self.device), self.frozen_clip, self.extract.video,
+                                                  self.extract.audio), inputs
+        if name == FLOOR:
+            return FLOOR, FloorPipeline(load_floor(paths.floor_dir(self.dataset))), "text"
+        if self.spec.task == "retrieval":
+            model, ckpt = load_retrieval_student(paths.student_dir(self.dataset, name, seed) / RETRIEVAL_CHECKPOINT,
+                                                 self.device)
+            media = MediaInputs(self.frozen_clip, self.extract.video, self.extract.audio, ckpt["video_tokens"],
+                                ckpt["audio_tokens"])
+            return "retrieval", RetrievalStudentPipeline(model, media), "video+audio"
+        model, tokenizer, meta = load_student(paths.student_dir(self.dataset, name, seed))
+        model.to(self.device)
+        config = meta["config"]
+        if config["kind"] == "multimodal":
+            media = MediaInputs(self.frozen_clip, self.extract.video, self.extract.audio, config["video_tokens"],
+                                config["audio_tokens"])
+            return ("multimodal", MultimodalStudentPipeline(model, tokenizer, config["max_length"], media),
+                    "+".join(MODALITIES))
+        return "text", TextStudentPipeline(model, tokenizer, config["max_length"]), "text"
+
+    # ----------------------------------------------------------------------- one model, every seed
+
+    def model(self, name: str) -> dict[str, Any]:
+        per_seed: dict[str, dict[str, float]] = {}
+        given: dict[str, dict[str, dict[str, float]]] = {}
+        for seed in self.seeds:
+            if name in (TEACHER, SELF_TEACHER):
+                per_seed[str(seed)], by_subset = self.teacher_seed(name, seed)
+                for subset, metrics in by_subset.items():
+                    given.setdefault(subset, {})[str(seed)] = metrics
+            elif name == FLOOR:
+                per_seed[str(seed)] = self.floor_seed(seed)
+            else:
+                per_seed[str(seed)] = self.student_seed(name, seed)
+            log.info("%s seed %d on %d test clips: %s", name, seed, len(self.test),
+                     ", ".join(f"{k} {v:.4f}" for k, v in per_seed[str(seed)].items()))
+        result = {**summary(per_seed), "efficiency": self.efficiency(name)}
+        if given:
+            result["given"] = {subset: summary(seeds) for subset, seeds in given.items()}
+        path = paths.metrics(self.dataset, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")  # nan -> null
+        primary = METRIC_SETS.get(self.spec.metric_set).primary
+        log.info("%s over %d seeds: %s %.4f ± %.4f", name, len(self.seeds), primary,
+                 _nan(result["mean"][primary]), _nan(result["std"][primary]))
+        return result
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def summary(per_seed: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """{"mean", "std", "seeds"} of per-seed metrics (metrics.summarize_seeds), nan as null."""
+    s = summarize_seeds(per_seed)
+    return {"mean": json_safe(s["mean"]), "std": json_safe(s["std"]),
+            "seeds": {seed: json_safe(m) for seed, m in per_seed.items()}}
+
+
+class FloorPipeline:
+    """The TF-IDF floor from a raw clip's transcript to its prediction."""
+
+    def __init__(self, model: TextFloor) -> None:
+        self.model = model
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [_ParameterCount(self.model.n_parameters)]
+
+    def __call__(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        return self.model([str(r["text"]) for r in rows])
+
+
+class _ParameterCount(torch.nn.Module):
+    """A stand-in module holding n parameters, so count_parameters counts a non-torch model's size."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(n), requires_grad=False)
+
+
+def model_names(students: list[str]) -> list[str]:
+    """Every model `evaluate` scores, in report order: the teacher, its control, the floor, the students."""
+    return [TEACHER, SELF_TEACHER, FLOOR, *students]
