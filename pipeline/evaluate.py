@@ -14,28 +14,7 @@ Writes metrics/<ds>/<name>.json             {"mean": {...}, "std": {...}, "seeds
 
 Command: python -m pipeline.evaluate
 
-One stage for every model: a process start costs about as much as scoring a model, and the
-report needs all of them anyway. The metrics follow the MMSA conventions (pipeline/evaluation/metrics.py),
-CH-SIMS's variant for `sims`; mean and std (ddof = 1) are over `seeds`. Each seed's numbers are
-recomputable from its CSV: `python -m pipeline.evaluation.metrics predictions/<ds>/<name>/seed_<s>.csv`
-(`--metric-set sims`). A model is rebuilt from its saved files, not from today's params.
-
-Retrieval datasets: map_a2v, map_v2a, map_mean over the test clips (retrieval.retrieval_metrics:
-each clip's audio queries every test clip's visual item, and the reverse; cosine similarity, relevant
-= same class; a clip without audio (visual) features is neither an audio (visual) query nor item).
-A student ranks by its branches' embeddings. The teacher, which sees both modalities at once, is
-scored as a retrieval model through its modality-specific outputs: a clip's audio item is
-softmax(c_T^audio), the class posterior given its audio alone, and its visual item softmax(c_T^video)
-(stored by the teacher stage as logits_only_<m>); the floor likewise through its linear probes.
-
-Efficiency (the models of the first seed; latency depends on the architecture, not on the weights
-or the seed): `params` counts every parameter inference needs (the teacher includes the frozen
-CLIP; a multimodal or retrieval student too, since it needs CLIP frame embeddings), and latency
-is wall time per clip from the raw inputs to the prediction (latency.py), at batch 1 and batched
-(`evaluate.latency.batch_size`), on the machine at hand (`device` is recorded). Students of the
-same kind share one architecture, so latency is measured once per kind, on the first such student,
-and the others record `latency_of` (timing them all would only rank measurement noise). The
-`teacher_self` control is never deployed: its latency is not measured (null).
+The work, and how it is done: pipeline/evaluation/scoring.py.
 """
 
 from __future__ import annotations

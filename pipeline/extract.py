@@ -13,20 +13,7 @@ Writes data/features/<ds>/<modality>.h5 and data/features/<ds>/failures_<modalit
 Command: python -m pipeline.extract {video,audio,text}
    or    torchrun --nproc-per-node N -m pipeline.extract {video,audio,text}
 
-Speed: DataLoader workers (`extract.run.num_workers`) decode and preprocess clips while the
-main process encodes batches; on a GPU, batches are pinned and the encoder runs under
-autocast (`extract.run.precision`).
-
-Faults: features are written in atomic chunks as they are computed (store.py), so a killed
-run resumes with only the missing clips. A clip that cannot be used (corrupt or empty file,
-no audio track, fewer frames than requested, empty or non-UTF-8 transcript) is listed in
-the failures CSV with its id, path and reason; the stage fails only when failures exceed
-`extract.max_failure_ratio`, keeping what it computed. Downstream, a clip missing from a
-modality's file has that modality masked.
-
-Scale: under torchrun each rank takes every WORLD_SIZE-th clip of the manifest, writes its
-own chunks into the shared `.partial` directory, and rank 0 merges them once all ranks are
-done; the merged file equals the single-process one.
+The work, and how it is done: pipeline/features/extraction.py.
 """
 
 from __future__ import annotations

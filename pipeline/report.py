@@ -10,29 +10,7 @@ Writes reports/<ds>/report.md, efficiency.png, saliency.png, curves.png, missing
 
 Command: python -m pipeline.report
 
-What is read and compared follows the dataset's metric set (``DatasetSpec.metric_set``): its metrics
-are the tables' columns, its ``primary`` metric (MAE for the sentiment sets, lower is better;
-``map_mean`` for retrieval, higher is better) is the one comparisons use, and its ``curve`` is the
-validation curve drawn for every model that logged it.
-
-The students come in families (families.py), each in its paper's setting and each compared with its
-own `<family>-none`. Every number on the page is defined where it is printed (the report's
-"Definitions" section repeats them):
-
-* **metric cells**: ``mean ± std`` over `seeds` of each seed's test metric (metrics.summarize_seeds).
-* **comparisons** (stats.py): per test clip, the model's score (sentiment: absolute error |pred - y|,
-  whose mean is the MAE; retrieval: the mean AP of the clip's queries, whose mean is about the mAP),
-  averaged over seeds; the difference to the baseline with a BCa bootstrap 95 % interval over test
-  clips, a two-sided sign-flip test, and Holm's correction across the family's methods. A difference
-  *holds* when the Holm-adjusted p < `report.alpha` and the interval excludes 0.
-* **controls**: `va-videoadviser` against `va-self` (what multimodal knowledge adds over a teacher
-  that saw only the transcript), `<family>-none` against the floor (the linear model it must beat),
-  and the text students against the teacher with video (and audio) missing at test time.
-* **known limits** (synthetic datasets): the Bayes-optimal MAE given each subset of modalities, from
-  the generator's own process (limits.py): its Monte Carlo expectation, and its value on these test
-  clips. "Closes X % of the gap" = (MAE(none) - MAE(method)) / (MAE(none) - limit on the test clips),
-  the limit being what the family's student sees (va: text; msd: all modalities).
-* **population saliency**, **curves**, **MSD weights**: as before (teacher.py, training.py).
+The work, and how it is done: pipeline/evaluation/report.py.
 """
 
 from __future__ import annotations
@@ -44,19 +22,10 @@ from pathlib import Path
 
 from pipeline.core import paths
 from pipeline.core.config import ReportParams, check_params, load_section, load_value
-from pipeline.core.paths import SELF_TEACHER, TEACHER
+from pipeline.core.paths import FLOOR, SELF_TEACHER, TEACHER
 from pipeline.core.runtime import setup_logging, stage
-from pipeline.data.datasets import DATASETS
 from pipeline.distillation.families import parse_student
-from pipeline.evaluation.report import (
-    FLOOR,
-    Context,
-    metric_set,
-    read_limits,
-    read_metrics,
-    read_teachers,
-    write_report,
-)
+from pipeline.evaluation.report import Context, metric_set, read_limits, read_metrics, read_teachers, write_report
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +43,7 @@ def run(dataset: str, students: Sequence[str], seeds: Sequence[int], params: Rep
              paths.CURVES / dataset]
     with stage("report", reads, [report]):
         ctx = Context(dataset=dataset, seeds=list(seeds), students=list(students), params=params,
-                      ms=metric_set(dataset), task=DATASETS.get(dataset).task,
+                      ms=metric_set(dataset),
                       models={n: read_metrics(dataset, n, seeds) for n in names},
                       teachers=read_teachers(dataset, seeds), limits=read_limits(dataset), scores={})
         out_dir.mkdir(parents=True, exist_ok=True)

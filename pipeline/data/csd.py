@@ -87,7 +87,6 @@ SDK_METADATA_KEYS = (
     "featureset bib citation",
     "dataset bib citation",
 )
-SDK_DEPLOY_KEYS = ("md5", "uuid")  # set by the SDK's deploy
 NONFINITE = ("error", "zero")
 _SEGMENT_KEY = re.compile(r"^(?P<video>.+)\[(?P<segment>[^\[\]]*)\]$")
 

@@ -5,7 +5,8 @@ A student is named `<family>-<method>` (params `distill.students`; DVC stages `d
 with its own `<family>-none`, the same student trained without a teacher:
 
 ===========  ==========================  ===============================  ====================================
-family       paper's setting             student (sentiment / retrieval)  methods
+family       paper's setting             student (the task's             methods
+                                         `student_kinds`, tasks/)
 ===========  ==========================  ===============================  ====================================
 ``va``       VideoAdviser (Wang et al.   text only / two-branch           none, kd, self, videoadviser
              2023): a cheap student      audio-visual
@@ -14,7 +15,7 @@ family       paper's setting             student (sentiment / retrieval)  method
 ===========  ==========================  ===============================  ====================================
 
 So `va-videoadviser` is VideoAdviser's step 2 into the text student, `va-self` the same loss from
-the `self` control teacher (teacher.py), and `msd-population` MSD with population weights into the
+the `self` control teacher (training/teacher.py), and `msd-population` MSD with population weights into the
 multimodal student. Plain data, no torch: config, report and the DVC stages read it cheaply.
 """
 
@@ -32,7 +33,6 @@ MSD_PREFIX = "msd-"
 class Family:
     name: str  # the student name's prefix
     title: str  # for the report
-    students: dict[str, str]  # task -> student kind: text | multimodal | retrieval
     methods: tuple[str, ...]  # method suffixes; a student is f"{name}-{suffix}"
     limit: str  # the known limit (synthetic data) a model of this family is compared with: what its student sees
 
@@ -43,9 +43,9 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "va": Family("va", "VideoAdviser family: the text-only student (VideoAdviser's setting)",
-                 {"sentiment": "text", "retrieval": "retrieval"}, ("none", "kd", "self", "videoadviser"), "text"),
+                 ("none", "kd", "self", "videoadviser"), "text"),
     "msd": Family("msd", "MSD family: the multimodal student (MSD's setting)",
-                  {"sentiment": "multimodal", "retrieval": "retrieval"}, ("none", "kd", *WEIGHTINGS),
+                  ("none", "kd", *WEIGHTINGS),
                   "video+audio+text"),
 }
 BASELINE = "none"  # every method is compared with its family's student trained without a teacher
@@ -62,9 +62,6 @@ class Student:
     def baseline(self) -> str:
         """The student every method of the family is compared with: `<family>-none`."""
         return f"{self.family.name}-{BASELINE}"
-
-    def kind(self, task: str) -> str:
-        return self.family.students[task]
 
 
 def all_students() -> list[str]:

@@ -146,6 +146,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.registry import Registry
+from pipeline.evaluation.retrieval_metrics import metrics_from_per_query, read_per_query_ap
 
 logger = logging.getLogger(__name__)
 
@@ -305,9 +306,7 @@ def _per_query_csv_metrics(path: Path) -> dict[str, float]:
 
     Every AP must be a number in [0, 1]: anything else means the file is not what evaluate writes.
     """
-    from pipeline.tasks import retrieval  # imported here: it holds the retrieval student, and torch with it
-
-    table = retrieval.read_per_query_ap(path)  # FileNotFoundError / ValueError (missing columns) name the file
+    table = read_per_query_ap(path)  # FileNotFoundError / ValueError (missing columns) name the file
     try:
         ap = table["ap"].to_numpy(dtype=np.float64)
     except (ValueError, TypeError) as exc:
@@ -317,14 +316,9 @@ def _per_query_csv_metrics(path: Path) -> dict[str, float]:
         raise ValueError(f"{path}: {bad.size} AP value(s) outside [0, 1] or nan; first at row {int(bad[0])}: "
                          f"{float(ap[bad[0]])!r}")
     try:
-        return retrieval.metrics_from_per_query(table.assign(ap=ap))
+        return metrics_from_per_query(table.assign(ap=ap))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-
-
-def _retrieval_compute(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    raise ValueError("metric set 'retrieval' is not computed from (pred, y): use retrieval.retrieval_metrics on "
-                     "the embeddings, or metrics_from_csv(path, 'retrieval') on a per-query AP CSV")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,9 +326,9 @@ class MetricSet:
     """One scoring convention: its metrics, its headline metric and how a seed is scored.
 
     names             metric keys, in output (and report table) order
-    compute           ``(pred, y) -> {name: value}`` of per-clip regression predictions; for sets
-                      not scored from (pred, y) (retrieval: embeddings) a function that raises
-                      ValueError saying what to use instead
+    compute           ``(pred, y) -> {name: value}`` of per-clip regression predictions; None for
+                      sets not scored from (pred, y) (retrieval: from embeddings,
+                      evaluation/retrieval_metrics.py, or `from_csv` on a per-query AP CSV)
     primary           the headline metric (one of `names`): the one methods are compared on
                       (report: paired differences, efficiency plot)
     higher_is_better  the direction of `primary` (False for MAE, True for mAP)
@@ -342,14 +336,21 @@ class MetricSet:
                       under plots/metrics without ``.tsv`` (``valid/mae``, ``valid/map``)
     from_csv          ``path -> {name: value}``: the metrics of one seed's predictions CSV
                       (``predictions/<ds>/<name>/seed_<s>.csv``), in `names` order
+    clip_score        ``table -> Series``: from that CSV's table, the per-test-clip score the paired
+                      comparisons use, indexed by clip id; `clip_score_doc` says what it is
+    teacher_metrics   what the teacher is reported with, given each subset of its modalities
+                      (training/teacher.py `subset_metrics`: the task's `teacher_metrics`)
     """
 
     names: tuple[str, ...]
-    compute: Callable[[np.ndarray, np.ndarray], dict[str, float]]
+    compute: Callable[[np.ndarray, np.ndarray], dict[str, float]] | None
     primary: str
     higher_is_better: bool
     curve: str
     from_csv: Callable[[Path], dict[str, float]]
+    clip_score: Callable[[pd.DataFrame], pd.Series]
+    clip_score_doc: str
+    teacher_metrics: tuple[str, ...]
 
     def __post_init__(self) -> None:
         if self.primary not in self.names:
@@ -360,14 +361,30 @@ def _sentiment_set(names: tuple[str, ...], compute: Callable[[np.ndarray, np.nda
                    ) -> MetricSet:
     """A sentiment regression set: headline MAE (lower is better), curve valid/mae, per-clip CSVs."""
     return MetricSet(names, compute, primary="mae", higher_is_better=False, curve="valid/mae",
-                     from_csv=functools.partial(_per_clip_csv_metrics, compute=compute))
+                     from_csv=functools.partial(_per_clip_csv_metrics, compute=compute), clip_score=_absolute_error,
+                     clip_score_doc="the absolute error |pred − y| of each test clip",
+                     teacher_metrics=("mae", "corr", "acc2_non0"))
+
+
+def _absolute_error(table: pd.DataFrame) -> pd.Series:
+    """|pred - label| per clip of a per-clip predictions table (id, label, pred)."""
+    return pd.Series(np.abs(table["pred"].to_numpy(np.float64) - table["label"].to_numpy(np.float64)),
+                     index=table["id"].to_numpy())
+
+
+def _mean_query_ap(table: pd.DataFrame) -> pd.Series:
+    """The mean AP of each clip's queries (a2v and v2a) of a per-query AP table (direction, id, label, ap)."""
+    return table.groupby("id")["ap"].mean()
 
 
 METRIC_SETS: Registry[MetricSet] = Registry("metric set")
 METRIC_SETS.add("mosi_mosei", _sentiment_set(METRIC_NAMES, sentiment_metrics))
 METRIC_SETS.add("sims", _sentiment_set(SIMS_METRIC_NAMES, sims_metrics))
-METRIC_SETS.add("retrieval", MetricSet(RETRIEVAL_METRIC_NAMES, _retrieval_compute, primary="map_mean",
-                                       higher_is_better=True, curve="valid/map", from_csv=_per_query_csv_metrics))
+METRIC_SETS.add("retrieval", MetricSet(RETRIEVAL_METRIC_NAMES, None, primary="map_mean",
+                                       higher_is_better=True, curve="valid/map", from_csv=_per_query_csv_metrics,
+                                       clip_score=_mean_query_ap,
+                                       clip_score_doc="the mean AP of each test clip's queries",
+                                       teacher_metrics=("acc", "ce")))
 
 
 def metrics_from_csv(path: Path, metric_set: str = "mosi_mosei") -> dict[str, float]:

@@ -1,14 +1,5 @@
-"""Stage report: one Markdown page that says what a dataset's experiment shows, and what it does not.
-
-Reads  metrics/<ds>/*.json                          test metrics over seeds + efficiency (evaluate)
-       predictions/<ds>/<name>/seed_<s>.csv          per-clip test predictions (per-query APs), for the intervals
-       models/<ds>/{teacher,teacher_self}/seed_<s>/preds.h5   saliency, the teacher's metrics per modality subset
-       data/raw/<ds>/limits.json, oracle.csv         known limits (synthetic datasets that write them)
-       dvclive/<ds>/{teacher,student_<name>}/seed_<s>/plots/metrics/   curves
-Writes reports/<ds>/report.md, efficiency.png, saliency.png, curves.png, missing_modality.png (sentiment),
-       msd_weights.png (when a student logged modality weights)
-
-Command: python -m pipeline.report
+"""The report (stage report's work): one Markdown page that says what a dataset's experiment shows, and
+what it does not.
 
 What is read and compared follows the dataset's metric set (``DatasetSpec.metric_set``): its metrics
 are the tables' columns, its ``primary`` metric (MAE for the sentiment sets, lower is better;
@@ -166,11 +157,10 @@ def read_metrics(dataset: str, name: str, seeds: Sequence[int]) -> ModelMetrics:
     )
 
 
-def clip_scores(dataset: str, name: str, seeds: Sequence[int], task: str,
+def clip_scores(dataset: str, name: str, seeds: Sequence[int], ms: MetricSet,
                 subdir: str | None = None) -> pd.DataFrame:
-    """Per test clip and seed, the score the comparisons use: (N clips, S seeds), rows indexed by clip id.
-    Sentiment: |pred - label| from predictions/<ds>/<name>[/<subdir>]/seed_<s>.csv; retrieval: the mean AP of
-    the clip's queries (a2v and v2a) from the per-query table."""
+    """Per test clip and seed, the score the comparisons use (`MetricSet.clip_score` of each seed's
+    predictions/<ds>/<name>[/<subdir>]/seed_<s>.csv): (N clips, S seeds), rows indexed by clip id."""
     columns = {}
     for s in seeds:
         folder = paths.predictions_dir(dataset, name) / (subdir or "")
@@ -178,11 +168,7 @@ def clip_scores(dataset: str, name: str, seeds: Sequence[int], task: str,
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run `dvc repro evaluate`")
         table = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
-        if task == "retrieval":
-            columns[s] = table.groupby("id")["ap"].mean()
-        else:
-            columns[s] = pd.Series(np.abs(table["pred"].to_numpy(np.float64) - table["label"].to_numpy(np.float64)),
-                                   index=table["id"].to_numpy())
+        columns[s] = ms.clip_score(table)
     frame = pd.DataFrame(columns)
     if frame.isna().any().any():
         raise ValueError(f"{paths.predictions_dir(dataset, name)}: the seeds' prediction files cover different "
@@ -533,7 +519,6 @@ class Context:
     students: list[str]
     params: ReportParams
     ms: MetricSet
-    task: str
     models: dict[str, ModelMetrics]
     teachers: TeacherRecords
     limits: Limits | None
@@ -542,7 +527,7 @@ class Context:
     def score(self, name: str, subdir: str | None = None) -> pd.DataFrame:
         key = name if subdir is None else f"{name}/{subdir}"
         if key not in self.scores:
-            self.scores[key] = clip_scores(self.dataset, name, self.seeds, self.task, subdir)
+            self.scores[key] = clip_scores(self.dataset, name, self.seeds, self.ms, subdir)
         return self.scores[key]
 
     def matrix(self, key: str) -> np.ndarray:
@@ -584,7 +569,7 @@ def family_section(ctx: Context, family: Family) -> tuple[list[str], list[str]]:
     others = [n for n in members if n != baseline]
     hib = ctx.ms.higher_is_better
     limit = None
-    if ctx.limits is not None and ctx.task == "sentiment":
+    if ctx.limits is not None:
         limit = (family.limit, ctx.limits.test[family.limit])
     if others:
         comps = compare_family({n: ctx.matrix(n) for n in [baseline, *others]}, baseline, hib, **ctx.stats())
@@ -638,7 +623,7 @@ def subset_order(subset: str) -> tuple[int, list[int]]:
 def teacher_section(ctx: Context) -> list[str]:
     """The teacher's quality given each subset of its modalities (valid and test), and the control teacher."""
     rec = ctx.teachers
-    ms_names = ["acc", "ce"] if ctx.task == "retrieval" else [ctx.ms.primary, "corr", "acc2_non0"]
+    ms_names = ctx.ms.teacher_metrics
     header = ["Teacher given", *(f"{split} {METRIC_LABELS.get(m, m)}" for split in ("valid", "test")
                                  for m in ms_names)]
     if ctx.limits is not None:
@@ -665,9 +650,10 @@ def teacher_section(ctx: Context) -> list[str]:
 
 
 def missing_section(ctx: Context, out_dir: Path) -> tuple[list[str], list[str], bool]:
-    """The teacher with modalities missing at test time beside the text students (sentiment only)."""
+    """The teacher with modalities missing at test time beside the text students (when the teacher was
+    scored given those subsets: sentiment)."""
     teacher = ctx.models[TEACHER]
-    if ctx.task != "sentiment" or not all(s in teacher.given for s in MISSING.values()):
+    if not all(s in teacher.given for s in MISSING.values()):
         return [], [], False
     primary = ctx.ms.primary
     va = [s for s in ctx.students if parse_student(s).family.name == "va"]
@@ -737,7 +723,7 @@ _SENTIMENT_METRICS = """\
   Acc-5 (rounded, clipped to [-3, 3] / [-2, 2]), Acc-2 and weighted F1 with neutral clips counted as
   positive (has0) or removed (non0); accuracies and F1 are fractions in [0, 1]."""
 _RETRIEVAL_METRICS = """\
-- Metrics (`pipeline/tasks/retrieval.py`): mean average precision (mAP, higher is better, in [0, 1]) of
+- Metrics (`pipeline/evaluation/retrieval_metrics.py`): mean average precision (mAP, higher is better, in [0, 1]) of
   cross-modal retrieval on the test clips. Each clip's audio embedding is a query that ranks the visual
   embeddings of all test clips by cosine similarity, the full ranking with no cut-off (a→v), and each
   visual embedding ranks the audio ones (v→a); an item is relevant when it has the query's class.
@@ -753,8 +739,7 @@ def definitions(ctx: Context) -> str:
     """The report's Definitions section for the dataset's metric set."""
     ms, p = ctx.ms, ctx.params
     label = short_label(ms.primary)
-    score = ("the absolute error |pred − y| of each test clip" if ctx.task == "sentiment"
-             else "the mean AP of each test clip's queries")
+    score = ms.clip_score_doc
     return "\n".join([
         METRIC_DEFINITIONS[DATASETS.get(ctx.dataset).metric_set].format(
             predictions=paths.predictions_dir(ctx.dataset, "<name>")),

@@ -1,18 +1,5 @@
-"""Stage evaluate: test metrics over seeds of every model, per-clip predictions, size and end-to-end latency.
-
-Reads  models/<ds>/{teacher,teacher_self,floor,student_<student>}/, data/prepared/<ds>/manifest.csv,
-       the feature files (multimodal and retrieval students), the raw test clips (latency)
-Writes metrics/<ds>/<name>.json             {"mean": {...}, "std": {...}, "seeds": {"<s>": {...}},
-                                             "efficiency": {...}} with the dataset's metric set, for
-                                             name = teacher, teacher_self, floor and every student;
-                                             teacher.json also has "given": {subset: {mean, std, seeds}},
-                                             the teacher's test metrics given each subset of its
-                                             modalities (sentiment; the missing-modality evaluation)
-       predictions/<ds>/<name>/seed_<s>.csv  id, label, pred (test split); the teacher's given a subset
-                                             in predictions/<ds>/teacher/given_<subset>/; retrieval:
-                                             the per-query AP table direction, id, label, ap
-
-Command: python -m pipeline.evaluate
+"""Scoring every model on the test split (stage evaluate's work): metrics over seeds, per-clip predictions,
+size and end-to-end latency.
 
 One stage for every model: a process start costs about as much as scoring a model, and the
 report needs all of them anyway. The metrics follow the MMSA conventions (pipeline/evaluation/metrics.py),
@@ -43,11 +30,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from pipeline.core import paths
@@ -56,47 +41,33 @@ from pipeline.core.paths import FLOOR, SELF_TEACHER, TEACHER
 from pipeline.core.runtime import resolve_device
 from pipeline.data.datasets import DATASETS, read_manifest
 from pipeline.evaluation.latency import (
-    MediaInputs,
-    MultimodalStudentPipeline,
-    RetrievalStudentPipeline,
     TeacherPipeline,
-    TextStudentPipeline,
     count_parameters,
     manifest_rows,
     measure_latency,
 )
-from pipeline.evaluation.metrics import CSV_COLUMNS, METRIC_SETS, json_safe, summarize_seeds
+from pipeline.evaluation.metrics import METRIC_SETS, json_safe, summarize_seeds
 from pipeline.features.arrays import FeatureArrays, load_features
 from pipeline.features.clip import load_clip
-from pipeline.features.store import read_table
 from pipeline.models.floor import ProbeFloor, TextFloor, load_floor
-from pipeline.models.retrieval_student import RETRIEVAL_CHECKPOINT, load_retrieval_student, retrieval_embeddings
-from pipeline.models.students import load_student, predict_student, student_inputs, tokenize
 from pipeline.models.teacher import load_teacher
-from pipeline.tasks.retrieval import retrieval_metrics, write_per_query_ap
-from pipeline.training.teacher import read_teacher_predictions, subset_columns
+from pipeline.tasks.table import task_of
 
 log = logging.getLogger(__name__)
 
 
 
-def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path, metric_set: str) -> dict[str, float]:
-    """Write id, label, pred and return the metrics of exactly those values (float64, full precision),
-    with the dataset's metric set (MOSI/MOSEI conventions, or CH-SIMS's)."""
-    table = pd.DataFrame({"id": test["id"].to_numpy(), "label": test["label"].to_numpy(np.float64), "pred": pred})
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    table.loc[:, list(CSV_COLUMNS)].to_csv(csv_path, index=False)
-    return METRIC_SETS.get(metric_set).compute(table["pred"].to_numpy(), table["label"].to_numpy())
-
-
 class Evaluation:
-    """What every model's scoring shares: the dataset, its test split, the params, and the features
-    (loaded once, when a model needs them)."""
+    """What every model's scoring shares: the dataset, its task, its test split, the params, and the features
+    (loaded once, when a model needs them). The task (tasks/) says how its models are run on the test clips
+    and scored; this class is the `TestSet` it is given."""
 
     def __init__(self, dataset: str, params: EvaluateParams, clip: ClipParams, extract: ExtractParams,
                  seeds: list[int]) -> None:
         self.dataset, self.params, self.clip, self.extract, self.seeds = dataset, params, clip, extract, seeds
         self.spec = DATASETS.get(dataset)
+        self.task = task_of(dataset)
+        self.metric_set = self.spec.metric_set
         self.manifest = read_manifest(paths.manifest(dataset))
         self.test_rows = np.flatnonzero(self.manifest["split"].to_numpy() == "test")
         self.test = self.manifest.iloc[self.test_rows].reset_index(drop=True)
@@ -110,6 +81,14 @@ class Evaluation:
             self._features[key] = load_features(self.manifest, self.dataset, self.clip, self.extract, *key)
         return self._features[key]
 
+    def test_features(self, video_tokens: int, audio_tokens: int) -> FeatureArrays:
+        """The test clips' rows of `features`."""
+        full = self.features(video_tokens, audio_tokens)
+        rows = torch.from_numpy(self.test_rows)
+        return FeatureArrays(ids=self.test["id"].tolist(), video=full.video[rows], audio=full.audio[rows],
+                             text=full.text[rows], present=full.present[rows], prompts=full.prompts,
+                             classes=full.classes)
+
     def present(self, modality: str) -> np.ndarray:
         """(N_test,) bool: the test clips that have `modality`'s features (retrieval: queries and items)."""
         return self.features(self.extract.video.frames, 1).present[self.test_rows, MODALITIES.index(modality)].numpy()
@@ -122,67 +101,26 @@ class Evaluation:
 
     # ----------------------------------------------------------------------- one seed's test score
 
-    def sentiment(self, pred: np.ndarray, csv_path: Path) -> dict[str, float]:
-        return write_predictions(self.test, pred, csv_path, self.spec.metric_set)
-
-    def retrieval(self, audio: Any, visual: Any, csv_path: Path) -> dict[str, float]:
-        metrics, table = retrieval_metrics(audio, visual, self.test["label"].to_numpy().astype(np.int64),
-                                           ids=self.test["id"].tolist(), audio_present=self.present("audio"),
-                                           visual_present=self.present("video"))
-        write_per_query_ap(table, csv_path)
-        return metrics
-
     def teacher_seed(self, name: str, seed: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         """A teacher's test metrics, and (main sentiment teacher) its metrics given each subset of modalities."""
-        preds_path = paths.teacher_predictions(self.dataset, seed, name)
-        csv_path = paths.predictions(self.dataset, name, seed)
-        if self.spec.task == "retrieval":
-            only = read_teacher_predictions(self.test, preds_path)["logits_only"]  # (N, 3, K)
-            audio, visual = (only[:, MODALITIES.index(m)].softmax(-1) for m in ("audio", "video"))  # (N, K) each
-            return self.retrieval(audio, visual, csv_path), {}
-        columns, config = read_table(preds_path, stage="teacher")
-        row = pd.Series(np.arange(len(columns["id"])), index=columns["id"]).loc[self.test["id"]].to_numpy()
-        given: dict[str, dict[str, float]] = {}
-        if name == TEACHER:
-            for subset, column in subset_columns(config["modalities"], "reg").items():
-                given[subset] = self.sentiment(np.asarray(columns[column], dtype=np.float64)[row],
-                                               paths.predictions_dir(self.dataset, name) / f"given_{subset}"
-                                               / f"seed_{seed}.csv")
-        return self.sentiment(np.asarray(columns["reg"], dtype=np.float64)[row], csv_path), given
+        outputs, given = self.task.teacher_test(self, name, seed)
+        by_subset = {subset: self.task.score(self, out, paths.predictions_dir(self.dataset, name) / f"given_{subset}"
+                                             / f"seed_{seed}.csv") for subset, out in given.items()}
+        return self.task.score(self, outputs, paths.predictions(self.dataset, name, seed)), by_subset
 
     def student_seed(self, name: str, seed: int) -> dict[str, float]:
-        model_dir, csv_path = paths.student_dir(self.dataset, name, seed), paths.predictions(self.dataset, name, seed)
-        if self.spec.task == "retrieval":
-            model, ckpt = load_retrieval_student(model_dir / RETRIEVAL_CHECKPOINT, self.device)
-            features = self.features(ckpt["video_tokens"], ckpt["audio_tokens"])
-            rows = torch.from_numpy(self.test_rows)
-            audio, visual = retrieval_embeddings(model, features.audio[rows], features.video[rows],
-                                                 self.params.batch_size)
-            return self.retrieval(audio, visual, csv_path)
-        model, tokenizer, meta = load_student(model_dir)
-        model.to(self.device)
-        config = meta["config"]
-        features = None
-        if config["kind"] == "multimodal":
-            full = self.features(config["video_tokens"], config["audio_tokens"])
-            rows = torch.from_numpy(self.test_rows)
-            features = FeatureArrays(ids=self.test["id"].tolist(), video=full.video[rows], audio=full.audio[rows],
-                                     text=full.text[rows], present=full.present[rows], prompts=full.prompts,
-                                     classes=full.classes)
-        inputs = student_inputs(tokenize(tokenizer, self.test["text"].tolist(), config["max_length"]), features)
-        pred = predict_student(model, inputs, self.params.batch_size).double().numpy()
-        return self.sentiment(pred, csv_path)
+        outputs = self.task.student_test(self, paths.student_dir(self.dataset, name, seed))
+        return self.task.score(self, outputs, paths.predictions(self.dataset, name, seed))
 
     def floor_seed(self, seed: int) -> dict[str, float]:
         model = load_floor(paths.floor_dir(self.dataset))
-        csv_path = paths.predictions(self.dataset, FLOOR, seed)
-        if isinstance(model, ProbeFloor):
-            features = self.features(self.extract.video.frames, 1)
-            rows = torch.from_numpy(self.test_rows)
-            audio = model.posterior("audio", features.audio[rows].mean(dim=1).double().numpy())
-            visual = model.posterior("video", features.video[rows].mean(dim=1).double().numpy())
-            return self.retrieval(audio, visual, csv_path)
-        return self.sentiment(model(self.test["text"].fillna("").astype(str).tolist()), csv_path)
+        if isinstance(model, ProbeFloor):  # the probes' class posteriors rank like embeddings
+            test = self.test_features(self.extract.video.frames, 1)
+            outputs = (model.posterior("audio", test.audio.mean(dim=1).double().numpy()),
+                       model.posterior("video", test.video.mean(dim=1).double().numpy()))
+        else:
+            outputs = model(self.test["text"].fillna("").astype(str).tolist())
+        return self.task.score(self, outputs, paths.predictions(self.dataset, FLOOR, seed))
 
     # ----------------------------------------------------------------------- efficiency
 
@@ -196,8 +134,7 @@ class Evaluation:
             teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed, name))
             return {"params": count_parameters(teacher, self.frozen_clip.model), "inputs": "text", **untimed,
                     "note": "a control, never deployed: not timed"}
-        if name == FLOOR and self.spec.task == "retrieval":
-            probes = load_floor(paths.floor_dir(self.dataset))
+        if name == FLOOR and isinstance(probes := load_floor(paths.floor_dir(self.dataset)), ProbeFloor):
             return {"params": probes.n_parameters, "inputs": "video+audio (time-averaged cached features)",
                     **untimed, "note": "linear probes on cached features: not timed from raw clips"}
         kind, pipeline, inputs = self.inference_pipeline(name, seed)
@@ -217,26 +154,11 @@ class Evaluation:
         """(kind, the model of `name` (its `seed`) wrapped end to end from raw clip to prediction, its inputs)."""
         if name == TEACHER:
             teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed))
-            inputs = "+".join(MODALITIES) if self.spec.task == "sentiment" else "video+audio"
             return TEACHER, TeacherPipeline.build(teacher.to(self.device), self.frozen_clip, self.extract.video,
-                                                  self.extract.audio), inputs
+                                                  self.extract.audio), self.task.teacher_inputs
         if name == FLOOR:
             return FLOOR, FloorPipeline(load_floor(paths.floor_dir(self.dataset))), "text"
-        if self.spec.task == "retrieval":
-            model, ckpt = load_retrieval_student(paths.student_dir(self.dataset, name, seed) / RETRIEVAL_CHECKPOINT,
-                                                 self.device)
-            media = MediaInputs(self.frozen_clip, self.extract.video, self.extract.audio, ckpt["video_tokens"],
-                                ckpt["audio_tokens"])
-            return "retrieval", RetrievalStudentPipeline(model, media), "video+audio"
-        model, tokenizer, meta = load_student(paths.student_dir(self.dataset, name, seed))
-        model.to(self.device)
-        config = meta["config"]
-        if config["kind"] == "multimodal":
-            media = MediaInputs(self.frozen_clip, self.extract.video, self.extract.audio, config["video_tokens"],
-                                config["audio_tokens"])
-            return ("multimodal", MultimodalStudentPipeline(model, tokenizer, config["max_length"], media),
-                    "+".join(MODALITIES))
-        return "text", TextStudentPipeline(model, tokenizer, config["max_length"]), "text"
+        return self.task.student_pipeline(self, paths.student_dir(self.dataset, name, seed))
 
     # ----------------------------------------------------------------------- one model, every seed
 
@@ -260,7 +182,7 @@ class Evaluation:
         path = paths.metrics(self.dataset, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")  # nan -> null
-        primary = METRIC_SETS.get(self.spec.metric_set).primary
+        primary = METRIC_SETS.get(self.metric_set).primary
         log.info("%s over %d seeds: %s %.4f ± %.4f", name, len(self.seeds), primary,
                  _nan(result["mean"][primary]), _nan(result["std"][primary]))
         return result

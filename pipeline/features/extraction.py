@@ -1,7 +1,4 @@
-"""Stage extract@<modality>: cached, versioned per-clip features.
-
-Reads  data/prepared/<ds>/manifest.csv and the clips it names
-Writes data/features/<ds>/<modality>.h5 and data/features/<ds>/failures_<modality>.csv
+"""Feature extraction (stage extract@<modality>'s work): decoding, CLIP encoding, log-mel, the failures list.
 
     video  sampled frames -> frozen CLIP image embeddings, `frames` (F, D)
     audio  mono waveform -> librosa log-mel frames, `logmel` (T, n_mels)
@@ -9,9 +6,6 @@ Writes data/features/<ds>/<modality>.h5 and data/features/<ds>/failures_<modalit
            (`extract.text.templates` x the sentiment bins `extract.text.classes`; for a dataset with
            named classes, the retrieval task, `class_templates` x the manifest's class names, and no
            transcripts: those datasets have none, so every clip's text modality is absent)
-
-Command: python -m pipeline.extract {video,audio,text}
-   or    torchrun --nproc-per-node N -m pipeline.extract {video,audio,text}
 
 Speed: DataLoader workers (`extract.run.num_workers`) decode and preprocess clips while the
 main process encodes batches; on a GPU, batches are pinned and the encoder runs under

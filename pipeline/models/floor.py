@@ -1,11 +1,7 @@
-"""Stage floor: the linear model every student of the dataset must beat (DESIGN.md "Trustworthy comparison").
-
-Reads  data/prepared/<ds>/manifest.csv (retrieval: data/features/<ds>/{video,audio,text}.h5)
-Writes models/<ds>/floor/model.json   everything the model is (vocabulary, idf, coefficients, the chosen
-                                      regularisation and the validation values of the grid): plain JSON,
-                                      rebuilt by `load_floor` without running any code from the file
-
-Command: python -m pipeline.floor
+"""The linear floor every student of the dataset must beat (DESIGN.md "Trustworthy comparison"), one per task
+(`FLOORS`), saved as plain JSON: everything the model is (vocabulary, idf, coefficients, the chosen
+regularisation and the validation values of the grid), rebuilt by `load_floor` without running any code
+from the file.
 
 Sentiment datasets: TF-IDF of the transcript's word n-grams (1..`floor.ngrams`, sublinear tf,
 l2-normalised rows; scikit-learn's TfidfVectorizer fitted on the training transcripts) followed by
@@ -26,13 +22,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.core.config import ClipParams, ExtractParams
+from pipeline.core.config import ClipParams, ExtractParams, FloorParams
+from pipeline.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +167,22 @@ def mean_features(manifest: pd.DataFrame, dataset: str, clip: ClipParams,
     arrays = {"video": data.video.mean(dim=1).double().numpy(), "audio": data.audio.mean(dim=1).double().numpy()}
     present = {m: data.present[:, MODALITIES.index(m)].numpy() for m in RETRIEVAL_MODALITIES}
     return arrays, present
+
+
+Floor = Callable[[pd.DataFrame, str, FloorParams, ClipParams, ExtractParams], dict[str, Any]]
+FLOORS: Registry[Floor] = Registry("floor (by task)")  # task name -> fit(manifest, dataset, params, clip, extract)
+
+
+@FLOORS.register("sentiment")
+def _text_floor(manifest: pd.DataFrame, dataset: str, params: FloorParams, clip: ClipParams,
+                extract: ExtractParams) -> dict[str, Any]:
+    return fit_text_floor(manifest["text"].fillna("").astype(str).tolist(), manifest["label"].to_numpy(np.float64),
+                          manifest["split"].to_numpy(), params.grid, params.ngrams)
+
+
+@FLOORS.register("retrieval")
+def _probe_floor(manifest: pd.DataFrame, dataset: str, params: FloorParams, clip: ClipParams,
+                 extract: ExtractParams) -> dict[str, Any]:
+    features, present = mean_features(manifest, dataset, clip, extract)
+    return fit_probe_floor(features, present, manifest["label"].to_numpy(np.float64).astype(np.int64),
+                           manifest["split"].to_numpy(), params.grid)

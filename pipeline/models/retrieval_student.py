@@ -15,6 +15,7 @@ from torch import nn
 
 from pipeline.core.config import DistillParams
 from pipeline.features.arrays import FeatureArrays
+from pipeline.models.inference import batched_outputs
 
 RETRIEVAL_CHECKPOINT = "retrieval_student.pt"  # in paths.student_dir
 
@@ -123,12 +124,9 @@ def build_retrieval_student(params: DistillParams, features: FeatureArrays, num_
         hidden_dim=r.hidden_dim, num_classes=num_classes, dropout=r.dropout))
 
 
-@torch.no_grad()
 def retrieval_embeddings(model: RetrievalStudent, audio: torch.Tensor, visual: torch.Tensor,
                          batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(audio (N, E), visual (N, E)) embeddings on the CPU, in eval mode, batch by batch."""
-    model.eval()
-    device = next(model.parameters()).device
-    outs = [model(audio=a.to(device), visual=v.to(device)) for a, v in
-            zip(audio.split(batch_size), visual.split(batch_size), strict=True)]
-    return (torch.cat([o["audio_emb"] for o in outs]).cpu(), torch.cat([o["visual_emb"] for o in outs]).cpu())
+    out = batched_outputs(model, len(audio), lambda rows: {"audio": audio[rows], "visual": visual[rows]},
+                          ("audio_emb", "visual_emb"), batch_size)
+    return out["audio_emb"], out["visual_emb"]

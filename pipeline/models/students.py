@@ -22,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, Robe
 
 from pipeline.core.config import MODALITIES, StudentParams
 from pipeline.features.arrays import FeatureArrays
+from pipeline.models.inference import batched_outputs
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +212,5 @@ def student_inputs(tokens: dict[str, torch.Tensor], features: FeatureArrays | No
 @torch.no_grad()
 def predict_student(model: TextStudent, inputs: dict[str, torch.Tensor], batch_size: int) -> torch.Tensor:
     """Regression outputs r_S (N,) for the rows of `inputs` (see `student_inputs`)."""
-    model.eval()
-    device = next(model.parameters()).device
     n = inputs["input_ids"].shape[0]
-    outs = [model(**{k: v[i : i + batch_size].to(device) for k, v in inputs.items()})["reg"].cpu()
-            for i in range(0, n, batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0)
+    return batched_outputs(model, n, lambda rows: {k: v[rows] for k, v in inputs.items()}, ("reg",), batch_size)["reg"]

@@ -22,13 +22,40 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # the interface is read by stages that never build a student (teacher, report)
     import numpy as np
+    import pandas as pd
     import torch
     from torch import nn
 
-    from pipeline.core.config import DistillParams, MSDParams
+    from pipeline.core.config import DistillParams, EvaluateParams, ExtractParams, MSDParams
     from pipeline.features.arrays import FeatureArrays
+    from pipeline.features.clip import FrozenClip
 
     Batch = dict[str, torch.Tensor]
+
+
+class TestSet(Protocol):
+    """What stage evaluate gives a task to run and score its models on (evaluation/scoring.py `Evaluation`)."""
+
+    dataset: str
+    metric_set: str  # the dataset's metric set (evaluation/metrics.py)
+    test: pd.DataFrame  # the test split's manifest rows
+    test_rows: np.ndarray  # their manifest row numbers
+    device: torch.device
+    params: EvaluateParams
+    extract: ExtractParams
+
+    def features(self, video_tokens: int, audio_tokens: int) -> FeatureArrays:
+        """Every clip's cached features, pooled to these token counts."""
+
+    def test_features(self, video_tokens: int, audio_tokens: int) -> FeatureArrays:
+        """The test clips' rows of `features`."""
+
+    def present(self, modality: str) -> np.ndarray:
+        """(N_test,) bool: the test clips that have the modality's features."""
+
+    @property
+    def frozen_clip(self) -> FrozenClip:
+        """The frozen CLIP of the raw-clip inference pipelines."""
 
 
 class Objective(Protocol):
@@ -93,3 +120,18 @@ class Task(Protocol):
 
     def teacher_primary(self, metric_set: str) -> str:
         """The teacher metric logged first."""
+
+    # evaluation (evaluation/scoring.py): a model's test outputs, then `score`
+    teacher_inputs: str  # what the teacher reads at inference, e.g. "video+audio+text"
+
+    def teacher_test(self, ev: TestSet, name: str, seed: int) -> tuple[Any, dict[str, Any]]:
+        """A teacher's test outputs, and (if it has them) its outputs given each subset of its modalities."""
+
+    def student_test(self, ev: TestSet, model_dir: Path) -> Any:
+        """The test outputs of the student saved in `model_dir` (rebuilt from its files, not from params)."""
+
+    def score(self, ev: TestSet, outputs: Any, csv_path: Path) -> dict[str, float]:
+        """The test metrics of `outputs` (the dataset's metric set); writes what they are computed from."""
+
+    def student_pipeline(self, ev: TestSet, model_dir: Path) -> tuple[str, Any, str]:
+        """(kind, the student wrapped from raw clip to prediction (evaluation/latency.py), its inputs)."""

@@ -20,15 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from pipeline.core import paths
 from pipeline.core.config import MODALITIES, DistillParams, MSDParams
+from pipeline.core.paths import TEACHER
 from pipeline.distillation.losses import classification_loss, kd_loss, msd_loss, task_loss, videoadviser_loss
 from pipeline.distillation.msd import student_columns
-from pipeline.evaluation.metrics import METRIC_SETS
+from pipeline.evaluation.latency import MediaInputs, MultimodalStudentPipeline, TextStudentPipeline
+from pipeline.evaluation.metrics import CSV_COLUMNS, METRIC_SETS
 from pipeline.features.arrays import FeatureArrays
+from pipeline.features.store import read_table
 from pipeline.models.masks import only_modality, set_audio_stats
+from pipeline.tasks.base import TestSet
+from pipeline.training.teacher import subset_columns
 
 Batch = dict[str, torch.Tensor]
 
@@ -128,6 +135,54 @@ class SentimentTask:
 
     def teacher_primary(self, metric_set: str) -> str:
         return METRIC_SETS.get(metric_set).primary
+
+    # ----------------------------------------------------------------------- evaluation
+
+    teacher_inputs = "+".join(MODALITIES)
+
+    def teacher_test(self, ev: TestSet, name: str, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """r_T of the test clips and, for the main teacher, r_T given each subset of its modalities (preds.h5)."""
+        columns, config = read_table(paths.teacher_predictions(ev.dataset, seed, name), stage="teacher")
+        row = pd.Series(np.arange(len(columns["id"])), index=columns["id"]).loc[ev.test["id"]].to_numpy()
+        given = ({subset: np.asarray(columns[column], dtype=np.float64)[row]
+                  for subset, column in subset_columns(config["modalities"], "reg").items()} if name == TEACHER else {})
+        return np.asarray(columns["reg"], dtype=np.float64)[row], given
+
+    def student_test(self, ev: TestSet, model_dir: Path) -> np.ndarray:
+        from pipeline.models.students import load_student, predict_student, student_inputs, tokenize
+
+        model, tokenizer, meta = load_student(model_dir)
+        model.to(ev.device)
+        config = meta["config"]
+        features = (ev.test_features(config["video_tokens"], config["audio_tokens"])
+                    if config["kind"] == "multimodal" else None)
+        inputs = student_inputs(tokenize(tokenizer, ev.test["text"].tolist(), config["max_length"]), features)
+        return predict_student(model, inputs, ev.params.batch_size).double().numpy()
+
+    def score(self, ev: TestSet, outputs: np.ndarray, csv_path: Path) -> dict[str, float]:
+        return write_predictions(ev.test, outputs, csv_path, ev.metric_set)
+
+    def student_pipeline(self, ev: TestSet, model_dir: Path) -> tuple[str, Any, str]:
+        from pipeline.models.students import load_student
+
+        model, tokenizer, meta = load_student(model_dir)
+        model.to(ev.device)
+        config = meta["config"]
+        if config["kind"] == "multimodal":
+            media = MediaInputs(ev.frozen_clip, ev.extract.video, ev.extract.audio, config["video_tokens"],
+                                config["audio_tokens"])
+            return ("multimodal", MultimodalStudentPipeline(model, tokenizer, config["max_length"], media),
+                    "+".join(MODALITIES))
+        return "text", TextStudentPipeline(model, tokenizer, config["max_length"]), "text"
+
+
+def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path, metric_set: str) -> dict[str, float]:
+    """Write id, label, pred and return the metrics of exactly those values (float64, full precision),
+    with the dataset's metric set (MOSI/MOSEI conventions, or CH-SIMS's)."""
+    table = pd.DataFrame({"id": test["id"].to_numpy(), "label": test["label"].to_numpy(np.float64), "pred": pred})
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    table.loc[:, list(CSV_COLUMNS)].to_csv(csv_path, index=False)
+    return METRIC_SETS.get(metric_set).compute(table["pred"].to_numpy(), table["label"].to_numpy())
 
 
 TASK = SentimentTask()

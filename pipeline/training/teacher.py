@@ -82,6 +82,7 @@ from pipeline.data.datasets import DATASETS
 from pipeline.distillation.losses import task_loss, teacher_loss
 from pipeline.features.arrays import FeatureArrays
 from pipeline.features.store import read_table, write_table
+from pipeline.models.inference import batched_outputs
 from pipeline.models.masks import modality_dropout, only_modality, set_audio_stats
 from pipeline.models.teacher import PromptTeacher, TeacherConfig, save_teacher
 from pipeline.tasks.base import Task
@@ -109,21 +110,17 @@ def restricted(data: FeatureArrays, modalities: tuple[str, ...]) -> FeatureArray
     return dataclasses.replace(data, present=data.present & modality_mask(modalities))
 
 
-@torch.no_grad()
 def predict(model: PromptTeacher, data: FeatureArrays, idx: torch.Tensor, keep: torch.Tensor | None = None,
             batch_size: int = 256) -> dict[str, torch.Tensor]:
-    """Teacher outputs for clips `idx`; `keep` (3,) bool further masks modalities for all clips."""
-    model.eval()
-    device = next(model.parameters()).device
-    outs: dict[str, list[torch.Tensor]] = {"logits": [], "reg": []}
-    for chunk in idx.split(batch_size):
-        batch = {k: v.to(device) for k, v in data.index(chunk).items()}
+    """Teacher outputs (logits, reg) for clips `idx`; `keep` (3,) bool further masks modalities for all clips."""
+
+    def inputs_of(rows: slice) -> dict[str, torch.Tensor]:
+        batch = data.index(idx[rows])
         if keep is not None:
-            batch["present"] = batch["present"] & keep.to(device)  # (B, 3)
-        out = model(**batch)
-        outs["logits"].append(out["logits"].cpu())
-        outs["reg"].append(out["reg"].cpu())
-    return {k: torch.cat(v) for k, v in outs.items()}
+            batch["present"] = batch["present"] & keep  # (B, 3)
+        return batch
+
+    return batched_outputs(model, len(idx), inputs_of, ("logits", "reg"), batch_size)
 
 
 def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,

@@ -22,8 +22,8 @@ from pipeline.data.datasets import clip_key
 from pipeline.evaluation import report as report_lib
 from pipeline.evaluation import stats
 from pipeline.evaluation.metrics import METRIC_NAMES, METRIC_SETS, RETRIEVAL_METRIC_NAMES
+from pipeline.evaluation.retrieval_metrics import write_per_query_ap
 from pipeline.features.store import write_table
-from pipeline.tasks.retrieval import write_per_query_ap
 
 DS = "mosi"  # a registered dataset (its metric set names the columns); the files are fake
 RETRIEVAL_DS = "synthetic_av"  # metric set "retrieval": map_* metrics, students log valid/map

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline.evaluation.metrics import METRIC_NAMES, SIMS_METRIC_NAMES, metrics_from_csv
-from pipeline.evaluation.scoring import write_predictions
+from pipeline.tasks.sentiment import write_predictions
 
 
 @pytest.mark.parametrize(("metric_set", "names"), [("mosi_mosei", METRIC_NAMES), ("sims", SIMS_METRIC_NAMES)])

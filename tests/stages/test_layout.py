@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "pipeline"
 HEAVY = ("torch", "transformers", "open_clip", "dvclive")
 LIGHT_STAGES = ("prepare", "generate")
@@ -140,6 +140,8 @@ def test_library_is_grouped_in_folders() -> None:
     folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
     assert folders == ["core", "data", "distillation", "evaluation", "features", "models", "tasks", "training"]
     assert stage_names() == ["distill", "evaluate", "extract", "floor", "generate", "prepare", "report", "teacher"]
+    tests = sorted(p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__")
+    assert tests == sorted([*folders, "stages"])  # the tests mirror the library; the DAG's tests apart
 
 
 @pytest.mark.parametrize("stage", LIGHT_STAGES)

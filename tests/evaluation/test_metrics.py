@@ -17,6 +17,7 @@ from sklearn.metrics import f1_score
 
 from pipeline.core.config import ConfigError
 from pipeline.data.datasets import DATASETS
+from pipeline.evaluation import retrieval_metrics
 from pipeline.evaluation.metrics import (
     METRIC_NAMES,
     METRIC_SETS,
@@ -28,9 +29,8 @@ from pipeline.evaluation.metrics import (
     sims_metrics,
     summarize_seeds,
 )
-from pipeline.tasks import retrieval
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _m(pred, y):
@@ -430,14 +430,14 @@ def test_retrieval_metric_set():
     assert metric_set.names == ("map_a2v", "map_v2a", "map_mean")  # retrieval_metrics' keys (test_retrieval)
     assert metric_set.primary == "map_mean" and metric_set.higher_is_better is True
     assert metric_set.curve == "valid/map"
-    with pytest.raises(ValueError, match=r"'retrieval' is not computed from \(pred, y\): use retrieval"):
-        metric_set.compute(np.zeros(3), np.zeros(3))
+    assert metric_set.compute is None  # scored from embeddings, or from its per-query AP CSV
 
 
 def test_metric_set_primary_must_be_one_of_its_names():
     with pytest.raises(ValueError, match=r"primary metric 'map' is not one of its names \['mae'\]"):
         MetricSet(("mae",), sentiment_metrics, primary="map", higher_is_better=True, curve="valid/map",
-                  from_csv=metrics_from_csv)
+                  from_csv=metrics_from_csv, clip_score=lambda table: table["ap"], clip_score_doc="",
+                  teacher_metrics=("mae",))
 
 
 def test_every_dataset_names_a_metric_set():
@@ -530,10 +530,10 @@ def test_retrieval_from_csv_recomputes_what_retrieval_metrics_wrote(tmp_path):
     # a2v, query 0 (class 0): cos to v = [1, 0.98, 0] -> ranks v0 (rel), v1 (rel), v2: AP = (1/1 + 2/2) / 2 = 1
     # a2v, query 1 (class 0): cos to v = [0, 0.196, 1] -> v2, v1 (rel), v0 (rel): AP = (1/2 + 2/3) / 2 = 7/12
     # a2v, query 2 (class 1): cos to v = [0.995, 0.999, 0.0995] -> v1, v0, v2 (rel): AP = 1/3
-    metrics, table = retrieval.retrieval_metrics(audio, visual, labels, ids=["a", "b", "c"])
+    metrics, table = retrieval_metrics.retrieval_metrics(audio, visual, labels, ids=["a", "b", "c"])
     assert metrics["map_a2v"] == pytest.approx((1 + 7 / 12 + 1 / 3) / 3)
     path = tmp_path / "seed_1.csv"
-    retrieval.write_per_query_ap(table, path)
+    retrieval_metrics.write_per_query_ap(table, path)
     assert metrics_from_csv(path, "retrieval") == pytest.approx(metrics, rel=1e-15, abs=0)
 
 

@@ -16,27 +16,24 @@ from sklearn.metrics import average_precision_score
 
 from pipeline.core.config import ConfigError
 from pipeline.distillation.losses import kd_loss
+from pipeline.evaluation import retrieval_metrics as metrics_module
+from pipeline.evaluation.retrieval_metrics import (
+    PER_QUERY_COLUMNS,
+    average_precision,
+    cosine_similarity,
+    metrics_from_per_query,
+    read_per_query_ap,
+    retrieval_map,
+    retrieval_metrics,
+    write_per_query_ap,
+)
 from pipeline.models.retrieval_student import (
     RetrievalStudent,
     RetrievalStudentConfig,
     load_retrieval_student,
     save_retrieval_student,
 )
-from pipeline.tasks import retrieval
-from pipeline.tasks.retrieval import (
-    PER_QUERY_COLUMNS,
-    average_precision,
-    branch_kd_loss,
-    cosine_similarity,
-    cross_modal_triplet_loss,
-    metrics_from_per_query,
-    read_per_query_ap,
-    retrieval_loss,
-    retrieval_map,
-    retrieval_metrics,
-    supcon_loss,
-    write_per_query_ap,
-)
+from pipeline.tasks.retrieval import branch_kd_loss, cross_modal_triplet_loss, retrieval_loss, supcon_loss
 
 # --------------------------------------------------------------------------- average_precision
 
@@ -139,7 +136,7 @@ def test_retrieval_map_ties_do_not_depend_on_gallery_order() -> None:
 
 
 def test_retrieval_map_matches_sklearn_with_duplicate_gallery_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(retrieval, "_QUERY_CHUNK", 4)  # several chunks
+    monkeypatch.setattr(metrics_module, "_QUERY_CHUNK", 4)  # several chunks
     rng = np.random.default_rng(4)
     prototypes = rng.normal(size=(4, 6))
     gallery = prototypes[rng.integers(0, 4, 30)] * rng.uniform(0.5, 2.0, size=(30, 1))  # (30, 6): 4 directions
@@ -174,7 +171,7 @@ def test_retrieval_map_query_without_relevant_item(caplog: pytest.LogCaptureFixt
 
 
 def test_retrieval_map_agrees_with_per_query_average_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(retrieval, "_QUERY_CHUNK", 3)  # several chunks
+    monkeypatch.setattr(metrics_module, "_QUERY_CHUNK", 3)  # several chunks
     rng = np.random.default_rng(1)
     queries, gallery = rng.normal(size=(8, 5)), rng.normal(size=(11, 5))
     yq, yg = rng.integers(0, 3, 8), rng.integers(0, 3, 11)
