@@ -70,6 +70,7 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
                               **({"classes": features.classes} if features is not None else {})}
                 task.save_student(paths.student_dir(dataset, name, seed), model, tokenizer, provenance, params)
 
+        task.preload_student()
         run_seeds(train, seeds, params.train.device, per_core=2)  # tiny students: two processes per core
 
 

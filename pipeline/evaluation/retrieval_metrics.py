@@ -49,7 +49,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +68,12 @@ _TIE_DECIMALS = 12  # scores equal to this many decimals tie (one threshold of t
 _QUERY_CHUNK = 512  # queries ranked at once: bounds the dozen (C, G) score/rank matrices in memory
 
 
-ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
+ArrayLike = Any  # a numpy array, a torch tensor or a sequence of floats (torch is not imported here)
 
 
 def _numpy(x: Any) -> np.ndarray:
     """A numpy array of a tensor (detached, on the CPU) or of any array-like."""
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch tensor
         return x.detach().cpu().numpy()
     return np.asarray(x)
 

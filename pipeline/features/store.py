@@ -136,7 +136,7 @@ class FeatureWriter:
 
     def write(self, clip_id: str, arrays: dict[str, np.ndarray]) -> None:
         """Buffer one clip's arrays (written at the next `flush`)."""
-        if clip_id in self.done_ids():
+        if clip_id in self._done or clip_id in self._buffer:  # not done_ids(): that builds a set per write
             raise ValueError(f"clip {clip_id!r} is already in {self.partial}")
         self._buffer[clip_id] = {k: np.asarray(v) for k, v in arrays.items()}
 

@@ -87,6 +87,9 @@ class Task(Protocol):
                       ) -> tuple[nn.Module, Any, Batch]:
         """(model, tokenizer or None, the model's inputs for every manifest clip)."""
 
+    def preload_student(self) -> None:
+        """Import what building the task's students needs, once, before the seed workers fork (they inherit it)."""
+
     def student_modalities(self, model: nn.Module) -> tuple[str, ...]:
         """The teacher modalities the student has an output of its own for (MSD's M_S)."""
 

@@ -35,7 +35,6 @@ from torch import nn
 from pipeline.core import paths
 from pipeline.core.config import MODALITIES, OBJECTIVES, DistillParams, MSDParams, unknown_choice
 from pipeline.distillation.losses import kd_loss, logit_regression_loss, msd_kd_loss
-from pipeline.evaluation.latency import MediaInputs, RetrievalStudentPipeline
 from pipeline.evaluation.retrieval_metrics import ArrayLike, retrieval_metrics, write_per_query_ap
 from pipeline.features.arrays import FeatureArrays
 from pipeline.models.retrieval_student import (
@@ -268,6 +267,9 @@ class RetrievalTask:
         return build_retrieval_student(params, features, num_classes), None, {"audio": features.audio,
                                                                                "visual": features.video}
 
+    def preload_student(self) -> None:
+        pass  # the two-branch student needs nothing beyond torch
+
     def student_modalities(self, model: nn.Module) -> tuple[str, ...]:
         return BRANCH_MODALITIES
 
@@ -347,6 +349,8 @@ class RetrievalTask:
         return metrics
 
     def student_pipeline(self, ev: TestSet, model_dir: Path) -> tuple[str, Any, str]:
+        from pipeline.evaluation.latency import MediaInputs, RetrievalStudentPipeline  # decoders: evaluate only
+
         model, ckpt = load_retrieval_student(model_dir / RETRIEVAL_CHECKPOINT, ev.device)
         media = MediaInputs(ev.frozen_clip, ev.extract.video, ev.extract.audio, ckpt["video_tokens"],
                             ckpt["audio_tokens"])

@@ -29,7 +29,6 @@ from pipeline.core.config import MODALITIES, DistillParams, MSDParams
 from pipeline.core.paths import TEACHER
 from pipeline.distillation.losses import classification_loss, kd_loss, msd_loss, task_loss, videoadviser_loss
 from pipeline.distillation.msd import student_columns
-from pipeline.evaluation.latency import MediaInputs, MultimodalStudentPipeline, TextStudentPipeline
 from pipeline.evaluation.metrics import CSV_COLUMNS, METRIC_SETS
 from pipeline.features.arrays import FeatureArrays
 from pipeline.features.store import read_table
@@ -74,6 +73,9 @@ class SentimentTask:
         if features is not None:
             set_audio_stats(model, features.audio[train_idx], features.present[train_idx, MODALITIES.index("audio")])
         return model, tokenizer, student_inputs(tokenize(tokenizer, texts, params.student.max_length), features)
+
+    def preload_student(self) -> None:
+        import pipeline.models.students  # noqa: F401  transformers, ~5 s: once, not once per forked seed
 
     def student_modalities(self, model: nn.Module) -> tuple[str, ...]:
         return model.modalities
@@ -163,6 +165,7 @@ class SentimentTask:
         return write_predictions(ev.test, outputs, csv_path, ev.metric_set)
 
     def student_pipeline(self, ev: TestSet, model_dir: Path) -> tuple[str, Any, str]:
+        from pipeline.evaluation.latency import MediaInputs, MultimodalStudentPipeline, TextStudentPipeline  # evaluate
         from pipeline.models.students import load_student
 
         model, tokenizer, meta = load_student(model_dir)
