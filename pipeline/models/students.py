@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
 
 from pipeline.core.config import MODALITIES, StudentParams
+from pipeline.core.registry import Registry
 from pipeline.features.arrays import FeatureArrays
 from pipeline.models.inference import batched_outputs
 
@@ -111,7 +112,9 @@ class MultimodalStudent(TextStudent):
 
 
 
-STUDENTS: dict[str, type[TextStudent]] = {"text": TextStudent, "multimodal": MultimodalStudent}
+STUDENTS: Registry[type[TextStudent]] = Registry("student kind")
+STUDENTS.add("text", TextStudent)
+STUDENTS.add("multimodal", MultimodalStudent)
 
 
 STUDENT_HEAD = "student_head.pt"
@@ -141,7 +144,7 @@ def load_student(model_dir: Path) -> tuple[TextStudent, Any, dict[str, Any]]:
     config = StudentConfig(**meta["config"])
     encoder = AutoModel.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = STUDENTS[config.kind](encoder, config)
+    model = STUDENTS.get(config.kind)(encoder, config)
     heads = torch.load(model_dir / STUDENT_HEAD, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(heads, strict=False)
     missing = [k for k in missing if not k.startswith("encoder.")]
@@ -194,7 +197,7 @@ def build_student(params: StudentParams, kind: str, train_texts: list[str], num_
             eos_token_id=tokenizer.eos_token_id, **attention))
         log.info("student encoder: tiny random RoBERTa (%d params), BPE vocab %d",
                  sum(p.numel() for p in encoder.parameters()), len(tokenizer))
-    return STUDENTS[kind](encoder, config), tokenizer
+    return STUDENTS.get(kind)(encoder, config), tokenizer
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
