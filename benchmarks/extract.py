@@ -55,15 +55,13 @@ import datetime
 import json
 import logging
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +74,14 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from common import chdir, machine  # noqa: E402  benchmarks/common.py
 
 from pipeline import extract  # noqa: E402
 from pipeline.core.config import ClipParams, ExtractParams, load_section  # noqa: E402
 from pipeline.core.runtime import resolve_device, seed_everything, setup_logging  # noqa: E402
 from pipeline.data.datasets import MANIFEST_COLUMNS, clip_key, write_manifest  # noqa: E402
 from pipeline.data.synthetic import render_frames, write_mp4  # noqa: E402
-from pipeline.features import media
+from pipeline.features import media  # noqa: E402
 from pipeline.features.clip import FrozenClip, load_clip  # noqa: E402
 from pipeline.features.store import FeatureReader  # noqa: E402
 
@@ -189,16 +188,6 @@ class Setup:
         """The per-clip decode + preprocess work of the stage run without workers (decoder threads: auto)."""
         return extract.LoadFrames(media.FrameSampler.from_params(self.params.video), self.params.video.backend,
                                   clip.preprocess, threads=0)
-
-
-@contextmanager
-def chdir(path: Path) -> Iterator[None]:
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def best_of(repeats: int, run_once: Callable[[], float]) -> float:
@@ -370,19 +359,6 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                platform.processor() or "unknown cpu")
-
-
-def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -507,7 +483,8 @@ def table_rows(r: Results, args: argparse.Namespace, cores: int) -> list[Row]:
 def footnotes(r: Results, args: argparse.Namespace, spec: ClipSpec, setup: Setup, cores: int) -> list[str]:
     cpu_fp32 = " (the CPU computes fp32)" if setup.device.type == "cpu" else ""
     notes = [
-        f"clips: {r.clips} synthetic H.264 mp4s (pipeline.data.synthetic: libx264 crf 20, {r.keyframe_interval:.0f} frames "
+        f"clips: {r.clips} synthetic H.264 mp4s (pipeline.data.synthetic: libx264 crf 20, "
+        f"{r.keyframe_interval:.0f} frames "
         f"per keyframe, no audio), {spec.seconds:g} s x {spec.fps} fps = {spec.frames} frames of "
         f"{spec.size}x{spec.size}; F={args.frames} sampled uniformly",
         f"stage: backend {args.backend}, model {args.model} ({args.pretrained or 'random weights'}), "

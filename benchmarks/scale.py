@@ -96,15 +96,13 @@ import datetime
 import json
 import logging
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +117,8 @@ import torch  # noqa: E402
 
 # Project code: every import from `pipeline` is in this block (the library is being reorganised into
 # subpackages; only these lines should need to change).
+from common import chdir, machine  # noqa: E402  benchmarks/common.py
+
 from pipeline.core import paths  # noqa: E402
 from pipeline.core.config import MODALITIES, ClipParams, DistillParams, ExtractParams, TeacherParams, load_section  # noqa: E402
 from pipeline.core.runtime import seed_everything, setup_logging  # noqa: E402
@@ -180,16 +180,6 @@ class Setup:
 
 def one_epoch(train: Any, device: str) -> Any:
     return dataclasses.replace(train, epochs=1, min_epochs=0, device=device)
-
-
-@contextmanager
-def chdir(path: Path) -> Iterator[None]:
-    before = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 # --------------------------------------------------------------------------- the simulated stores
@@ -421,19 +411,6 @@ def scaling_rows(results: dict[str, dict[int, dict[str, Any]]], args: argparse.N
             rows.append([label(what, args), kind, f"{g:.2f}", "" if m is None else f"{m:.2f}",
                          "info" if info else f"<= {TARGET_GROWTH}", verdict(g, info)])
     return rows
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
-                platform.processor() or "unknown cpu")
-
-
-def machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 # --------------------------------------------------------------------------- main

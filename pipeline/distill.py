@@ -77,7 +77,7 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("student", help="<family>-<method>, e.g. va-videoadviser (families.py)")
+    parser.add_argument("student", help="<family>-<method>, e.g. va-videoadviser (distillation/families.py)")
     args = parser.parse_args(argv)
     setup_logging()
     check_params()

@@ -227,7 +227,8 @@ class TeacherParams:
     schedule: Literal["joint", "two_phase"]  # step 1: classification -> regression
     ce_weight: float
     step1_hidden: int  # hidden width of g, the logits -> regression MLP
-    saliency: Literal["prediction", "loss"]  # prediction: |r_T(x) - r_T(x without m)| | loss: |y - r_T(x without m)| - |y - r_T(x)|
+    # prediction: |r_T(x) - r_T(x without m)| | loss: |y - r_T(x without m)| - |y - r_T(x)|
+    saliency: Literal["prediction", "loss"]
     train: TrainParams
     modality_dropout: float = 0.0  # training: each present modality masked with this probability, one always kept
 
@@ -239,7 +240,7 @@ class TeacherParams:
 @dataclasses.dataclass(frozen=True)
 class StudentParams:
     """The text encoder of the text and multimodal students, and the multimodal student's feature pooling
-    (which student a method trains is its family's: families.py)."""
+    (which student a family trains is the task's: tasks/)."""
 
     pretrained: str  # HF hub id or local dir; "" builds a tiny random RoBERTa
     hidden_size: int

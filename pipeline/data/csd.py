@@ -39,7 +39,8 @@ the usual preprocessing.
 Commands:
 
     python -m pipeline.data.csd export data/features/<ds>/video.h5 out.csd --array frames --name mmdistill_clip_video
-    python -m pipeline.data.csd import COVAREP.csd data/features/<ds>/covarep.h5 --manifest data/prepared/<ds>/manifest.csv
+    python -m pipeline.data.csd import COVAREP.csd data/features/<ds>/covarep.h5 \\
+        --manifest data/prepared/<ds>/manifest.csv
 
 The raw HDF5 access (`read_csd_header`, `read_csd_entries`, `write_csd_file`) lives in
 store.py, the only module that imports h5py.

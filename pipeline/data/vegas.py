@@ -26,7 +26,7 @@ VGGish, ``visual_train`` (N, 1024) Inception, ``lab_train`` (N,) class indices (
 (N, K) one-hot), and the same three for ``test``. Arrays come back float32 / int64, stacked
 train then test, with a manifest (id ``train_000123`` / ``test_000045``: split and row in the
 file, split, label); ``valid_fraction`` > 0 moves a stratified, seeded part of train to
-``valid``. HDF5 is read through ``store.read_arrays`` (store.py is the only module importing h5py).
+``valid``. HDF5 is read through ``store.read_arrays`` (features/store.py is the only module importing h5py).
 
 Every problem raises ``DatasetError`` naming the files at fault and what to fix.
 """

@@ -1,13 +1,13 @@
 """MSD modality weightings (Jin et al., "MSD: Saliency-aware Knowledge Distillation for
 Multimodal Understanding", Findings of EMNLP 2021, arXiv 2101.01881).
 
-The student's objective (distill.py's `msd-<weighting>` methods; losses.msd_loss) is
+The student's objective (distillation/methods.py's `msd-<weighting>` methods; losses.msd_loss) is
 
     L = |S(x) - y| + alpha * KD_T(c_S, c_T) + sum_{m in M_S} w_m(x) * D(S(x_m), r_T^m)
 
 with M_T = config.MODALITIES = (video, audio, text) the teacher's modalities, M_S the student's,
 r_T^m the teacher's output with only m kept and s_m(x) (N, |M_T|) the teacher's saliency of m
-(teacher.py: |r_T(x) - r_T(x without m)|, or with teacher.saliency=loss the rise of the teacher's
+(training/teacher.py: |r_T(x) - r_T(x without m)|, or with teacher.saliency=loss the rise of the teacher's
 L1 loss without m, which can be negative). This module turns saliencies into the weights w:
 
     uniform     w_m = 1 / |M_T|

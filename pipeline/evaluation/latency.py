@@ -138,8 +138,8 @@ class MediaInputs:
 
     Video: the frames `extract.video` samples (decoded by its backend), CLIP's preprocessing,
     the frozen image encoder (all clips of a call in one batch, as extract@video), then adaptive
-    average pooling over time to `video_tokens` (features.pool_time). Audio: the mono waveform
-    at `extract.audio.sample_rate`, extract.log_mel, pooled to `audio_tokens`. Returned on the CPU.
+    average pooling over time to `video_tokens` (features/arrays.py pool_time). Audio: the mono waveform
+    at `extract.audio.sample_rate`, features/extraction.py log_mel, pooled to `audio_tokens`. Returned on the CPU.
     To reproduce the cached features on a GPU, load `clip` with `extract.run.precision` (the CLIP
     autocast extract@video used); on the CPU the encoder always runs in fp32.
     """
@@ -233,7 +233,7 @@ class TeacherPipeline:
 
 
 class TextStudentPipeline:
-    """Manifest rows -> the text student's r_S (B,) on the CPU: tokenize (distill.tokenize) + forward."""
+    """Manifest rows -> the text student's r_S (B,) on the CPU: tokenize (models/students.py) + forward."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, max_length: int) -> None:
         self.model = model.eval()

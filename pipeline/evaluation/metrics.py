@@ -118,7 +118,7 @@ Retrieval (``retrieval``)
 ``map_a2v``, ``map_v2a`` (mean average precision of audio queries over the visual gallery and
 the reverse; full ranking by cosine similarity, relevance = same class) and ``map_mean`` (their
 average); formulas, tie-breaking and sources in ``pipeline/tasks/retrieval.py``. They are computed
-from embeddings (``retrieval.retrieval_metrics``), not from ``(pred, y)``, so this set's
+from embeddings (``retrieval_metrics.retrieval_metrics``), not from ``(pred, y)``, so this set's
 ``compute`` raises a ValueError; a seed's file is its per-query AP table
 (``retrieval.write_per_query_ap``), from which :func:`metrics_from_csv` recomputes the three
 values (``retrieval.metrics_from_per_query``: the mean AP of each direction's rows).
@@ -171,7 +171,7 @@ SIMS_EDGES: dict[str, tuple[float, ...]] = {
 }
 
 CSV_COLUMNS: tuple[str, ...] = ("id", "label", "pred")
-RETRIEVAL_METRIC_NAMES: tuple[str, ...] = ("map_a2v", "map_v2a", "map_mean")  # retrieval.retrieval_metrics' keys
+RETRIEVAL_METRIC_NAMES: tuple[str, ...] = ("map_a2v", "map_v2a", "map_mean")  # retrieval_metrics() keys
 
 
 def _check_inputs(pred: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -429,7 +429,8 @@ def json_safe(metrics: dict[str, float]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.evaluation.metrics [--metric-set NAME] predictions.csv [...]` prints each CSV's metrics as JSON.
+    """`python -m pipeline.evaluation.metrics [--metric-set NAME] predictions.csv [...]` prints each CSV's metrics
+    as JSON.
 
     Output: one JSON object ``{path: {metric: value, ...}, ...}`` (nan -> null).
     Returns 0, or 1 (with a message on stderr) when a CSV cannot be read or is invalid.

@@ -6,7 +6,7 @@ are the tables' columns, its ``primary`` metric (MAE for the sentiment sets, low
 ``map_mean`` for retrieval, higher is better) is the one comparisons use, and its ``curve`` is the
 validation curve drawn for every model that logged it.
 
-The students come in families (families.py), each in its paper's setting and each compared with its
+The students come in families (distillation/families.py), each in its paper's setting and each compared with its
 own `<family>-none`. Every number on the page is defined where it is printed (the report's
 "Definitions" section repeats them):
 
@@ -23,7 +23,7 @@ own `<family>-none`. Every number on the page is defined where it is printed (th
   the generator's own process (limits.py): its Monte Carlo expectation, and its value on these test
   clips. "Closes X % of the gap" = (MAE(none) - MAE(method)) / (MAE(none) - limit on the test clips),
   the limit being what the family's student sees (va: text; msd: all modalities).
-* **population saliency**, **curves**, **MSD weights**: as before (teacher.py, training.py).
+* **population saliency**, **curves**, **MSD weights**: as before (training/teacher.py, training/loop.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ CH-SIMS's variant for `sims`; mean and std (ddof = 1) are over `seeds`. Each see
 recomputable from its CSV: `python -m pipeline.evaluation.metrics predictions/<ds>/<name>/seed_<s>.csv`
 (`--metric-set sims`). A model is rebuilt from its saved files, not from today's params.
 
-Retrieval datasets: map_a2v, map_v2a, map_mean over the test clips (retrieval.retrieval_metrics:
+Retrieval datasets: map_a2v, map_v2a, map_mean over the test clips (evaluation/retrieval_metrics.py:
 each clip's audio queries every test clip's visual item, and the reverse; cosine similarity, relevant
 = same class; a clip without audio (visual) features is neither an audio (visual) query nor item).
 A student ranks by its branches' embeddings. The teacher, which sees both modalities at once, is

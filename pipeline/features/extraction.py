@@ -1,17 +1,12 @@
 """Feature extraction (stage extract@<modality>'s work): decoding, CLIP encoding, log-mel, the failures list.
 
-    video  sampled frames -> frozen CLIP image embeddings, `frames` (F, D)
-    audio  mono waveform -> librosa log-mel frames, `logmel` (T, n_mels)
-    text   transcript -> frozen CLIP text embedding, `text` (D,); class prompts in extra/prompts
-           (`extract.text.templates` x the sentiment bins `extract.text.classes`; for a dataset with
-           named classes, the retrieval task, `class_templates` x the manifest's class names, and no
-           transcripts: those datasets have none, so every clip's text modality is absent)
+What each modality stores: pipeline/extract.py's docstring.
 
 Speed: DataLoader workers (`extract.run.num_workers`) decode and preprocess clips while the
 main process encodes batches; on a GPU, batches are pinned and the encoder runs under
 autocast (`extract.run.precision`).
 
-Faults: features are written in atomic chunks as they are computed (store.py), so a killed
+Faults: features are written in atomic chunks as they are computed (features/store.py), so a killed
 run resumes with only the missing clips. A clip that cannot be used (corrupt or empty file,
 no audio track, fewer frames than requested, empty or non-UTF-8 transcript) is listed in
 the failures CSV with its id, path and reason; the stage fails only when failures exceed

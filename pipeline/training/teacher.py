@@ -1,15 +1,7 @@
 """Training the CLIP prompt teacher (and its control) and writing their predictions: stage teacher's work.
 
-Writes models/<ds>/teacher/seed_<s>/teacher.pt    weights + the config that built them
-       models/<ds>/teacher/seed_<s>/preds.h5      per clip: split, label, logits (K), reg (r_T),
-                                                  reg_only_<m> / reg_without_<m> (only m kept / m masked),
-                                                  saliency_<m> (retrieval: logits_only_<m>, logits_without_<m>
-                                                  (K) instead of reg_*); attrs: population saliency per
-                                                  modality (train mean) and the teacher's metrics given
-                                                  each subset of its modalities (`subset_metrics`)
-       models/<ds>/teacher_self/seed_<s>/         the same for the `self` control teacher (below)
-       dvclive/<ds>/{teacher,teacher_self}/seed_<s>/   training curves
-for every seed in `seeds`. What differs between tasks (the heads trained, the class loss, the
+Per seed: teacher.pt (weights + the config that built them) and preds.h5 (the columns: pipeline/teacher.py's
+docstring), for the teacher and its `self` control; what differs between tasks (the heads trained, the class loss, the
 saliency, the teacher's metrics) comes from the task (tasks/sentiment.py, tasks/retrieval.py).
 
 Step 1 of VideoAdviser's step distillation lives here: classification logits over the K
@@ -19,7 +11,7 @@ with L1 (each phase `train.epochs` epochs at most; `train.patience` stops either
 
 **Modality dropout** (`teacher.modality_dropout` = p): every training batch masks each of a
 clip's present modalities independently with probability p, keeping at least one
-(models.modality_dropout). The outputs stored below are outputs on masked inputs, so the
+(models/masks.py modality_dropout). The outputs stored below are outputs on masked inputs, so the
 teacher must have seen masked inputs while it trained; without it, its mask vectors never
 receive a gradient and r_T^m is an extrapolation.
 

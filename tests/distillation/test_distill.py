@@ -308,8 +308,8 @@ def test_learned_weights_do_not_depend_on_grad_accum(tmp_path: Path, monkeypatch
         p = dataclasses.replace(params(), student=student, train=dataclasses.replace(TRAIN, epochs=2, grad_accum=accum),
                                 msd=dataclasses.replace(params().msd, meta_lr=50.0))
         torch.manual_seed(0)
-        model, _, best = train_student(SENTIMENT_TASK, parse_student("msd-learned"), texts, labels, splits, teacher, data,
-                                       p, seed=0, dataset=f"toy{accum}")
+        model, _, best = train_student(SENTIMENT_TASK, parse_student("msd-learned"), texts, labels, splits, teacher,
+                                       data, p, seed=0, dataset=f"toy{accum}")
         results.append((model, best))
     (m1, b1), (m2, b2) = results
     weights = [[b[f"w_{m}"] for m in MODALITIES] for b in (b1, b2)]
