@@ -74,7 +74,6 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
         run_seeds(train, seeds, params.train.device, per_core=2)  # tiny students: two processes per core
 
 
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("student", help="<family>-<method>, e.g. va-videoadviser (distillation/families.py)")

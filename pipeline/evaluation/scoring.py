@@ -65,9 +65,8 @@ class Evaluation:
     def __init__(self, dataset: str, params: EvaluateParams, clip: ClipParams, extract: ExtractParams,
                  seeds: list[int]) -> None:
         self.dataset, self.params, self.clip, self.extract, self.seeds = dataset, params, clip, extract, seeds
-        self.spec = DATASETS.get(dataset)
         self.task = task_of(dataset)
-        self.metric_set = self.spec.metric_set
+        self.metric_set = DATASETS.get(dataset).metric_set
         self.manifest = read_manifest(paths.manifest(dataset))
         self.test_rows = np.flatnonzero(self.manifest["split"].to_numpy() == "test")
         self.test = self.manifest.iloc[self.test_rows].reset_index(drop=True)

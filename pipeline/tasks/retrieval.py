@@ -358,9 +358,9 @@ class RetrievalTask:
 
     def teacher_metrics(self, pred: np.ndarray, labels: np.ndarray, metric_set: str) -> dict[str, float]:
         """Accuracy `acc` and cross-entropy `ce` of the class logits `pred` (N, K)."""
-        logits = torch.from_numpy(np.asarray(pred, dtype=np.float64))
-        return {"acc": float((logits.numpy().argmax(-1) == labels).mean()),
-                "ce": float(F.cross_entropy(logits, torch.from_numpy(labels).long()))}
+        logits = np.asarray(pred, dtype=np.float64)
+        return {"acc": float((logits.argmax(-1) == labels).mean()),
+                "ce": float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels).long()))}
 
 
 TASK = RetrievalTask()

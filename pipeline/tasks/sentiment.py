@@ -146,9 +146,9 @@ class SentimentTask:
         """r_T of the test clips and, for the main teacher, r_T given each subset of its modalities (preds.h5)."""
         columns, config = read_table(paths.teacher_predictions(ev.dataset, seed, name), stage="teacher")
         row = pd.Series(np.arange(len(columns["id"])), index=columns["id"]).loc[ev.test["id"]].to_numpy()
-        given = ({subset: np.asarray(columns[column], dtype=np.float64)[row]
-                  for subset, column in subset_columns(config["modalities"], "reg").items()} if name == TEACHER else {})
-        return np.asarray(columns["reg"], dtype=np.float64)[row], given
+        subsets = subset_columns(config["modalities"], self.teacher_output) if name == TEACHER else {}
+        given = {subset: np.asarray(columns[column], dtype=np.float64)[row] for subset, column in subsets.items()}
+        return np.asarray(columns[self.teacher_output], dtype=np.float64)[row], given
 
     def student_test(self, ev: TestSet, model_dir: Path) -> np.ndarray:
         from pipeline.models.students import load_student, predict_student, student_inputs, tokenize

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pipeline.core.registry import Registry
+from pipeline.data.datasets import DATASETS
 from pipeline.tasks import retrieval, sentiment
 from pipeline.tasks.base import Task
 
@@ -14,6 +15,4 @@ TASKS.add("retrieval", retrieval.TASK)
 
 def task_of(dataset: str) -> Task:
     """The task of a dataset in data/datasets.py's table."""
-    from pipeline.data.datasets import DATASETS
-
     return TASKS.get(DATASETS.get(dataset).task)

@@ -72,7 +72,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import dvc.repo  # noqa: F401  what Live() imports on first use: here, so that forked seed workers inherit it
 import numpy as np
 import torch
 from dvclive import Live
