@@ -23,12 +23,14 @@ from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
+from pipeline.core.errors import UserError
+
 T = TypeVar("T")
 PARAMS_FILE = Path("params.yaml")
 MODALITIES: tuple[str, ...] = ("video", "audio", "text")  # the order of every per-modality array and mask
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params.yaml value is missing, unknown or of the wrong type."""
 
 

@@ -32,6 +32,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -39,7 +41,7 @@ EXTRA_CHUNK = "extra.h5"
 _STR = h5py.string_dtype()
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """A feature file is missing, incomplete, or was built with another configuration."""
 
 
