@@ -1,8 +1,15 @@
 """Typed access to params.yaml, the single source of hyper-parameters.
 
 Each section of params.yaml maps to a frozen dataclass below. `load_section` turns a
-section into its dataclass and rejects unknown or missing keys, naming the valid ones,
-so a typo in `dvc exp run -S teacher.lrr=...` fails before any work is done.
+section into its dataclass and rejects unknown or missing keys, naming the valid ones and the
+closest match, so a typo in `dvc exp run -S teacher.lrr=...` fails before any work is done.
+
+Values are checked against their meaning, not only their type: a numeric field declared as
+`Annotated[float, Range(gt=0)]` (the aliases `Positive`, `Probability`, `Size`, ... below) rejects
+a value outside its range, naming the key (`distill.train.lr: must be > 0, got -1.0`); checks that
+relate several fields live in the dataclass's `__post_init__`. The `check` stage (pipeline/check.py)
+runs all of them, and the checks of the dataset and the models params name, before any stage of the
+DAG deletes an output.
 
 Closed choices (dataset, student, backend, distance, ...) are `Literal` fields declared here, so
 that loading params needs none of the modules they configure (this module imports nothing from
@@ -15,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 
@@ -32,6 +40,57 @@ MODALITIES: tuple[str, ...] = ("video", "audio", "text")  # the order of every p
 
 class ConfigError(UserError, ValueError):
     """A params.yaml value is missing, unknown or of the wrong type."""
+
+
+# --------------------------------------------------------------------------- value ranges
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The interval a numeric params value must lie in (bounds None = open): `Annotated[float, Range(gt=0)]`."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        low = (f">= {self.ge:g}" if self.ge is not None else f"> {self.gt:g}" if self.gt is not None else "")
+        high = (f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}" if self.lt is not None else "")
+        if low and high:
+            return (f"in {'[' if self.ge is not None else '('}{self.ge if self.ge is not None else self.gt:g}, "
+                    f"{self.le if self.le is not None else self.lt:g}{']' if self.le is not None else ')'}")
+        return low or high or "any number"
+
+    def check(self, value: float, where: str) -> None:
+        ok = ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+              and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        if not ok:
+            raise ConfigError(f"{where}: must be {self.describe()}, got {value!r}")
+
+
+Positive = Annotated[float, Range(gt=0)]  # learning rates, temperatures, durations
+NonNegative = Annotated[float, Range(ge=0)]  # loss weights, noise stds, weight decay
+Probability = Annotated[float, Range(ge=0, le=1)]
+Fraction = Annotated[float, Range(gt=0, lt=1)]  # a part of a set that leaves something on both sides
+Dropout = Annotated[float, Range(ge=0, lt=1)]  # dropout rates, warm-up fractions
+Size = Annotated[int, Range(ge=1)]  # counts, widths, batch sizes, epochs
+Natural = Annotated[int, Range(ge=0)]  # seeds, counts that may be 0
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+
+
+def _check_device(value: str, key: str = "device") -> None:
+    head, _, index = value.partition(":")
+    if not (value in ("auto", "cpu", "cuda") or (head == "cuda" and index.isdigit())):
+        raise ConfigError(f"{key}: unknown device {value!r}; expected {DEVICE_FORMS}")
+
+
+def _check_templates(templates: list[str], key: str) -> None:
+    if not templates:
+        raise ConfigError(f"{key}: needs at least one template")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ConfigError(f"{key}: every template must contain '{{}}' (where the class name goes); bad: {bad}")
 
 
 # --------------------------------------------------------------------------- sections
@@ -64,52 +123,51 @@ def unknown_choice(where: str, value: object, choices: list[str] | tuple[str, ..
 class MediaParams:
     """Clip format shared by the synthetic datasets."""
 
-    seconds: float  # clip duration
-    fps: int  # video frame rate
-    size: int  # frame side in pixels (even, >= 32, not 48 or 72: synthetic.DECORD_UNREADABLE_SIZES)
-    sample_rate: int  # audio sample rate in Hz
+    seconds: Positive  # clip duration
+    fps: Size  # video frame rate
+    size: Size  # frame side in pixels (even, >= 32, not 48 or 72: synthetic.DECORD_UNREADABLE_SIZES)
+    sample_rate: Size  # audio sample rate in Hz
 
 
 @dataclasses.dataclass(frozen=True)
 class SentimentNoiseParams:
-    text: float  # tau: spread of the lexical cues' valences around the sentiment (or its opposite)
-    video: float  # std of the gaussian noise on the square's colour cue
-    audio: float  # std of the gaussian noise on the pitch cue
-    annotator: float  # std of each annotator's noise before rounding to an integer rating
+    text: NonNegative  # tau: spread of the lexical cues' valences around the sentiment (or its opposite)
+    video: NonNegative  # std of the gaussian noise on the square's colour cue
+    audio: NonNegative  # std of the gaussian noise on the pitch cue
+    annotator: NonNegative  # std of each annotator's noise before rounding to an integer rating
 
 
 @dataclasses.dataclass(frozen=True)
 class SentimentParams:
     """synthetic_sentiment (MOSI-like; the process is described in pipeline/data/synthetic.py)."""
 
-    n_clips: int
-    splits: dict[str, float]  # fraction of clips per split (train/valid/test), by video
-    annotators: int  # raters per clip; the label is the mean of their integer ratings
-    irony: float  # probability that the words say the opposite of the face and voice
-    cues: list[int]  # [min, max] lexical cues per transcript, drawn uniformly
+    n_clips: Size
+    splits: dict[str, Fraction]  # fraction of clips per split (train/valid/test), by video
+    annotators: Size  # raters per clip; the label is the mean of their integer ratings
+    irony: Probability  # probability that the words say the opposite of the face and voice
+    cues: list[Size]  # [min, max] lexical cues per transcript, drawn uniformly
     noise: SentimentNoiseParams
-    monte_carlo: int  # fresh draws estimating the known limits (limits.json)
+    monte_carlo: Annotated[int, Range(ge=2)]  # fresh draws estimating the known limits (limits.json)
 
     def __post_init__(self) -> None:
         if len(self.cues) != 2 or not 1 <= self.cues[0] <= self.cues[1]:
-            raise ConfigError(f"generate.synthetic_sentiment.cues must be [min, max] with 1 <= min <= max, "
-                              f"got {self.cues}")
-        if self.monte_carlo < 2:
-            raise ConfigError(f"generate.synthetic_sentiment.monte_carlo must be >= 2, got {self.monte_carlo}")
+            raise ConfigError(f"cues: must be [min, max] with 1 <= min <= max, got {self.cues}")
+        if sorted(self.splits) != ["test", "train", "valid"] or abs(sum(self.splits.values()) - 1.0) > 1e-6:
+            raise ConfigError(f"splits: must give train, valid and test fractions that sum to 1, got {self.splits}")
 
 
 @dataclasses.dataclass(frozen=True)
 class AVNoiseParams:
-    audio: float  # std of the gaussian noise on the audio's class cue, in class spacings
-    visual: float  # the same for the frames' colour
+    audio: NonNegative  # std of the gaussian noise on the audio's class cue, in class spacings
+    visual: NonNegative  # the same for the frames' colour
 
 
 @dataclasses.dataclass(frozen=True)
 class AVParams:
     """synthetic_av (VEGAS-like retrieval data)."""
 
-    n_clips: int
-    n_folds: int  # fold files (VEGAS protocol: 5)
+    n_clips: Size
+    n_folds: Annotated[int, Range(ge=2)]  # fold files (VEGAS protocol: 5)
     noise: AVNoiseParams
 
 
@@ -118,7 +176,7 @@ class GenerateParams:
     """Synthetic dataset generation (stage `generate@<dataset>`): one block per dataset, so that DVC reruns
     only the dataset whose block changed."""
 
-    seed: int  # every random draw of the datasets (apart from `seeds`: all training seeds share the data)
+    seed: Natural  # every random draw of the datasets (apart from `seeds`: all training seeds share the data)
     media: MediaParams
     synthetic_sentiment: SentimentParams
     synthetic_av: AVParams
@@ -128,13 +186,9 @@ class GenerateParams:
 class PrepareParams:
     """How stage `prepare` splits a dataset without fixed splits (VEGAS layout: 5 fold files)."""
 
-    test_fold: int  # the fold (1..5) that is the test split (VEGAS's 5-fold protocol: run each for CV)
-    valid_fraction: float  # part of the other folds' clips held out as `valid`, stratified by class
-    split_seed: int  # seed of that draw
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.valid_fraction < 1.0:
-            raise ConfigError(f"prepare.valid_fraction must be in (0, 1), got {self.valid_fraction}")
+    test_fold: Size  # the fold (1..5) that is the test split (VEGAS's 5-fold protocol: run each for CV)
+    valid_fraction: Fraction  # part of the other folds' clips held out as `valid`, stratified by class
+    split_seed: Natural  # seed of that draw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +197,7 @@ class ClipParams:
 
     model: str  # open_clip model name, e.g. ViT-B-32, or our tiny `mmdistill-tiny`
     pretrained: str  # open_clip tag (e.g. openai), a checkpoint path, or "" for random init
-    init_seed: int  # seeds the random init when pretrained is "" (apart from `seed`, so seeds share features)
+    init_seed: Natural  # seeds the random init when pretrained is "" (apart from `seed`, so seeds share features)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,28 +205,39 @@ class RunParams:
     """How a stage runs; does not change what it computes (up to float rounding)."""
 
     device: str  # auto | cpu | cuda | cuda:N
-    batch_size: int  # clips per encoder batch
-    num_workers: int  # DataLoader workers decoding clips while the main process encodes
+    batch_size: Size  # clips per encoder batch
+    num_workers: Natural  # DataLoader workers decoding clips while the main process encodes
     precision: Precision  # autocast of the encoder on GPU (CPU always runs fp32)
+
+    def __post_init__(self) -> None:
+        _check_device(self.device)
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoParams:
     backend: Backend  # decord | pyav (for platforms without decord wheels)
     sampling: Sampling  # uniform: `frames` per clip | fps: `fps` frames per second | all: every frame
-    frames: int  # uniform sampling: frames per clip
-    fps: float  # fps sampling: frames per second of video
-    max_frames: int  # fps / all sampling: at most this many frames per clip (uniformly thinned beyond)
+    frames: Size  # uniform sampling: frames per clip
+    fps: Positive  # fps sampling: frames per second of video
+    max_frames: Size  # fps / all sampling: at most this many frames per clip (uniformly thinned beyond)
 
 
 @dataclasses.dataclass(frozen=True)
 class AudioParams:
-    sample_rate: int
-    n_mels: int
-    win_ms: float
-    hop_ms: float
-    fmin: float
-    fmax: float
+    sample_rate: Size
+    n_mels: Size
+    win_ms: Positive
+    hop_ms: Positive
+    fmin: NonNegative
+    fmax: Positive
+
+    def __post_init__(self) -> None:
+        if not self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ConfigError(f"fmax: need fmin < fmax <= sample_rate / 2 (Nyquist), got fmin={self.fmin}, "
+                              f"fmax={self.fmax}, sample_rate={self.sample_rate}")
+        if self.hop_ms > self.win_ms:
+            raise ConfigError(f"hop_ms: must be <= win_ms (frames would skip samples), got hop_ms={self.hop_ms}, "
+                              f"win_ms={self.win_ms}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,11 +246,18 @@ class TextParams:
     classes: list[str]  # one name per sentiment bin, from most negative to most positive
     class_templates: list[str]  # datasets with named classes (retrieval): prompts over the manifest's class names
 
+    def __post_init__(self) -> None:
+        _check_templates(self.templates, "templates")
+        _check_templates(self.class_templates, "class_templates")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"classes: need at least 2 distinct class names (one per sentiment bin), "
+                              f"got {self.classes}")
+
 
 @dataclasses.dataclass(frozen=True)
 class ExtractParams:
     run: RunParams
-    max_failure_ratio: float
+    max_failure_ratio: Probability
     video: VideoParams
     audio: AudioParams
     text: TextParams
@@ -193,50 +265,43 @@ class ExtractParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    epochs: int
-    batch_size: int  # global batch per optimizer step (all processes and accumulation steps together)
-    lr: float  # peak learning rate of AdamW
-    warmup: float  # fraction of the steps with a linear warm-up; then linear decay to 0
-    weight_decay: float
+    epochs: Size
+    batch_size: Size  # global batch per optimizer step (all processes and accumulation steps together)
+    lr: Positive  # peak learning rate of AdamW
+    warmup: Dropout  # fraction of the steps with a linear warm-up; then linear decay to 0
+    weight_decay: NonNegative
     device: str  # auto | cpu | cuda | cuda:N (under torchrun each rank takes cuda:LOCAL_RANK)
     precision: Precision  # autocast on GPU (fp16 with a gradient scaler); CPU runs fp32
-    grad_accum: int  # micro-batches per optimizer step (the global batch is split, not multiplied)
-    checkpoint_every: int  # optimizer steps between resumable checkpoints; 0 = only at the end of an epoch
-    patience: int = 0  # early stopping: stop after this many epochs without a better validation value; 0 = never
-    min_epochs: int = 0  # early stopping never stops before this many epochs (a model's initial plateau)
+    grad_accum: Size  # micro-batches per optimizer step (the global batch is split, not multiplied)
+    checkpoint_every: Natural  # optimizer steps between resumable checkpoints; 0 = only at the end of an epoch
+    patience: Natural = 0  # early stopping: stop after this many epochs without a better validation value; 0 = never
+    min_epochs: Natural = 0  # early stopping never stops before this many epochs (a model's initial plateau)
 
     def __post_init__(self) -> None:
-        if self.patience < 0:
-            raise ConfigError(f"train.patience must be >= 0 (0 = no early stopping), got {self.patience}")
-        if not 0 <= self.min_epochs <= self.epochs:
-            raise ConfigError(f"train.min_epochs must be in [0, epochs={self.epochs}], got {self.min_epochs}")
-        if self.grad_accum < 1 or self.batch_size < self.grad_accum:
-            raise ConfigError(f"train: need 1 <= grad_accum <= batch_size, got grad_accum={self.grad_accum}, "
-                              f"batch_size={self.batch_size}")
-        if self.checkpoint_every < 0:
-            raise ConfigError(f"train.checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        _check_device(self.device)
+        if self.min_epochs > self.epochs:
+            raise ConfigError(f"min_epochs: must be in [0, epochs={self.epochs}], got {self.min_epochs}")
+        if self.batch_size < self.grad_accum:
+            raise ConfigError(f"grad_accum: must be <= batch_size (the global batch is split into grad_accum "
+                              f"micro-batches), got grad_accum={self.grad_accum}, batch_size={self.batch_size}")
 
 
 @dataclasses.dataclass(frozen=True)
 class TeacherParams:
-    layers: int  # temporal / audio transformer layers
-    heads: int
-    dropout: float
-    video_tokens: int  # frame embeddings are average-pooled over time to this many tokens
-    audio_tokens: int  # log-mel frames are average-pooled over time to this many tokens
+    layers: Size  # temporal / audio transformer layers
+    heads: Size
+    dropout: Dropout
+    video_tokens: Size  # frame embeddings are average-pooled over time to this many tokens
+    audio_tokens: Size  # log-mel frames are average-pooled over time to this many tokens
     prompt_alpha: float  # initial residual weight a of the video-enhanced prompts
     mask: Literal["zeros", "learned"]  # how a masked (missing or held-out) modality is filled
     schedule: Literal["joint", "two_phase"]  # step 1: classification -> regression
-    ce_weight: float
-    step1_hidden: int  # hidden width of g, the logits -> regression MLP
+    ce_weight: NonNegative
+    step1_hidden: Size  # hidden width of g, the logits -> regression MLP
     # prediction: |r_T(x) - r_T(x without m)| | loss: |y - r_T(x without m)| - |y - r_T(x)|
     saliency: Literal["prediction", "loss"]
     train: TrainParams
-    modality_dropout: float = 0.0  # training: each present modality masked with this probability, one always kept
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.modality_dropout < 1.0:
-            raise ConfigError(f"teacher.modality_dropout must be in [0, 1), got {self.modality_dropout}")
+    modality_dropout: Dropout = 0.0  # training: each present modality masked with this probability, one always kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,58 +310,57 @@ class StudentParams:
     (which student a family trains is the task's: tasks/)."""
 
     pretrained: str  # HF hub id or local dir; "" builds a tiny random RoBERTa
-    hidden_size: int
-    layers: int
-    heads: int
-    intermediate_size: int
-    vocab_size: int  # size of the byte-level BPE trained on the train transcripts
-    max_length: int
-    head_hidden: int
-    dropout: float
-    video_tokens: int  # multimodal student: frame embeddings pooled over time to this many tokens
-    audio_tokens: int  # multimodal student: log-mel frames pooled over time to this many tokens
+    hidden_size: Size
+    layers: Size
+    heads: Size
+    intermediate_size: Size
+    vocab_size: Size  # size of the byte-level BPE trained on the train transcripts
+    max_length: Annotated[int, Range(ge=2)]
+    head_hidden: Size
+    dropout: Dropout
+    video_tokens: Size  # multimodal student: frame embeddings pooled over time to this many tokens
+    audio_tokens: Size  # multimodal student: log-mel frames pooled over time to this many tokens
+
+    def __post_init__(self) -> None:
+        if not self.pretrained and self.hidden_size % self.heads:
+            raise ConfigError(f"heads: the tiny RoBERTa needs hidden_size divisible by heads, got hidden_size="
+                              f"{self.hidden_size}, heads={self.heads}")
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoAdviserParams:
-    weight: float  # lambda
+    weight: NonNegative  # lambda
     distance: Distance
 
 
 @dataclasses.dataclass(frozen=True)
 class KDParams:
-    weight: float  # alpha of the KD term
-    temperature: float  # T of the softened distributions
+    weight: NonNegative  # alpha of the KD term
+    temperature: Positive  # T of the softened distributions
 
 
 @dataclasses.dataclass(frozen=True)
 class MSDParams:
-    kd_weight: float  # alpha of the KD term on the full-input logits
-    temperature: float  # T of that KD term
+    kd_weight: NonNegative  # alpha of the KD term on the full-input logits
+    temperature: Positive  # T of that KD term
     distance: Distance  # D between S(x_m) and T(x_m)
-    instance_temperature: float  # tau of the per-clip softmax over saliencies (`instance`)
-    meta_lr: float  # beta: SGD step size of the weight logits phi (`learned`; the look-ahead step uses train.lr)
+    instance_temperature: Positive  # tau of the per-clip softmax over saliencies (`instance`)
+    meta_lr: NonNegative  # beta: SGD step size of the weight logits phi (`learned`; the look-ahead step uses train.lr)
     meta_split: Literal["train", "valid"]  # the split `learned`'s meta set is carved from (never the selection clips)
-    meta_fraction: float  # the part of that split held out as the meta set
-
-    def __post_init__(self) -> None:
-        if self.instance_temperature <= 0:
-            raise ConfigError(f"distill.msd.instance_temperature must be > 0, got {self.instance_temperature}")
-        if not 0.0 < self.meta_fraction < 1.0:
-            raise ConfigError(f"distill.msd.meta_fraction must be in (0, 1), got {self.meta_fraction}")
+    meta_fraction: Fraction  # the part of that split held out as the meta set
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalParams:
     """The two-branch retrieval student (retrieval datasets) and its loss (retrieval.retrieval_loss)."""
 
-    embed_dim: int  # common space E
-    hidden_dim: int  # hidden layer of each branch
-    dropout: float
+    embed_dim: Size  # common space E
+    hidden_dim: Size  # hidden layer of each branch
+    dropout: Dropout
     objective: Objective
-    temperature: float  # supcon tau
-    margin: float  # triplet margin
-    ce_weight: float  # weight of the shared classifier's cross-entropy
+    temperature: Positive  # supcon tau
+    margin: NonNegative  # triplet margin
+    ce_weight: NonNegative  # weight of the shared classifier's cross-entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,45 +378,39 @@ class DistillParams:
 class FloorParams:
     """The linear floor (stage `floor`): TF-IDF + ridge on transcripts, or linear probes for retrieval."""
 
-    grid: list[float]  # regularisation strengths tried (ridge alpha; 1/C of the logistic regression), chosen on valid
-    ngrams: int  # word n-grams 1..ngrams of the TF-IDF
+    grid: list[Positive]  # regularisation strengths tried (ridge alpha; 1/C of the logistic regression), chosen on valid
+    ngrams: Size  # word n-grams 1..ngrams of the TF-IDF
 
     def __post_init__(self) -> None:
-        if not self.grid or any(not v > 0 for v in self.grid):
-            raise ConfigError(f"floor.grid must be a non-empty list of values > 0, got {self.grid}")
-        if self.ngrams < 1:
-            raise ConfigError(f"floor.ngrams must be >= 1, got {self.ngrams}")
+        if not self.grid:
+            raise ConfigError("grid: needs at least one value > 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class LatencyParams:
-    clips: int  # test clips timed end to end (decode -> prediction)
-    batch_size: int  # the batched measurement (the other is batch 1)
-    repeats: int  # timed passes over the clips; the median pass is reported
-    warmup: int  # untimed passes first (allocator, cuDNN autotune, caches)
+    clips: Size  # test clips timed end to end (decode -> prediction)
+    batch_size: Size  # the batched measurement (the other is batch 1)
+    repeats: Size  # timed passes over the clips; the median pass is reported
+    warmup: Natural  # untimed passes first (allocator, cuDNN autotune, caches)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
-    batch_size: int
+    batch_size: Size
     device: str
     latency: LatencyParams
+
+    def __post_init__(self) -> None:
+        _check_device(self.device)
 
 
 @dataclasses.dataclass(frozen=True)
 class ReportParams:
-    dpi: int  # resolution of the PNG figures
-    confidence: float  # of the bootstrap intervals of paired differences
-    alpha: float  # a difference holds when its Holm-adjusted p is below alpha (and its interval excludes 0)
-    resamples: int  # bootstrap and sign-flip resamples
-    seed: int  # of those resamples
-
-    def __post_init__(self) -> None:
-        if not (0.0 < self.confidence < 1.0 and 0.0 < self.alpha < 1.0):
-            raise ConfigError(f"report.confidence and report.alpha must be in (0, 1), got {self.confidence}, "
-                              f"{self.alpha}")
-        if self.resamples < 100:
-            raise ConfigError(f"report.resamples must be >= 100, got {self.resamples}")
+    dpi: Size  # resolution of the PNG figures
+    confidence: Fraction  # of the bootstrap intervals of paired differences
+    alpha: Fraction  # a difference holds when its Holm-adjusted p is below alpha (and its interval excludes 0)
+    resamples: Annotated[int, Range(ge=100)]  # bootstrap and sign-flip resamples
+    seed: Natural  # of those resamples
 
 
 SECTIONS: dict[str, type] = {
@@ -366,7 +424,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "report": ReportParams,
 }
-TOP_LEVEL: dict[str, Any] = {"seeds": list[int], "dataset": DatasetName}
+TOP_LEVEL: dict[str, Any] = {"seeds": list[Natural], "dataset": DatasetName}
 
 
 # --------------------------------------------------------------------------- loading
@@ -379,11 +437,17 @@ def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    valid = set(SECTIONS) | set(TOP_LEVEL)
+    _refuse_unknown_keys(data, set(SECTIONS) | set(TOP_LEVEL), f"{path}: top level")
+    return data
+
+
+def _refuse_unknown_keys(data: Mapping[str, Any], valid: set[str], where: str) -> None:
     unknown = sorted(set(data) - valid)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level keys {unknown}. Valid keys: {sorted(valid)}")
-    return data
+        hints = "".join(did_you_mean(k, sorted(valid)).replace(" Did you mean", f" {k!r}: did you mean")
+                        for k in unknown)
+        raise ConfigError(f"{where}: unknown key{'s' * (len(unknown) > 1)} {unknown}.{hints} "
+                          f"Valid keys: {sorted(valid)}")
 
 
 def load_section(name: str, path: Path = PARAMS_FILE) -> Any:
@@ -407,21 +471,24 @@ def load_value(name: str, path: Path = PARAMS_FILE) -> Any:
 
 
 def check_params(path: Path = PARAMS_FILE) -> None:
-    """Validate all of params.yaml before a stage does any work.
-
-    Every stage calls this first, so a typo anywhere (an unknown key, a dataset or student
-    that does not exist) fails the first stage DVC runs, listing the valid choices, instead of
-    failing hours later in the stage that reads it. (The CLIP model name is an open set, checked
-    by the stages that build CLIP: features/clip.py `check_clip_source`.)
+    """Validate all of params.yaml (keys, types, ranges, the relations between fields) without
+    importing anything: the `check` stage runs it first in the DAG and every stage again when run by
+    hand, so a typo anywhere fails in a second, naming its key, instead of hours later in the stage
+    that reads it. (What needs more than params.yaml, the dataset's presence and the models' names,
+    is checked by pipeline/check.py.)
     """
     sections = {name: load_section(name, path) for name in SECTIONS}
     seeds = load_value("seeds", path)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds}")
-    load_value("dataset", path)
+    dataset = load_value("dataset", path)
     students = sections["distill"].students
-    if len(set(students)) != len(students):
-        raise ConfigError(f"{path}: distill.students has duplicates: {students}")
+    if not students or len(set(students)) != len(students):
+        raise ConfigError(f"{path}: distill.students must list each student once (at least one), got {students}")
+    n_folds = sections["generate"].synthetic_av.n_folds
+    if dataset == "synthetic_av" and sections["prepare"].test_fold > n_folds:
+        raise ConfigError(f"{path}: prepare.test_fold={sections['prepare'].test_fold} but synthetic_av has "
+                          f"generate.synthetic_av.n_folds={n_folds} folds")
 
 
 def from_dict(cls: type[T], data: Any, where: str) -> T:
@@ -429,15 +496,26 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping, got {data!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    missing = sorted(set(fields) - set(data))
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}. Valid keys: {sorted(fields)}")
+    _refuse_unknown_keys(data, set(fields), where)
+    missing = sorted(name for name, f in fields.items() if name not in data
+                     and f.default is dataclasses.MISSING)
     if missing:
         raise ConfigError(f"{where}: missing keys {missing}. Valid keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    values = {name: _convert(hints[name], data[name], f"{where}.{name}") for name in fields}
-    return cls(**values)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    values = {name: _convert(hints[name], data[name], f"{where}.{name}") for name in fields if name in data}
+    try:
+        return cls(**values)
+    except ConfigError as err:  # a __post_init__ check names its field relative to the section
+        raise ConfigError(f"{where}.{err}") from None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def to_dict(obj: Any) -> Any:
@@ -449,6 +527,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     origin = typing.get_origin(tp)
+    if origin is Annotated:  # a value with a range: Annotated[float, Range(gt=0)]
+        base, *checks = get_args(tp)
+        converted = _convert(base, value, where)
+        for check in checks:
+            check.check(converted, where)
+        return converted
     if origin is Literal:
         if value not in get_args(tp):
             raise unknown_choice(where, value, get_args(tp))
@@ -475,13 +559,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if value is not None:
             raise ConfigError(f"{where}: expected null, got {value!r}")
         return None
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if tp is float and not isinstance(value, bool):
+        number = _float(value)  # YAML 1.1 reads `1e-3` as a string
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+            return number
     if tp in (int, str, bool) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")

@@ -82,14 +82,18 @@ def test_values_are_typed_and_nested(base, tmp_path):
 
 
 def test_generate_dict_field(base, tmp_path):
-    path = edited(base, tmp_path, generate__synthetic_sentiment__splits={"train": 1, "test": 0.5})
-    assert load_section("generate", path).synthetic_sentiment.splits == {"train": 1.0, "test": 0.5}
+    path = edited(base, tmp_path, generate__synthetic_sentiment__splits={"train": 0.5, "valid": "0.25", "test": 0.25})
+    assert load_section("generate", path).synthetic_sentiment.splits == {"train": 0.5, "valid": 0.25, "test": 0.25}
+    path = edited(base, tmp_path, generate__synthetic_sentiment__splits={"train": 0.5, "test": 0.25})
+    with pytest.raises(ConfigError, match=r"generate\.synthetic_sentiment\.splits: must give train, valid and test "
+                                          r"fractions that sum to 1"):
+        load_section("generate", path)
     path = edited(base, tmp_path, generate__synthetic_sentiment__splits={"train": "lots"})
     with pytest.raises(ConfigError, match=r"generate\.synthetic_sentiment\.splits\.train: expected float, got 'lots'"):
         load_section("generate", path)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [("cues", [3, 2], "cues must be \\[min, max\\]"),
+@pytest.mark.parametrize(("key", "value", "message"), [("cues", [3, 2], "cues: must be \\[min, max\\]"),
                                                         ("cues", [2], "cues"), ("monte_carlo", 1, "monte_carlo")])
 def test_generate_sentiment_block_is_checked(base, tmp_path, key, value, message):
     path = edited(base, tmp_path, **{f"generate__synthetic_sentiment__{key}": value})
@@ -136,7 +140,7 @@ def test_non_numeric_string_rejected_for_float(base, tmp_path):
 
 def test_unknown_key_rejected_listing_valid_keys(base, tmp_path):
     path = edited(base, tmp_path, teacher__lrr=0.1)
-    with pytest.raises(ConfigError, match=r"teacher: unknown keys \['lrr'\]") as err:
+    with pytest.raises(ConfigError, match=r"teacher: unknown key \['lrr'\]\. Valid keys") as err:
         load_section("teacher", path)
     valid = sorted(f for f in TeacherParams.__dataclass_fields__)
     assert f"Valid keys: {valid}" in str(err.value)
@@ -145,7 +149,7 @@ def test_unknown_key_rejected_listing_valid_keys(base, tmp_path):
 
 def test_unknown_nested_key_rejected_with_dotted_location(base, tmp_path):
     path = edited(base, tmp_path, teacher__train__lrr=0.1)
-    with pytest.raises(ConfigError, match=r"teacher\.train: unknown keys \['lrr'\]\. Valid keys: "
+    with pytest.raises(ConfigError, match=r"teacher\.train: unknown key \['lrr'\]\. 'lrr': did you mean 'lr'\? Valid keys: "
                                           r"\['batch_size', 'checkpoint_every', 'device', 'epochs', 'grad_accum', "
                                           r"'lr', 'min_epochs', 'patience', 'precision', 'warmup', "
                                           r"'weight_decay'\]"):
@@ -231,11 +235,11 @@ def test_seeds_must_be_distinct_and_present(base, tmp_path, seeds):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        ({"distill__train__grad_accum": 0}, r"need 1 <= grad_accum <= batch_size"),
+        ({"distill__train__grad_accum": 0}, r"distill\.train\.grad_accum: must be >= 1, got 0"),
         ({"teacher__train__precision": "fp8"}, r"train\.precision: unknown value 'fp8'"),
         ({"distill__msd__meta_split": "test"}, r"distill\.msd\.meta_split: unknown value 'test'"),
-        ({"teacher__modality_dropout": 1.0}, r"teacher\.modality_dropout must be in \[0, 1\)"),
-        ({"distill__train__patience": -1}, r"train\.patience must be >= 0"),
+        ({"teacher__modality_dropout": 1.0}, r"teacher\.modality_dropout: must be in \[0, 1\), got 1\.0"),
+        ({"distill__train__patience": -1}, r"distill\.train\.patience: must be >= 0, got -1"),
         ({"distill__msd__distance": "cosine"}, r"distill\.msd\.distance: unknown value 'cosine'"),
         ({"teacher__saliency": "grad"}, r"teacher\.saliency: unknown value 'grad'"),
     ],
@@ -252,10 +256,10 @@ def test_choices_of_issue_4_params(base, tmp_path, edit, message):
 
 def test_unknown_top_level_key(base, tmp_path):
     path = edited(base, tmp_path, teachr={"layers": 1})
-    with pytest.raises(ConfigError, match=r"unknown top-level keys \['teachr'\]\. Valid keys: ") as err:
+    with pytest.raises(ConfigError, match=r"top level: unknown key \['teachr'\]\. 'teachr': did you mean 'teacher'\? Valid keys: ") as err:
         load_section("teacher", path)
     assert "'teacher'" in str(err.value) and "'seeds'" in str(err.value)
-    with pytest.raises(ConfigError, match=r"unknown top-level keys \['teachr'\]"):
+    with pytest.raises(ConfigError, match=r"top level: unknown key \['teachr'\]"):
         load_value("seeds", path)
 
 
@@ -347,7 +351,7 @@ def test_check_params_accepts_the_project_params() -> None:
          r"distill.students\[1\]: unknown value 'va-fitnets'. Available: \['va-none', 'va-kd', "
          r"'va-self', 'va-videoadviser', 'msd-none', 'msd-kd', 'msd-uniform', 'msd-population', 'msd-instance', "
          r"'msd-learned'\]"),
-        ({"distill__students": ["va-none", "va-none"]}, ConfigError, r"distill.students has duplicates"),
+        ({"distill__students": ["va-none", "va-none"]}, ConfigError, r"distill.students must list each student once"),
         ({"teacher__train__epochs": "many"}, ConfigError, r"teacher.train.epochs: expected int"),
     ],
 )
@@ -380,3 +384,53 @@ def test_choices_declared_in_config_match_the_implementations() -> None:
                "visual_logits": torch.randn(4, 2)}
     for objective in config.OBJECTIVES:  # every declared objective is implemented
         assert torch.isfinite(retrieval.retrieval_loss(outputs, torch.tensor([0, 1, 0, 1]), objective)["loss"])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"distill__train__lr": -1}, r"distill\.train\.lr: must be > 0, got -1\.0"),
+        ({"teacher__train__epochs": 0}, r"teacher\.train\.epochs: must be >= 1, got 0"),
+        ({"teacher__train__device": "gpu"}, r"teacher\.train\.device: unknown device 'gpu'; expected auto, cpu, cuda"),
+        ({"evaluate__device": "cuda:x"}, r"evaluate\.device: unknown device 'cuda:x'"),
+        ({"extract__max_failure_ratio": 1.5}, r"extract\.max_failure_ratio: must be in \[0, 1\], got 1\.5"),
+        ({"extract__audio__fmax": 9000.0}, r"extract\.audio\.fmax: need fmin < fmax <= sample_rate / 2"),
+        ({"extract__text__templates": ["no slot"]}, r"extract\.text\.templates: every template must contain '\{\}'"),
+        ({"distill__kd__temperature": float("inf")}, r"distill\.kd\.temperature: must be a finite number"),
+        ({"distill__student__hidden_size": 63}, r"distill\.student\.heads: the tiny RoBERTa needs hidden_size "
+                                                 r"divisible by heads"),
+        ({"report__resamples": 10}, r"report\.resamples: must be >= 100, got 10"),
+        ({"seeds": [0, -1]}, r"seeds\[1\]: must be >= 0, got -1"),
+        ({"generate__synthetic_sentiment__irony": 2}, r"generate\.synthetic_sentiment\.irony: must be in \[0, 1\]"),
+        ({"dataset": "synthetic_av", "prepare__test_fold": 6}, r"prepare\.test_fold=6 but synthetic_av has "
+                                                               r"generate\.synthetic_av\.n_folds=5 folds"),
+    ],
+    ids=["lr", "epochs", "device", "eval-device", "failure-ratio", "nyquist", "template", "inf", "heads", "resamples",
+         "seed", "probability", "fold"],
+)
+def test_values_are_checked_against_their_meaning(base, tmp_path, edit, message):
+    """A value of the right type but outside its meaning fails at check time, naming its key."""
+    with pytest.raises(ConfigError, match=message):
+        check_params(edited(base, tmp_path, **edit))
+
+
+def test_every_numeric_field_declares_its_range():
+    """No int or float params field is left unchecked: each is Annotated with a Range (or says why not)."""
+    import dataclasses
+    import typing
+
+    from pipeline.core.config import SECTIONS
+
+    unchecked_on_purpose = {"TeacherParams.prompt_alpha"}  # the initial residual weight: any finite value
+
+    def walk(cls):
+        for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+            inner = typing.get_args(tp)[0] if typing.get_origin(tp) in (list, dict) else tp
+            inner = typing.get_args(tp)[1] if typing.get_origin(tp) is dict else inner
+            if dataclasses.is_dataclass(inner):
+                yield from walk(inner)
+            elif inner in (int, float):
+                yield f"{cls.__name__}.{name}"
+
+    missing = sorted(set(f for c in SECTIONS.values() for f in walk(c)) - unchecked_on_purpose)
+    assert missing == []
