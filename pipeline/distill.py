@@ -34,7 +34,15 @@ from pipeline.core.config import (
     load_value,
     to_dict,
 )
-from pipeline.core.runtime import is_main_process, process_group, run_seeds, seed_everything, setup_logging, stage
+from pipeline.core.runtime import (
+    entry_point,
+    is_main_process,
+    process_group,
+    run_seeds,
+    seed_everything,
+    setup_logging,
+    stage,
+)
 from pipeline.data.datasets import read_manifest
 from pipeline.distillation.families import parse_student
 from pipeline.distillation.methods import METHODS
@@ -86,4 +94,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

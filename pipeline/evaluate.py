@@ -24,7 +24,7 @@ from typing import Any
 
 from pipeline.core import paths
 from pipeline.core.config import ClipParams, EvaluateParams, ExtractParams, check_params, load_section, load_value
-from pipeline.core.runtime import setup_logging, stage
+from pipeline.core.runtime import entry_point, setup_logging, stage
 from pipeline.distillation.families import parse_student
 from pipeline.evaluation.scoring import Evaluation, model_names
 
@@ -50,4 +50,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

@@ -30,7 +30,7 @@ from pipeline.core.config import (
     load_section,
     load_value,
 )
-from pipeline.core.runtime import Ranks, process_group, rank_device, seed_everything, setup_logging, stage
+from pipeline.core.runtime import Ranks, entry_point, process_group, rank_device, seed_everything, setup_logging, stage
 from pipeline.data.datasets import dataset_classes, read_manifest
 from pipeline.features.extraction import Failures, _todo, check_failures, extract_shard, feature_config, versions
 from pipeline.features.store import FeatureWriter
@@ -83,4 +83,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.core import paths
 from pipeline.core.config import ClipParams, ExtractParams, FloorParams, check_params, load_section, load_value
-from pipeline.core.runtime import setup_logging, stage
+from pipeline.core.runtime import entry_point, setup_logging, stage
 from pipeline.data.datasets import DATASETS, read_manifest
 from pipeline.models.floor import FLOORS, MODEL_FILE
 
@@ -42,4 +42,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline.core import paths
 from pipeline.core.config import ConfigError, GenerateParams, check_params, load_section
 from pipeline.core.registry import Registry
-from pipeline.core.runtime import setup_logging, stage
+from pipeline.core.runtime import entry_point, setup_logging, stage
 from pipeline.data.synthetic import generate_av, generate_sentiment, sentiment_process
 
 GENERATORS: Registry[Callable[[Path, GenerateParams], object]] = Registry("synthetic dataset")
@@ -68,4 +68,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

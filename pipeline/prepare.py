@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pipeline.core import paths
 from pipeline.core.config import PrepareParams, check_params, load_section, load_value
-from pipeline.core.runtime import setup_logging, stage
+from pipeline.core.runtime import entry_point, setup_logging, stage
 from pipeline.data.datasets import MANIFEST_COLUMNS, manifest_columns, read_dataset, write_manifest
 
 log = logging.getLogger(__name__)
@@ -48,4 +48,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

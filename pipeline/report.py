@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.core import paths
 from pipeline.core.config import ReportParams, check_params, load_section, load_value
 from pipeline.core.paths import FLOOR, SELF_TEACHER, TEACHER
-from pipeline.core.runtime import setup_logging, stage
+from pipeline.core.runtime import entry_point, setup_logging, stage
 from pipeline.distillation.families import parse_student
 from pipeline.evaluation.report import Context, metric_set, read_limits, read_metrics, read_teachers, write_report
 
@@ -63,4 +63,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

@@ -36,6 +36,7 @@ from pipeline.core.config import (
 )
 from pipeline.core.paths import SELF_TEACHER, TEACHER
 from pipeline.core.runtime import (
+    entry_point,
     process_group,
     run_seeds,
     setup_logging,
@@ -71,4 +72,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry_point(main)

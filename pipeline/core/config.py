@@ -378,7 +378,7 @@ class DistillParams:
 class FloorParams:
     """The linear floor (stage `floor`): TF-IDF + ridge on transcripts, or linear probes for retrieval."""
 
-    grid: list[Positive]  # regularisation strengths tried (ridge alpha; 1/C of the logistic regression), chosen on valid
+    grid: list[Positive]  # regularisation strengths tried (ridge alpha; logistic 1/C), chosen on valid
     ngrams: Size  # word n-grams 1..ngrams of the TF-IDF
 
     def __post_init__(self) -> None:

@@ -8,3 +8,7 @@ environment failure and keeps its traceback.
 
 class UserError(Exception):
     """A problem the user fixes in their params, data or files; its message names which and how."""
+
+
+class MissingInput(UserError, FileNotFoundError):
+    """A file a stage or command reads does not exist; the message names it and the stage that writes it."""

@@ -15,6 +15,7 @@ PREDICTIONS = Path("predictions")
 CURVES = Path("dvclive")
 CHECKPOINTS = Path("checkpoints")  # resumable training state; not a DVC output (DVC clears outputs before a run)
 REPORTS = Path("reports")
+CHECKED = Path("data/checked.txt")  # stage check's output: every other stage depends on it
 
 # the models besides the students (models/<ds>/<name>): the teacher, its `self` control, the linear floor
 TEACHER, SELF_TEACHER, FLOOR = "teacher", "teacher_self", "floor"

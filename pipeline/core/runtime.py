@@ -1,6 +1,6 @@
-"""What every stage shares at run time: logging, seeding, device choice, this process's place
-in a torchrun job, and the stage log line that says what a stage read, what it wrote and how
-long it took."""
+"""What every stage shares at run time: its command-line entry point (user errors as one line),
+logging, seeding, device choice, this process's place in a torchrun job, and the stage log line
+that says what a stage read, what it wrote and how long it took."""
 
 from __future__ import annotations
 
@@ -9,15 +9,43 @@ import dataclasses
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
+
+from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:  # imported where used: the data stages (generate, prepare, floor) start without torch
     import torch
 
 log = logging.getLogger("pipeline")
+
+
+DEBUG_ENV = "MMDISTILL_DEBUG"
+
+
+def debug_requested(argv: Sequence[str] = ()) -> bool:
+    """`--debug` on the command line, or MMDISTILL_DEBUG set to anything but "", 0, false or no."""
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def entry_point(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None) -> NoReturn:
+    """Run a command's `main(argv)` and exit with its code. A `UserError` (bad params, data or files:
+    something the user fixes) prints as `error: <message>` on stderr, with no traceback, and exits
+    with code 2; `--debug` (removed from argv) or MMDISTILL_DEBUG=1 re-raises it with its traceback.
+    Any other exception keeps its traceback: it is a bug or a failure of the environment."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(args)
+    try:
+        code = main([a for a in args if a != "--debug"])
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -160,7 +188,8 @@ def run_seeds(train: Callable[[int], None], seeds: Sequence[int], device: str, p
     from a second process. Each seed seeds itself, writes its own outputs and
     its own resumable checkpoint, so the result of a seed does not depend on which worker ran it (for
     a given number of threads per worker). A failed seed fails the stage, naming it; the other
-    workers' finished seeds are kept (their outputs and checkpoints are on disk)."""
+    workers' finished seeds are kept (their outputs and checkpoints are on disk). A worker's
+    `UserError` is raised again here, with its message, so the stage reports it as one line."""
     workers = seed_workers(len(seeds), device, per_core)
     if workers == 1:
         for seed in seeds:
@@ -172,12 +201,16 @@ def run_seeds(train: Callable[[int], None], seeds: Sequence[int], device: str, p
 
     threads = max(1, torch.get_num_threads() // workers)  # e.g. 16 cores, 3 seeds: 5 threads each
     context = multiprocessing.get_context("fork")  # inherits the loaded data and imports, no pickling
+    user_errors = context.SimpleQueue()
 
     def work(mine: list[int]) -> None:
         torch.set_num_threads(threads)
         for seed in mine:
             try:
                 train(seed)
+            except UserError as err:
+                user_errors.put(f"seed {seed}: {err}")
+                os._exit(2)
             except BaseException:
                 log.exception("seed %d failed", seed)
                 os._exit(1)
@@ -192,6 +225,8 @@ def run_seeds(train: Callable[[int], None], seeds: Sequence[int], device: str, p
     for p in processes:
         p.join()
     failed = [mine for p, mine in zip(processes, shares, strict=True) if p.exitcode != 0]
+    if not user_errors.empty():
+        raise UserError(user_errors.get())
     if failed:
         raise RuntimeError(f"training failed in the worker of seeds {failed} (its log above says why); the other "
                            "seeds finished: rerun the stage to resume")

@@ -54,7 +54,6 @@ import json
 import logging
 import math
 import re
-import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -63,6 +62,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.runtime import entry_point
 from pipeline.features.store import (
     FeatureReader,
     FeatureWriter,
@@ -451,8 +451,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except StoreError as err:
-        log.error("%s", err)
-        sys.exit(1)
+    entry_point(main)

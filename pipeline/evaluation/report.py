@@ -44,6 +44,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
 
 from pipeline.core import paths
 from pipeline.core.config import MODALITIES, ReportParams
+from pipeline.core.errors import MissingInput
 from pipeline.core.paths import FLOOR, SELF_TEACHER, TEACHER
 from pipeline.data.datasets import DATASETS, clip_key
 from pipeline.distillation.families import FAMILIES, Family, parse_student
@@ -123,7 +124,7 @@ def read_metrics(dataset: str, name: str, seeds: Sequence[int]) -> ModelMetrics:
     path = paths.metrics(dataset, name)
     rerun = "run `dvc repro evaluate`"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {rerun}")
+        raise MissingInput(f"{path} not found: {rerun}")
     try:
         data = json.loads(path.read_text())
     except ValueError as err:
@@ -166,7 +167,7 @@ def clip_scores(dataset: str, name: str, seeds: Sequence[int], ms: MetricSet,
         folder = paths.predictions_dir(dataset, name) / (subdir or "")
         path = folder / f"seed_{s}.csv"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run `dvc repro evaluate`")
+            raise MissingInput(f"{path} not found: run `dvc repro evaluate`")
         table = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
         columns[s] = ms.clip_score(table)
     frame = pd.DataFrame(columns)
@@ -205,7 +206,7 @@ def read_limits(dataset: str) -> Limits | None:
 def read_curve(path: Path, stage_name: str) -> pd.Series:
     """One dvclive TSV (columns [timestamp,] step, <metric>) as values indexed by step."""
     if not path.is_file():
-        raise FileNotFoundError(f"training curve {path} not found: run `dvc repro {stage_name}`")
+        raise MissingInput(f"training curve {path} not found: run `dvc repro {stage_name}`")
     table = pd.read_csv(path, sep="\t")
     metric = path.stem
     if "step" not in table.columns or metric not in table.columns:

@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.core.errors import MissingInput
+
 log = logging.getLogger(__name__)
 
 
@@ -271,7 +273,7 @@ def read_per_query_ap(path: Path) -> pd.DataFrame:
     """Read a CSV written by `write_per_query_ap` (ids as strings)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"per-query AP file {path} not found: run `dvc repro evaluate`")
+        raise MissingInput(f"per-query AP file {path} not found: run `dvc repro evaluate`")
     table = pd.read_csv(path, dtype={"direction": str, "id": str}, keep_default_na=False)
     missing = [c for c in PER_QUERY_COLUMNS if c not in table.columns]
     if missing:

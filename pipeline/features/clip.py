@@ -12,13 +12,17 @@ Embeddings are L2-normalised (the space CLIP's contrastive loss works in).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import importlib.util
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported where it is used: config.check_params reads this module without it
     import torch
+
+from pipeline.core.config import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -93,25 +97,41 @@ class FrozenClip:
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip model sources that carry their own weights
 
 
+def model_names() -> list[str]:
+    """Every model name open_clip knows (`open_clip.list_models()`: its model_configs/*.json) plus this
+    project's, read from the config files without importing open_clip (and torch): the `check` stage
+    runs this at every params change."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise ConfigError("open_clip is not installed: `pip install -e .` installs it")
+    folders = [Path(spec.origin).parent / "model_configs", MODEL_CONFIG_DIR]
+    return sorted({p.stem for folder in folders for p in folder.glob("*.json")})
+
+
 def check_clip_source(model_name: str, pretrained: str) -> None:
-    """Refuse an unknown model or tag before anything is built (and before any download)."""
+    """Refuse an unknown model or tag (ConfigError naming clip.model or clip.pretrained and the closest
+    names) before anything is built and before any download. open_clip is imported only to list the
+    tags of a model given with one."""
     if model_name.startswith(SCHEMAS):
         if pretrained:
-            raise ValueError(f"clip.pretrained must be empty with clip.model {model_name!r}: "
-                             f"{model_name.split(':')[0]} models carry their own weights")
+            raise ConfigError(f"clip.pretrained must be empty with clip.model {model_name!r}: "
+                              f"{model_name.split(':')[0]} models carry their own weights")
         return
-    if not pretrained and (MODEL_CONFIG_DIR / f"{model_name}.json").is_file():
-        return  # one of this project's configs with random weights: nothing to look up
-    open_clip = open_clip_module()
-    available = open_clip.list_models()
-    if model_name not in available:
-        raise ValueError(f"clip.model {model_name!r} is not an open_clip model. Available: {available} "
-                         "(or 'local-dir:/path/to/dir', 'hf-hub:org/repo')")
-    if pretrained and not Path(pretrained).is_file():
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
+    available = model_names()
+    if model_name.replace("/", "-") not in available:
+        close = difflib.get_close_matches(model_name, available, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"clip.model {model_name!r} is not an open_clip model.{hint} ({len(available)} models: "
+                          "`python -c 'import open_clip; print(open_clip.list_models())'`; or give "
+                          "'local-dir:/path/to/dir' or 'hf-hub:org/repo')")
+    if pretrained and not Path(pretrained).expanduser().is_file():
+        if Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained:
+            raise ConfigError(f"clip.pretrained {pretrained!r}: no such checkpoint file (relative paths start at "
+                              "the project root)")
+        tags = open_clip_module().list_pretrained_tags_by_model(model_name.replace("/", "-"))
         if pretrained not in tags:
-            raise ValueError(f"clip.pretrained {pretrained!r} is neither a checkpoint file nor a pretrained tag "
-                             f"of {model_name!r}. Tags: {tags}")
+            raise ConfigError(f"clip.pretrained {pretrained!r} is neither a checkpoint file nor a pretrained tag "
+                              f"of {model_name!r}.{did_you_mean(pretrained, tags)} Tags: {tags}")
 
 
 def load_clip(model_name: str, pretrained: str, device: torch.device, init_seed: int = 0,

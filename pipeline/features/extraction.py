@@ -41,6 +41,7 @@ from pipeline.core.config import (
     ExtractParams,
     VideoParams,
 )
+from pipeline.core.errors import UserError
 from pipeline.features import media
 from pipeline.features.clip import ImagePreprocess, clip_config, load_clip
 from pipeline.features.store import FeatureWriter
@@ -291,11 +292,15 @@ def extract_text(todo: pd.DataFrame, writer: FeatureWriter, clip_params: ClipPar
 # --------------------------------------------------------------------------- stage
 
 
+class TooManyFailures(UserError, RuntimeError):
+    """More clips failed to decode or encode than extract.max_failure_ratio allows."""
+
+
 def check_failures(failures: Failures, total: int, max_ratio: float, csv_path: Path, modality: str) -> None:
     ratio = len(failures.rows) / max(total, 1)
     if ratio > max_ratio:
         first = "; ".join(f"{i} ({r})" for i, _, r in failures.rows[:3])
-        raise RuntimeError(
+        raise TooManyFailures(
             f"extract@{modality}: {len(failures.rows)}/{total} clips failed ({ratio:.1%} > "
             f"extract.max_failure_ratio={max_ratio:.1%}), e.g. {first}. All failures are in {csv_path}. "
             "Fix or remove those clips, or raise extract.max_failure_ratio; the clips already encoded "

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core.config import ClipParams, ExtractParams, FloorParams
+from pipeline.core.errors import MissingInput
 from pipeline.core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ def load_floor(model_dir: Path) -> TextFloor | ProbeFloor:
     """Rebuild the floor from models/<ds>/floor/model.json (plain JSON: nothing in it can run code)."""
     path = Path(model_dir) / MODEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `dvc repro floor`")
+        raise MissingInput(f"{path} not found: run `dvc repro floor`")
     data = json.loads(path.read_text())
     if data.get("kind") == "tfidf_ridge":
         return TextFloor(data["vocabulary"], data["idf"], data["coef"], data["intercept"], data["ngrams"])

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.config import DistillParams
+from pipeline.core.errors import MissingInput
 from pipeline.features.arrays import FeatureArrays
 from pipeline.models.inference import batched_outputs
 
@@ -109,7 +110,7 @@ def load_retrieval_student(path: Path, map_location: str | torch.device = "cpu"
     """Rebuild a student from its checkpoint (its own config, not today's params), in eval mode."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"retrieval student checkpoint {path} not found: run `dvc repro distill`")
+        raise MissingInput(f"retrieval student checkpoint {path} not found: run `dvc repro distill`")
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     model = RetrievalStudent(RetrievalStudentConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])

@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
 
 from pipeline.core.config import MODALITIES, StudentParams
+from pipeline.core.errors import MissingInput
 from pipeline.core.registry import Registry
 from pipeline.features.arrays import FeatureArrays
 from pipeline.models.inference import batched_outputs
@@ -138,7 +139,7 @@ def load_student(model_dir: Path) -> tuple[TextStudent, Any, dict[str, Any]]:
     """Rebuild a saved student (text or multimodal) from its directory (not from today's params)."""
 
     if not (model_dir / STUDENT_CONFIG).is_file():
-        raise FileNotFoundError(f"{model_dir} is not a student directory (no {STUDENT_CONFIG}): "
+        raise MissingInput(f"{model_dir} is not a student directory (no {STUDENT_CONFIG}): "
                                 "run `dvc repro distill`")
     meta = json.loads((model_dir / STUDENT_CONFIG).read_text())
     config = StudentConfig(**meta["config"])

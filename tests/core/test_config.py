@@ -149,7 +149,8 @@ def test_unknown_key_rejected_listing_valid_keys(base, tmp_path):
 
 def test_unknown_nested_key_rejected_with_dotted_location(base, tmp_path):
     path = edited(base, tmp_path, teacher__train__lrr=0.1)
-    with pytest.raises(ConfigError, match=r"teacher\.train: unknown key \['lrr'\]\. 'lrr': did you mean 'lr'\? Valid keys: "
+    with pytest.raises(ConfigError, match=r"teacher\.train: unknown key \['lrr'\]\. 'lrr': did you mean 'lr'\? "
+                                          r"Valid keys: "
                                           r"\['batch_size', 'checkpoint_every', 'device', 'epochs', 'grad_accum', "
                                           r"'lr', 'min_epochs', 'patience', 'precision', 'warmup', "
                                           r"'weight_decay'\]"):
@@ -256,7 +257,8 @@ def test_choices_of_issue_4_params(base, tmp_path, edit, message):
 
 def test_unknown_top_level_key(base, tmp_path):
     path = edited(base, tmp_path, teachr={"layers": 1})
-    with pytest.raises(ConfigError, match=r"top level: unknown key \['teachr'\]\. 'teachr': did you mean 'teacher'\? Valid keys: ") as err:
+    with pytest.raises(ConfigError, match=r"top level: unknown key \['teachr'\]\. 'teachr': did you mean "
+                                          r"'teacher'\? Valid keys: ") as err:
         load_section("teacher", path)
     assert "'teacher'" in str(err.value) and "'seeds'" in str(err.value)
     with pytest.raises(ConfigError, match=r"top level: unknown key \['teachr'\]"):

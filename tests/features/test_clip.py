@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.core.config import ConfigError
 from pipeline.features.clip import MODEL_CONFIG_DIR, FrozenClip, ImagePreprocess, clip_config, load_clip
 from pipeline.features.extraction import prompt_embeddings
 
@@ -200,11 +201,19 @@ def test_local_dir_without_config_fails(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- name and tag errors
 
 
-def test_unknown_model_lists_available() -> None:
-    with pytest.raises(ValueError, match=r"'no-such-model' is not an open_clip model\. Available: \[") as err:
-        _load(0, model="no-such-model")
+def test_unknown_model_names_the_closest_ones() -> None:
+    with pytest.raises(ConfigError, match=r"clip\.model 'ViT-B-99' is not an open_clip model\. Did you mean "
+                                          r"'ViT-B-\d+'") as err:
+        _load(0, model="ViT-B-99")
     message = str(err.value)
-    assert "'ViT-B-32'" in message and f"'{MODEL}'" in message and "local-dir:" in message
+    assert "open_clip.list_models()" in message and "local-dir:" in message and len(message) < 400
+
+
+def test_model_names_match_open_clip_without_importing_it() -> None:
+    """The check stage lists the names from the config files; they are exactly open_clip's list."""
+    from pipeline.features.clip import model_names, open_clip_module
+
+    assert model_names() == sorted(open_clip_module().list_models())
 
 
 def test_unknown_tag_lists_the_model_tags_without_downloading(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,9 +227,11 @@ def test_unknown_tag_lists_the_model_tags_without_downloading(monkeypatch: pytes
     assert "'openai'" in str(err.value) and "'laion2b_s34b_b79k'" in str(err.value)
 
 
-def test_missing_checkpoint_file_is_an_unknown_tag(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="neither a checkpoint file nor a pretrained tag"):
+def test_missing_checkpoint_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"clip\.pretrained '.*missing\.pt': no such checkpoint file"):
         _load(0, str(tmp_path / "missing.pt"))
+    with pytest.raises(ConfigError, match="neither a checkpoint file nor a pretrained tag"):
+        _load(0, "missing")
 
 
 # --------------------------------------------------------------------------- image preprocessing

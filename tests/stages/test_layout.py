@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "pipeline"
 HEAVY = ("torch", "transformers", "open_clip", "dvclive")
-LIGHT_STAGES = ("prepare", "generate")
+LIGHT_STAGES = ("check", "prepare", "generate")
 
 
 def module_files() -> dict[str, Path]:
@@ -141,7 +141,8 @@ def test_library_is_grouped_in_folders() -> None:
     """pipeline/ holds the stages as modules and the library as subpackages, nothing else."""
     folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
     assert folders == ["core", "data", "distillation", "evaluation", "features", "models", "tasks", "training"]
-    assert stage_names() == ["distill", "evaluate", "extract", "floor", "generate", "prepare", "report", "teacher"]
+    assert stage_names() == ["check", "distill", "evaluate", "extract", "floor", "generate", "prepare", "report",
+                             "teacher"]
     tests = sorted(p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__")
     assert tests == sorted([*folders, "stages"])  # the tests mirror the library; the DAG's tests apart
 
