@@ -31,11 +31,20 @@ numbers: the range of a csv dataset is not fixed (its metrics assume the MOSI/MO
 outside data/raw/csv are allowed but not tracked by DVC (the `prepare` stage depends on
 data/raw/csv only), so keep them inside for reproducibility.
 
-Validation happens before any work and reports every problem it finds in one DatasetError
-(rows named by clip id, or by data row number when the id is unusable; at most 5 shown, with
-the count): missing columns, missing files, files no row names (MMSA: `.mp4` files under
-Raw/), duplicate ids, labels that are not numbers or outside the dataset's label range,
-unknown splits, unsafe paths, empty splits.
+Validation happens before any work. First, every row of the CSV must have as many fields as
+its header (blank lines are skipped, as pandas does): an unquoted comma in a text shifts every
+later column, so rows that do not fit are reported alone, by line number as an editor counts
+lines, with the hint to quote such texts (and, when one extra field splits a number in the
+label column, to write a decimal point). Then every problem found is reported in one
+DatasetError (rows named by clip id, or by data row number when the id is unusable; at most 5
+shown, with the count): missing columns, missing files, files no row names (MMSA: `.mp4` files
+under Raw/), duplicate ids, labels that are not numbers (a decimal comma, `0,5`, is pointed
+out) or outside the dataset's label range, unknown splits, unsafe paths, empty splits.
+
+Names are compared in Unicode NFC form (macOS writes file names in NFD, a CSV mostly holds
+NFC): video_id, clip_id (csv layout: id, video, audio) are normalised to NFC when read, so ids
+(duplicates too) are compared and written in NFC, and a file whose name differs from its row's
+only in normal form is found; the manifest holds the path as spelled on disk.
 
 Paths must stay inside the dataset root (MMSA): video_id and clip_id must be plain names (not
 empty, `.` or `..`, no `/` or `\\`), and any symlink inside the root (label.csv, Raw/, a video
@@ -46,10 +55,13 @@ the whole dataset. The root itself may be a symlink (`data/raw/mosi -> /datasets
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import logging
 import math
 import os
+import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -145,6 +157,12 @@ def _row_names(table: pd.DataFrame, ids: pd.Series | None) -> pd.Series:
     return ids.where(ids != "", numbers)
 
 
+def _decimal_comma(value: str) -> str | None:
+    """'0,5' -> '0.5': the number a value written with a decimal comma means; None for anything else."""
+    value = value.strip()
+    return value.replace(",", ".") if re.fullmatch(r"[+-]?\d+,\d+", value) else None
+
+
 def _label_problems(values: pd.Series, names: pd.Series, column: str, spec: DatasetSpec,
                     allow_empty: bool = False) -> list[str]:
     """What is wrong with a label column: non-numbers, non-finite values, values outside spec.label_range."""
@@ -156,7 +174,9 @@ def _label_problems(values: pd.Series, names: pd.Series, column: str, spec: Data
     if not bad.any():
         return []
     expected = "finite numbers" if math.isinf(lo) and math.isinf(hi) else f"numbers in [{lo}, {hi}]"
-    shown = [f"{n} ({column} {str(v)!r})" for n, v in zip(names[bad], values[bad], strict=True)]
+    fixes = [_decimal_comma(str(v)) for v in values[bad]]
+    shown = [f"{n} ({column} {str(v)!r}{f': looks like a decimal comma: write {d}' if d else ''})"
+             for n, v, d in zip(names[bad], values[bad], fixes, strict=True)]
     return [f"{'labels' if column == 'label' else column + ' values'} must be {expected} for "
                      f"{spec.name}; bad {'labels' if column == 'label' else 'values'} in clips {_listing(shown)}"]
 
@@ -209,13 +229,74 @@ def _plain_name(value: str) -> bool:
     return value not in ("", ".", "..") and not any(c in value for c in ("/", "\\", "\0"))
 
 
-def _read_table(path: Path, text_columns: tuple[str, ...]) -> pd.DataFrame:
-    """A dataset's CSV with `text_columns` kept as strings (empty cells stay "").
+def _nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def _on_disk(path: Path, listings: dict[Path, dict[str, str]]) -> Path:
+    """`path` as spelled on disk: a component missing as written is matched to the entry of its folder with
+    the same NFC form (macOS writes names in NFD); as written when none is. `listings` caches each folder's
+    entries by NFC form; a path that exists is returned without listing anything."""
+    if path.parent == path or os.path.lexists(path):
+        return path
+    parent = _on_disk(path.parent, listings)
+    if parent not in listings:
+        try:
+            listings[parent] = {_nfc(entry): entry for entry in os.listdir(parent)}
+        except OSError:  # not a folder, or unreadable: the caller reports the missing file
+            listings[parent] = {}
+    return parent / listings[parent].get(_nfc(path.name), path.name)
+
+
+def _field_count_problem(path: Path) -> str | None:
+    """The rows of a CSV whose number of fields differs from its header's, as one problem naming their lines
+    (where each row starts, as an editor counts lines); None when every row fits. Blank lines (empty or
+    only whitespace) are skipped, as pandas does."""
+    header: list[str] | None = None
+    bad: list[tuple[int, list[str]]] = []  # (line, fields)
+    limit = csv.field_size_limit(2**31 - 1)  # an unclosed quote may swallow the rest of the file into one field
+    try:
+        with open(path, encoding="utf-8", errors="replace", newline="") as file:
+            reader = csv.reader(file)
+            start = 1
+            for row in reader:
+                if len(row) > 1 or (row and row[0].strip()):
+                    if header is None:
+                        header = row
+                    elif len(row) != len(header):
+                        bad.append((start, row))
+                start = reader.line_num + 1
+    finally:
+        csv.field_size_limit(limit)
+    if header is None or not bad:
+        return None
+    problem = (f"rows with another number of fields than the header's {len(header)}: "
+               f"{_listing(f'line {line}: {len(row)} fields' for line, row in bad)}; quote text that contains "
+               f'commas ("like, this"), as the csv module / pandas write it')
+    if "label" in header:  # one extra field that splits a number in the label column: 0,5 for 0.5
+        k = header.index("label")
+        split = [v for _, row in bad if len(row) == len(header) + 1 and _decimal_comma(v := f"{row[k]},{row[k + 1]}")]
+        if split:
+            problem += f"; a decimal comma in the label? write {_decimal_comma(split[0])}, not {split[0].strip()}"
+    return problem
+
+
+def _read_table(path: Path, spec: DatasetSpec, text_columns: tuple[str, ...],
+                name_columns: tuple[str, ...]) -> pd.DataFrame:
+    """A dataset's CSV with `text_columns` kept as strings (empty cells stay "") and `name_columns` (ids,
+    file names) in NFC form. Raises DatasetError, alone, when rows do not have the header's number of fields.
 
     Bytes that are not UTF-8 become U+FFFD: a clip's bad transcript is reported by extract@text,
     not as an unreadable file."""
-    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, encoding="utf-8",
-                       encoding_errors="replace")
+    problem = _field_count_problem(path)
+    if problem:
+        _raise(path, spec, [problem])
+    table = pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, encoding="utf-8",
+                        encoding_errors="replace")
+    for column in name_columns:
+        if column in table.columns:
+            table[column] = table[column].map(_nfc)
+    return table
 
 
 def _table_problems(table: pd.DataFrame, required: tuple[str, ...], optional: str, name: str) -> list[str]:
@@ -244,7 +325,7 @@ def read_mmsa(root: Path, spec: DatasetSpec) -> pd.DataFrame:
     label_csv = root / "label.csv"
     if not label_csv.is_file():
         raise DatasetError(f"{label_csv} not found: an MMSA-layout dataset has label.csv at its root")
-    table = _read_table(label_csv, ("video_id", "clip_id", "text", "mode"))
+    table = _read_table(label_csv, spec, ("video_id", "clip_id", "text", "mode"), ("video_id", "clip_id"))
     problems = _table_problems(table, MMSA_COLUMNS, f"{list(UNIMODAL_LABELS)}, annotation", label_csv.name)
     has_ids = {"video_id", "clip_id"} <= set(table.columns)
     ids = (pd.Series([clip_key(v, c) for v, c in zip(table["video_id"], table["clip_id"], strict=True)],
@@ -272,7 +353,8 @@ def read_mmsa(root: Path, spec: DatasetSpec) -> pd.DataFrame:
                             f"{_listing(names[~safe])}")
         videos = pd.Series([raw / v / f"{c}{VIDEO_SUFFIX}" for v, c in zip(table["video_id"], table["clip_id"],
                                                                            strict=True)], index=table.index)
-        videos = videos[safe]  # an unsafe name is never looked up on disk
+        listings: dict[Path, dict[str, str]] = {}
+        videos = videos[safe].map(lambda p: _on_disk(p, listings))  # an unsafe name is never looked up on disk
     problems += _common_problems(names, splits, ids, "split/mode")
     if "label" in table.columns:
         problems += _label_problems(table["label"], names, "label", spec)
@@ -336,7 +418,7 @@ def read_csv_dataset(root: Path, spec: DatasetSpec) -> pd.DataFrame:
             f"{list(CSV_OPTIONAL_COLUMNS)}) there, one row per clip; video and audio paths are relative to "
             f"{root} or absolute."
         )
-    table = _read_table(source, ("id", "split", "text", "video", "audio"))
+    table = _read_table(source, spec, ("id", "split", "text", "video", "audio"), ("id", "video", "audio"))
     problems = _table_problems(table, CSV_COLUMNS, f"{list(CSV_OPTIONAL_COLUMNS)}", CSV_MANIFEST)
     ids = table["id"].astype(str) if "id" in table.columns else None
     names = _row_names(table, ids)
@@ -352,6 +434,7 @@ def read_csv_dataset(root: Path, spec: DatasetSpec) -> pd.DataFrame:
         problems += _label_problems(table["label"], names, "label", spec)
 
     files: dict[str, pd.Series] = {}
+    listings: dict[Path, dict[str, str]] = {}
     for column in ("video", "audio"):
         if column not in table.columns:
             continue
@@ -359,7 +442,8 @@ def read_csv_dataset(root: Path, spec: DatasetSpec) -> pd.DataFrame:
         given = values.str.strip() != ""
         if column == "video" and not given.all():
             problems.append(f"empty video paths in clips {_listing(names[~given])}")
-        files[column] = pd.Series([_csv_path(root, v) if g else None for v, g in zip(values, given, strict=True)],
+        files[column] = pd.Series([_on_disk(_csv_path(root, v), listings) if g else None
+                                   for v, g in zip(values, given, strict=True)],
                                   index=table.index, dtype=object)
         present = files[column][given]
         exists = present.map(Path.is_file).astype(bool)

@@ -127,7 +127,9 @@ Command line: ``python -m pipeline.evaluation.metrics [--metric-set sims|retriev
 reads each seed's predictions CSV (per clip: ``id``, ``label``, ``pred``; for ``retrieval`` per
 query: ``direction``, ``id``, ``label``, ``ap``) and prints one JSON object mapping each path to
 its metrics (default metric set ``mosi_mosei``); ``nan`` is written as ``null`` so the output is
-strict JSON.
+strict JSON. A file that cannot be scored (missing, a missing column, a value that is not a finite
+number) exits with code 2 and one line ``error: <message>`` on stderr; the message names the file and,
+for a bad value, the column, the data row (counting from 0 below the header) and the value.
 """
 
 from __future__ import annotations
@@ -145,6 +147,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.core.errors import UserError
 from pipeline.core.registry import Registry
 from pipeline.evaluation.retrieval_metrics import metrics_from_per_query, read_per_query_ap
 
@@ -172,6 +175,11 @@ SIMS_EDGES: dict[str, tuple[float, ...]] = {
 
 CSV_COLUMNS: tuple[str, ...] = ("id", "label", "pred")
 RETRIEVAL_METRIC_NAMES: tuple[str, ...] = ("map_a2v", "map_v2a", "map_mean")  # retrieval_metrics() keys
+ROWS = "data rows count from 0 below the header"  # how a predictions CSV's rows are numbered in messages
+
+
+class PredictionsError(UserError, ValueError):
+    """A predictions CSV that cannot be scored: a missing column, a value that is not a finite number."""
 
 
 def _check_inputs(pred: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -283,22 +291,41 @@ def sims_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {name: values[name] for name in SIMS_METRIC_NAMES}
 
 
+def _numbers(table: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    """Column `column` of a predictions table as floats (Python's float: exact for what to_csv wrote). A cell
+    that is not a finite number (empty, text, nan, inf) raises PredictionsError naming the file, the column,
+    the first such data row and its value."""
+
+    def number(cell: object) -> float:
+        try:
+            return float(cell)
+        except (TypeError, ValueError):
+            return math.nan
+
+    values = np.array([number(cell) for cell in table[column]], dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        more = f"{bad.size} such rows in all; " if bad.size > 1 else ""
+        raise PredictionsError(f"{path}: column {column!r} must hold finite numbers; data row {int(bad[0])} holds "
+                               f"{table[column].iloc[bad[0]]!r} ({more}{ROWS})")
+    return values
+
+
 def _per_clip_csv_metrics(path: Path, compute: Callable[[np.ndarray, np.ndarray], dict[str, float]]
                           ) -> dict[str, float]:
     """`compute(pred, label)` of a per-clip predictions CSV (columns id, label, pred); errors name the file."""
-    df = pd.read_csv(path, dtype={"id": str})
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise PredictionsError(
             f"{path}: missing column(s) {missing}; expected columns {list(CSV_COLUMNS)}, "
             f"found {list(df.columns)}"
         )
+    label, pred = _numbers(df, "label", path), _numbers(df, "pred", path)
     try:
-        label = df["label"].to_numpy(dtype=np.float64)
-        pred = df["pred"].to_numpy(dtype=np.float64)
         return compute(pred, label)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    except ValueError as exc:  # no rows
+        raise PredictionsError(f"{path}: {exc}") from exc
 
 
 def _per_query_csv_metrics(path: Path) -> dict[str, float]:
@@ -307,18 +334,15 @@ def _per_query_csv_metrics(path: Path) -> dict[str, float]:
     Every AP must be a number in [0, 1]: anything else means the file is not what evaluate writes.
     """
     table = read_per_query_ap(path)  # FileNotFoundError / ValueError (missing columns) name the file
-    try:
-        ap = table["ap"].to_numpy(dtype=np.float64)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: column ap is not numeric ({exc})") from exc
-    bad = np.flatnonzero(~((ap >= 0.0) & (ap <= 1.0)))  # also catches nan
+    ap = _numbers(table, "ap", path)
+    bad = np.flatnonzero(~((ap >= 0.0) & (ap <= 1.0)))
     if bad.size:
-        raise ValueError(f"{path}: {bad.size} AP value(s) outside [0, 1] or nan; first at row {int(bad[0])}: "
-                         f"{float(ap[bad[0]])!r}")
+        raise PredictionsError(f"{path}: {bad.size} AP value(s) outside [0, 1] in column 'ap'; first at data row "
+                               f"{int(bad[0])}: {float(ap[bad[0]])!r} ({ROWS})")
     try:
         return metrics_from_per_query(table.assign(ap=ap))
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise PredictionsError(f"{path}: {exc}") from exc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,7 +417,8 @@ def metrics_from_csv(path: Path, metric_set: str = "mosi_mosei") -> dict[str, fl
     The file is per clip (columns id, label, pred) for the sentiment sets and per query (columns
     direction, id, label, ap; retrieval.write_per_query_ap) for ``retrieval``. Errors (missing
     columns, non-numeric, empty or non-finite values, APs outside [0, 1]) are raised as ValueError
-    naming the file; row indices count data rows from 0.
+    (PredictionsError, a UserError) naming the file; for a bad value, also its column, its data row
+    (counting from 0 below the header) and the value.
     """
     return METRIC_SETS.get(metric_set).from_csv(Path(path))
 
@@ -433,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     as JSON.
 
     Output: one JSON object ``{path: {metric: value, ...}, ...}`` (nan -> null).
-    Returns 0, or 1 (with a message on stderr) when a CSV cannot be read or is invalid.
+    Returns 0, or 2 (the user's error: one line ``error: <message>`` on stderr, no traceback) when a CSV is
+    missing, cannot be parsed or cannot be scored.
     """
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.evaluation.metrics",
@@ -450,9 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.csv:
         try:
             results[str(path)] = json_safe(metrics_from_csv(path, args.metric_set))
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
+        except (OSError, ValueError) as exc:  # pandas' ParserError is a ValueError; it does not name the file
+            message = " ".join(str(exc).split("\n")).strip()
+            print(f"error: {message if str(path) in message else f'{path}: {message}'}", file=sys.stderr)
+            return 2
     print(json.dumps(results, indent=2))
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from pipeline.core.config import ConfigError
 from pipeline.data.datasets import (
     DATASETS,
     MANIFEST_COLUMNS,
+    SPLITS,
     UNIMODAL_LABELS,
     read_csv_dataset,
     read_dataset,
@@ -444,6 +446,109 @@ def test_default_root_is_data_raw_name(tmp_path: Path, monkeypatch: pytest.Monke
     assert manifest["video"].iloc[0] == str(Path("data/raw/mosei/Raw/03bSnISJMiM/1.mp4"))
 
 
+# --------------------------------------------------------------------------- CSV syntax, decimal commas, Unicode names
+
+HEADER = "video_id,clip_id,text,label,label_T,label_A,label_V,annotation,mode"  # make_mmsa's 9 columns
+GOOD_LINES = [  # a quoted comma, a quoted line break (one row over lines 4-5) and a blank line (6) are all fine
+    HEADER,
+    '03bSnISJMiM,1,"it was good, really",2.4,,,,Neutral,train',
+    "03bSnISJMiM,10,not my kind of movie,-1.8,,,,Neutral,train",
+    '0h-zjBukYpk,2,"so\nso",0.0,,,,Neutral,train',
+    "",
+    "0h-zjBukYpk,3,a total waste of time,-3.0,,,,Neutral,valid",
+    "1DmNV9C1hbY,1,i loved it,3.0,,,,Neutral,test",
+    "1DmNV9C1hbY,2,,-0.6667,,,,Neutral,test",
+]
+
+
+def _nf(form: str, text: str) -> str:
+    return unicodedata.normalize(form, text)
+
+
+def test_field_count_is_one_problem_naming_the_lines(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi")
+    lines = list(GOOD_LINES)
+    lines[2] = "03bSnISJMiM,10,not my kind, of movie,-1.8,,,,Neutral,train"  # line 3: an unquoted comma, 10 fields
+    lines[5] = "0h-zjBukYpk,3,a total waste of time,-3.0,,,,Neutral"  # line 7 (after the 2-line row, the blank): 8
+    (root / "label.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as err:
+        read_dataset("mosi", root)
+    message = str(err.value)
+    assert message.startswith(f"{root / 'label.csv'}: 1 problem in the mosi dataset")
+    (problem,) = _problems(err)  # alone: no bad modes, labels or missing videos from the shifted columns
+    assert problem.startswith("rows with another number of fields than the header's 9: "
+                              "['line 3: 10 fields', 'line 7: 8 fields'] (2 in all); quote text that contains commas "
+                              '("like, this"), as the csv module / pandas write it')
+    assert "decimal" not in problem
+
+    (root / "label.csv").write_text("\n".join(GOOD_LINES) + "\n")  # the same rows, well formed, read as before
+    _, manifest = read_dataset("mosi", root)
+    assert manifest["text"].tolist()[:3] == ["it was good, really", "not my kind of movie", "so\nso"]
+    assert manifest["split"].tolist() == [r[4] for r in MOSI_ROWS]
+
+
+def test_field_count_shows_five_lines_and_the_count(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi", [(f"v{i}", "1", "good, bad", "1.0", SPLITS[i % 3]) for i in range(7)])
+    read_dataset("mosi", root)  # pandas quoted "good, bad": fine; unquoted on every row, it is not
+    (root / "label.csv").write_text((root / "label.csv").read_text().replace('"good, bad"', "good, bad"))
+    with pytest.raises(DatasetError) as err:
+        read_dataset("mosi", root)
+    (problem,) = _problems(err)
+    assert "['line 2: 10 fields', 'line 3: 10 fields', 'line 4: 10 fields', 'line 5: 10 fields', " \
+           "'line 6: 10 fields'] and 2 more (7 in all)" in problem
+
+
+def test_field_count_points_out_a_decimal_comma(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi")
+    lines = list(GOOD_LINES)
+    lines[2] = "03bSnISJMiM,10,not my kind of movie,0,5,,,,Neutral,train"
+    (root / "label.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as err:
+        read_dataset("mosi", root)
+    (problem,) = _problems(err)
+    assert "['line 3: 10 fields'] (1 in all)" in problem
+    assert problem.endswith("; a decimal comma in the label? write 0.5, not 0,5")
+
+
+def test_quoted_decimal_comma_label_is_pointed_out(tmp_path: Path) -> None:
+    root = make_mmsa(tmp_path / "mosi", [(*r[:3], "-0,5" if i == 1 else r[3], r[4]) for i, r in enumerate(MOSI_ROWS)])
+    assert '"-0,5"' in (root / "label.csv").read_text()  # quoted by pandas: the field count is right
+    with pytest.raises(DatasetError) as err:
+        read_dataset("mosi", root)
+    (problem,) = _problems(err)
+    assert problem.startswith("labels must be numbers in [-3.0, 3.0] for mosi; bad labels in clips [\"03bSnISJMiM$_$10 "
+                              "(label '-0,5': looks like a decimal comma: write -0.5)\"] (1 in all)")
+
+
+@pytest.mark.parametrize(("csv_form", "disk_form"), [("NFC", "NFD"), ("NFD", "NFC")])
+def test_names_are_compared_in_nfc(tmp_path: Path, csv_form: str, disk_form: str) -> None:
+    """macOS writes file names in NFD; label.csv mostly holds NFC. Linux keeps both spellings as given."""
+    video, clip = "vidéo_Ångström", "clé"
+    rows = [*MOSI_ROWS, (_nf(csv_form, video), _nf(csv_form, clip), "t", "1.0", "test")]
+    root = make_mmsa(tmp_path / "mosi", rows[:-1])
+    on_disk = root / "Raw" / _nf(disk_form, video) / f"{_nf(disk_form, clip)}.mp4"
+    on_disk.parent.mkdir()
+    on_disk.touch()
+    make_mmsa(root, rows, files=False)  # label.csv with the last row too
+    assert _nf(disk_form, video) in {p.name for p in (root / "Raw").iterdir()}
+    assert _nf(csv_form, video) not in {p.name for p in (root / "Raw").iterdir()}  # the spellings differ on disk
+    _, manifest = read_dataset("mosi", root)
+    last = manifest.iloc[-1]
+    assert last["id"] == f"{_nf('NFC', video)}$_${_nf('NFC', clip)}"
+    assert (last["video_id"], last["clip_id"]) == (_nf("NFC", video), _nf("NFC", clip))
+    assert last["video"] == str(on_disk) and Path(last["video"]).is_file()  # the spelling later stages can open
+
+
+def test_duplicate_ids_are_found_after_nfc(tmp_path: Path) -> None:
+    rows = [*MOSI_ROWS, ("vid", _nf("NFC", "é"), "t", "1.0", "test"), ("vid", _nf("NFD", "é"), "t", "1.0", "test")]
+    root = make_mmsa(tmp_path / "mosi", rows[:-1])
+    make_mmsa(root, rows, files=False)
+    with pytest.raises(DatasetError) as err:
+        read_dataset("mosi", root)
+    (problem,) = _problems(err)
+    assert problem.startswith(f"duplicate clip ids ['vid$_${_nf('NFC', 'é')}', 'vid$_${_nf('NFC', 'é')}'] (2 in all)")
+
+
 # --------------------------------------------------------------------------- CH-SIMS
 
 SIMS_ROWS = [
@@ -584,3 +689,30 @@ def test_csv_missing_files_are_named(tmp_path: Path) -> None:
     assert problems[0].startswith(f"video files missing for ['{root / 'clips/nope.mp4'}', '/no/such/c.mp4'] "
                                   "(2 in all)")
     assert problems[1].startswith(f"audio files missing for ['{root / 'audio/gone.wav'}'] (1 in all)")
+
+
+def test_csv_field_count_points_out_a_decimal_comma(tmp_path: Path) -> None:
+    root = make_csv(tmp_path / "csv", audio=None)
+    lines = (root / "manifest.csv").read_text().splitlines()
+    assert lines[2] == "b,train,-12,,clips/b.mp4"
+    lines[2] = "b,train,-12,5,,clips/b.mp4"
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError) as err:
+        read_dataset("csv", root)
+    assert str(err.value).startswith(f"{root / 'manifest.csv'}: 1 problem in the csv dataset")
+    (problem,) = _problems(err)
+    assert problem.startswith("rows with another number of fields than the header's 5: ['line 3: 6 fields'] "
+                              "(1 in all); quote text that contains commas")
+    assert problem.endswith("; a decimal comma in the label? write -12.5, not -12,5")
+
+
+def test_csv_names_are_compared_in_nfc(tmp_path: Path) -> None:
+    name = "clé"
+    root = make_csv(tmp_path / "csv", id=["a", _nf("NFD", name), "007", "d"],
+                    video=["clips/a.mp4", f"clips/{_nf('NFC', name)}.mp4", str(tmp_path / "shared_videos/c.mp4"),
+                           "d.mp4"])
+    on_disk = root / "clips" / f"{_nf('NFD', name)}.mp4"
+    (root / "clips" / "b.mp4").rename(on_disk)
+    _, manifest = read_dataset("csv", root)
+    assert manifest["id"].tolist()[1] == _nf("NFC", name)
+    assert manifest["video"].tolist()[1] == str(on_disk) and Path(manifest["video"][1]).is_file()

@@ -23,6 +23,7 @@ from pipeline.evaluation.metrics import (
     METRIC_SETS,
     SIMS_METRIC_NAMES,
     MetricSet,
+    PredictionsError,
     main,
     metrics_from_csv,
     sentiment_metrics,
@@ -234,7 +235,8 @@ def test_csv_missing_columns(tmp_path):
 def test_csv_invalid_values_name_the_file(tmp_path):
     path = tmp_path / "holes.csv"
     path.write_text("id,label,pred\na,1.0,0.5\nb,,0.2\n")
-    with pytest.raises(ValueError, match=r"holes\.csv: y has 1 non-finite.*first at index 1"):
+    with pytest.raises(PredictionsError, match=r"holes\.csv: column 'label' must hold finite numbers; data row 1 "
+                                               r"holds '' \(data rows count from 0 below the header\)"):
         metrics_from_csv(path)
 
 
@@ -258,12 +260,41 @@ def test_main_prints_json(tmp_path, capsys):
     assert out[str(b)]["mae"] == pytest.approx(0.5)
 
 
-def test_main_error_returns_1(tmp_path, capsys):
+def test_main_error_returns_2(tmp_path, capsys):
     path = tmp_path / "bad.csv"
     pd.DataFrame({"id": ["a"], "label": [0.1]}).to_csv(path, index=False)
-    assert main([str(path)]) == 1
+    assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert "missing column(s) ['pred']" in err
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("id,label,pred\na,1.0,0.5\nb,-1,0.2\nc,0,abc\n",
+     "column 'pred' must hold finite numbers; data row 2 holds 'abc' (data rows count from 0 below the header)"),
+    ("id,label,pred\na,x,0.5\nb,inf,0.2\nc,,0.1\n",
+     "column 'label' must hold finite numbers; data row 0 holds 'x' (3 such rows in all; data rows count from 0"),
+    ("id,label,pred\na,1.0,0.5\nb,-1,0.2,7,8\n", "Expected 3 fields in line 3, saw 5"),  # pandas' ParserError
+    ("", "No columns to parse from file"),
+    ("id,label,pred\n", "pred and y are empty"),
+])
+def test_main_names_the_file_column_row_and_value(tmp_path, capsys, text, expected):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    assert main([str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error: {path}: ") and captured.err.count("\n") == 1  # one line
+    assert expected in captured.err
+
+
+def test_module_exits_2_with_one_line_on_bad_values(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("id,label,pred\na,1.0,0.5\nb,abc,0.2\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.evaluation.metrics", str(path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"error: {path}: column 'label' must hold finite numbers; data row 1 holds 'abc' "
+                           "(data rows count from 0 below the header)\n")
 
 
 def test_module_entry_point(tmp_path):
@@ -547,9 +578,10 @@ def test_retrieval_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize(("text", "match"), [
     ("direction,id,label,ap\na2v,c0,0,1.0\n", r"seed_0.csv: per-query AP table has no 'v2a' rows"),
-    ("direction,id,label,ap\na2v,c0,0,1.0\nv2a,c0,0,\n", r"seed_0.csv: column ap is not numeric"),
-    ("direction,id,label,ap\na2v,c0,0,1.0\nv2a,c0,0,1.5\n", r"seed_0.csv: 1 AP value\(s\) outside \[0, 1\].*row 1: "
-                                                            r"1.5"),
+    ("direction,id,label,ap\na2v,c0,0,1.0\nv2a,c0,0,\n", r"seed_0.csv: column 'ap' must hold finite numbers; "
+                                                         r"data row 1 holds ''"),
+    ("direction,id,label,ap\na2v,c0,0,1.0\nv2a,c0,0,1.5\n", r"seed_0.csv: 1 AP value\(s\) outside \[0, 1\] in column "
+                                                            r"'ap'; first at data row 1: 1.5 \(data rows count from 0"),
     ("id,label,pred\nc0,0.5,0.2\n", r"seed_0.csv: missing columns \['direction', 'ap'\]"),
 ])
 def test_retrieval_from_csv_errors_name_the_file(tmp_path, capsys, text, match):
@@ -557,8 +589,9 @@ def test_retrieval_from_csv_errors_name_the_file(tmp_path, capsys, text, match):
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         metrics_from_csv(path, "retrieval")
-    assert main(["--metric-set", "retrieval", str(path)]) == 1
-    assert "seed_0.csv" in capsys.readouterr().err
+    assert main(["--metric-set", "retrieval", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and err.count("\n") == 1
 
 
 def test_retrieval_from_csv_missing_file_names_the_stage(tmp_path):
