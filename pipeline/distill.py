@@ -34,6 +34,7 @@ from pipeline.core.config import (
     load_value,
     to_dict,
 )
+from pipeline.core.identity import input_identity
 from pipeline.core.runtime import (
     entry_point,
     is_main_process,
@@ -47,7 +48,7 @@ from pipeline.data.datasets import read_manifest
 from pipeline.distillation.families import parse_student
 from pipeline.distillation.methods import METHODS
 from pipeline.distillation.train import train_student
-from pipeline.features.arrays import load_features
+from pipeline.features.arrays import feature_files, load_features
 from pipeline.tasks.table import task_of
 from pipeline.training.teacher import read_teacher_predictions
 
@@ -58,11 +59,13 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
     student = parse_student(name)
     method = METHODS.get(student.method)
     preds = {s: paths.teacher_predictions(dataset, s, method.teacher) for s in seeds}
-    with stage(f"distill@{name}", [paths.manifest(dataset), *preds.values()], [paths.student_root(dataset, name)]):
+    multimodal = task.student_kinds[student.family.name] != "text"
+    reads = [paths.manifest(dataset), *(feature_files(dataset) if multimodal else [])]
+    with stage(f"distill@{name}", [*reads, *preds.values()], [paths.student_root(dataset, name)]):
         manifest = read_manifest(paths.manifest(dataset))
         features = (load_features(manifest, dataset, clip, extract, params.student.video_tokens,
-                                  params.student.audio_tokens)
-                    if task.student_kinds[student.family.name] != "text" else None)
+                                  params.student.audio_tokens) if multimodal else None)
+        identity = input_identity(reads)
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
 
         def train(seed: int) -> None:
@@ -70,7 +73,7 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
             teacher = read_teacher_predictions(manifest, preds[seed])
             model, tokenizer, best = train_student(task, student, manifest["text"].tolist(), labels,
                                                    manifest["split"].to_numpy(), teacher, features, params, seed,
-                                                   dataset)
+                                                   dataset, identity={**identity, **input_identity([preds[seed]])})
             if is_main_process():
                 provenance = {"student": name, "family": student.family.name, "method": student.method,
                               "teacher": method.teacher, "params": to_dict(params), "seed": seed,

@@ -34,6 +34,7 @@ from pipeline.core.config import (
     load_section,
     load_value,
 )
+from pipeline.core.identity import input_identity
 from pipeline.core.paths import SELF_TEACHER, TEACHER
 from pipeline.core.runtime import (
     entry_point,
@@ -53,12 +54,13 @@ log = logging.getLogger(__name__)
 def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractParams, seeds: list[int]) -> None:
     manifest = read_manifest(paths.manifest(dataset))
     outputs = [paths.teacher_dir(dataset, n) for n in (TEACHER, SELF_TEACHER)]
-    with stage("teacher", [paths.manifest(dataset), *feature_files(dataset)], outputs):
+    reads = [paths.manifest(dataset), *feature_files(dataset)]
+    with stage("teacher", reads, outputs):
         data = load_features(manifest, dataset, clip, extract, params.video_tokens, params.audio_tokens)
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
-        task = task_of(dataset)
-        run_seeds(lambda seed: train_teachers(data, labels, manifest["split"].to_numpy(), params, seed, dataset, task),
-                  seeds, params.train.device)
+        task, identity = task_of(dataset), input_identity(reads)
+        run_seeds(lambda seed: train_teachers(data, labels, manifest["split"].to_numpy(), params, seed, dataset, task,
+                                              identity=identity), seeds, params.train.device)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -151,12 +151,14 @@ def _draw(idx: torch.Tensor, generator: torch.Generator, size: int) -> torch.Ten
 
 def train_student(task: Task, student: Student, texts: list[str], labels: torch.Tensor, splits: np.ndarray,
                   teacher: dict[str, torch.Tensor], features: FeatureArrays | None, params: DistillParams,
-                  seed: int, dataset: str) -> tuple[nn.Module, object, dict[str, float]]:
+                  seed: int, dataset: str, *, identity: dict[str, str] | None = None
+                  ) -> tuple[nn.Module, object, dict[str, float]]:
     """Train one student of `task` on the train split, selecting the epoch on the task's validation metric.
     Returns (model on the CPU, its tokenizer or None, the selected epoch and value [+ msd-learned's weights]).
 
     texts, labels, splits, teacher outputs and features: one row per manifest clip (features None for a
-    text-only student)."""
+    text-only student). `identity`: the content digests of the files they were read from
+    (core/identity.py), which a resumed checkpoint must share."""
     method = METHODS.get(student.method)
     section = method.section_of(params)
     objective = task.objective(params)
@@ -196,7 +198,7 @@ def train_student(task: Task, student: Student, texts: list[str], labels: torch.
         return task.validate(m, valid_inputs, labels[split.valid], valid_present, params.train.batch_size)
 
     fingerprint = {"student": student.name, "distill": to_dict(params), "seed": seed, "dataset": dataset,
-                   "n_train": len(split.train), "task": task.name}
+                   "n_train": len(split.train), "task": task.name, **(identity or {})}
     best = fit(model, model.parameters(), n_train=len(split.train), get_batch=get_batch,
                loss_fn=msd_loss_fn(method_loss, weights, modalities), validate=validate, params=params.train,
                epochs=params.train.epochs, seed=seed, curves=paths.curves(dataset, f"student_{student.name}", seed),

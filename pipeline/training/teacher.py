@@ -116,9 +116,11 @@ def predict(model: PromptTeacher, data: FeatureArrays, idx: torch.Tensor, keep: 
 
 
 def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,
-                  seed: int, dataset: str, task: Task, name: str = TEACHER) -> tuple[PromptTeacher, dict[str, float]]:
+                  seed: int, dataset: str, task: Task, name: str = TEACHER, *, identity: dict[str, str] | None = None
+                  ) -> tuple[PromptTeacher, dict[str, float]]:
     """Build the teacher from the feature shapes and train it on the train split with modality dropout
-    (resumable: `checkpoints/<ds>/<name>/seed_<s>.pt` holds the last training state of an interrupted run).
+    (resumable: `checkpoints/<ds>/<name>/seed_<s>.pt` holds the last training state of an interrupted run,
+    resumed only with the same `identity`: core/identity.py `input_identity` of the files `data` came from).
     `data.present` says which modalities each clip has (restrict it for the `self` teacher)."""
     config = TeacherConfig(embed_dim=data.text.shape[1], audio_dim=data.audio.shape[2],
                            num_classes=len(data.classes), frames=data.video.shape[1],
@@ -162,7 +164,8 @@ def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
     present = [m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any())]
     common = dict(n_train=len(train_idx), get_batch=get_batch, params=params.train, epochs=params.train.epochs,
                   seed=seed, fingerprint={"teacher": to_dict(params), "seed": seed, "n_train": len(train_idx),
-                                          "dataset": dataset, "name": name, "modalities": present})
+                                          "dataset": dataset, "name": name, "modalities": present,
+                                          **(identity or {})})
     curves, state = paths.curves(dataset, name, seed), paths.training_state(dataset, name, seed)
     desc = f"{name} seed {seed}"
     if task.teacher_output == "logits":  # a classifier of the dataset's classes: no regression head
@@ -290,9 +293,10 @@ def write_predictions(model: PromptTeacher, data: FeatureArrays, labels: torch.T
 
 
 def train_one_seed(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,
-                   seed: int, dataset: str, task: Task, name: str = TEACHER) -> None:
+                   seed: int, dataset: str, task: Task, name: str = TEACHER, *, identity: dict[str, str] | None = None
+                   ) -> None:
     seed_everything(seed)
-    model, best = train_teacher(data, labels, splits, params, seed, dataset, task, name)
+    model, best = train_teacher(data, labels, splits, params, seed, dataset, task, name, identity=identity)
     if not is_main_process():
         return
     ckpt = paths.teacher_checkpoint(dataset, seed, name)
@@ -312,15 +316,17 @@ def copy_teacher(dataset: str, seed: int) -> None:
 
 
 def train_teachers(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams, seed: int,
-                   dataset: str, task: Task) -> None:
+                   dataset: str, task: Task, *, identity: dict[str, str] | None = None) -> None:
     """One seed of stage teacher: the teacher, then the `self` control restricted to `task.self_modalities`
-    (a copy of the teacher when that is every modality the teacher sees)."""
+    (a copy of the teacher when that is every modality the teacher sees). `identity`: the digests of the
+    files `data` was read from, which a resumed checkpoint must share."""
     available = tuple(m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any()))
     own = tuple(m for m in task.self_modalities if m in available)
-    train_one_seed(data, labels, splits, params, seed, dataset, task, TEACHER)
+    train_one_seed(data, labels, splits, params, seed, dataset, task, TEACHER, identity=identity)
     if own == available and is_main_process():  # the student sees all the teacher sees: same model
         log.info("%s: the `self` student sees every modality the teacher sees (%s): %s is a copy of %s",
                  dataset, subset_name(own), SELF_TEACHER, TEACHER)
         copy_teacher(dataset, seed)
     elif own != available:
-        train_one_seed(restricted(data, own), labels, splits, params, seed, dataset, task, SELF_TEACHER)
+        train_one_seed(restricted(data, own), labels, splits, params, seed, dataset, task, SELF_TEACHER,
+                       identity=identity)

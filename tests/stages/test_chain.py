@@ -10,14 +10,16 @@ and a report with both families, the controls, the limits and the missing-modali
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from pipeline import distill, evaluate, extract, floor, generate, prepare, report, teacher
+from pipeline import check, distill, evaluate, extract, floor, generate, prepare, report, teacher
 from pipeline.core import paths
 from pipeline.core.config import MODALITIES
 from pipeline.evaluation.metrics import METRIC_NAMES, metrics_from_csv
@@ -35,6 +37,7 @@ SEEDS = (0, 1)
 
 
 def run_all() -> None:
+    check.main([])
     generate.main([DS])
     prepare.main([])
     for modality in MODALITIES:
@@ -217,6 +220,58 @@ def test_same_params_same_metrics(chain: Path, tmp_path: Path, monkeypatch: pyte
                                   preds_before)
     for n, metrics in before.items():
         assert quality(n) == metrics
+
+
+class Interrupted(Exception):
+    """Stands for Ctrl-C, raised right after the teacher's first checkpoint is written."""
+
+
+def test_interrupted_then_changed_inputs_trains_from_scratch(chain: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12's case: the teacher is interrupted, then the features are rebuilt with another
+    clip.init_seed (the teacher's own params unchanged). The checkpoint made from the old features is not
+    resumed (the log names the files that changed) and the teacher equals a clean run's, bit for bit."""
+    from pipeline.training import loop
+
+    project = tmp_path / "project"
+    shutil.copytree(chain, project, ignore=shutil.ignore_patterns("models", "predictions", "metrics", "reports",
+                                                                  "dvclive", "checkpoints"))
+    monkeypatch.chdir(project)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["seeds"] = [0]
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    save = loop._save_atomic
+
+    def save_then_stop(payload: dict, path: Path) -> None:
+        save(payload, path)
+        raise Interrupted
+
+    with monkeypatch.context() as patched:
+        patched.setattr(loop, "_save_atomic", save_then_stop)
+        with pytest.raises(Interrupted):
+            teacher.main([])
+    assert paths.training_state(DS, "teacher", 0).is_file()
+
+    params["clip"]["init_seed"] = 1  # new features; DVC deletes a stage's outputs before running it
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    for modality in ("video", "text"):
+        paths.features(DS, modality).unlink()
+        extract.main([modality])
+    capsys.readouterr()
+    teacher.main([])
+    log = capsys.readouterr().err
+    assert (f"differs in: input:{paths.features(DS, 'text')}, input:{paths.features(DS, 'video')}); starting fresh"
+            in log), log
+    assert "resuming" not in log
+    after_interruption = read_table(paths.teacher_predictions(DS, 0), stage="teacher")[0]["reg"]
+
+    shutil.rmtree(paths.CHECKPOINTS, ignore_errors=True)
+    for name in ("teacher", "teacher_self"):
+        shutil.rmtree(paths.teacher_dir(DS, name))
+    teacher.main([])
+    np.testing.assert_array_equal(read_table(paths.teacher_predictions(DS, 0), stage="teacher")[0]["reg"],
+                                  after_interruption)
 
 
 def test_unknown_method_fails_before_work(project: Path) -> None:

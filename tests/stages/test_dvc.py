@@ -91,8 +91,9 @@ def test_plots_show_renders_every_curve(repo: Path) -> None:
 
 def test_a_distill_param_makes_only_the_students_stale(repo: Path) -> None:
     """`dvc exp run -S distill.train.lr=...` re-runs the students and what reads them, nothing upstream:
-    `dvc status` after the edit lists exactly the distill stages (evaluate and report follow from their
-    outputs; the retrieval test below runs `dvc exp run -S` itself)."""
+    `dvc status` after the edit lists exactly the check and the distill stages (evaluate and report follow
+    from their outputs; the check's output does not change, so it makes nothing stale; the retrieval test
+    below runs `dvc exp run -S` itself)."""
     path = repo / "params.yaml"
     original = path.read_bytes()
     params = yaml.safe_load(original)
@@ -102,7 +103,7 @@ def test_a_distill_param_makes_only_the_students_stale(repo: Path) -> None:
         stale = json.loads(sh("dvc", "status", "--json", cwd=repo))
     finally:
         path.write_bytes(original)
-    assert sorted(stale) == sorted(f"distill@{m}" for m in METHODS), stale
+    assert sorted(stale) == sorted(["check", *(f"distill@{m}" for m in METHODS)]), stale
     assert json.loads(sh("dvc", "status", "--json", cwd=repo)) == {}
 
 
@@ -126,6 +127,39 @@ def test_switching_dataset_runs_retrieval_and_switching_back_recomputes_nothing(
     assert "skipping run, checking out outputs" in out  # restored from the run-cache, not recomputed
     assert {p: p.read_bytes() for p in before} == before
     assert (repo / "models" / "synthetic_sentiment" / "teacher" / "seed_1" / "teacher.pt").is_file()
+
+
+def _outputs(repo: Path) -> dict[str, tuple[int, int]]:
+    """Every output file of the project (but the check's own) with its size and modification time."""
+    return {str(p.relative_to(repo)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for top in ("data", "models", "predictions", "metrics", "reports", "dvclive")
+            for p in sorted((repo / top).rglob("*")) if p.is_file() and p.name != "checked.txt"}
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("distill.train.lr=-1", "error: distill.train.lr: must be > 0, got -1.0"),
+    ("clip.model=ViT-B-99", "error: clip.model 'ViT-B-99' is not an open_clip model. Did you mean 'ViT-B-"),
+    ("dataset=mosi", "error: dataset 'mosi': data/raw/mosi not found. Put CMU-MOSI"),
+], ids=["lr", "clip-model", "dataset-absent"])
+def test_a_bad_setting_fails_in_seconds_with_one_line_and_deletes_nothing(repo: Path, setting: str,
+                                                                          message: str) -> None:
+    """`dvc exp run -S` with a mistake stops in the first stage, `check`, with the project's one-line
+    message (no traceback) before any stage that has outputs runs: every output is left as it was."""
+    before = _outputs(repo)
+    params = (repo / "params.yaml").read_bytes()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    try:
+        done = subprocess.run(["dvc", "exp", "run", "-S", setting], cwd=repo, env=env, capture_output=True, text=True)
+    finally:
+        (repo / "params.yaml").write_bytes(params)  # DVC leaves the bad value in the file (README)
+        sh("dvc", "checkout", "data/checked.txt", cwd=repo)
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert [line for line in out.splitlines() if line.startswith("error: ")] == [next(
+        line for line in out.splitlines() if line.startswith(message))], out
+    assert "Traceback" not in out and "Running stage 'check'" in out
+    assert out.count("Running stage") == 1, out  # no other stage started
+    assert _outputs(repo) == before
 
 
 def test_generate_reruns_only_the_dataset_whose_params_changed(tmp_path: Path) -> None:
