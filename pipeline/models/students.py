@@ -18,13 +18,14 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from tokenizers.processors import RobertaProcessing
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
 
-from pipeline.core.config import MODALITIES, StudentParams
+from pipeline.core.config import MODALITIES, ConfigError, StudentParams
 from pipeline.core.errors import MissingInput
 from pipeline.core.registry import Registry
 from pipeline.features.arrays import FeatureArrays
 from pipeline.models.inference import batched_outputs
+from pipeline.models.pretrained import ENCODER_FIX, KEY, check_pretrained, encoder_problem, pretrained_source
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,8 @@ def load_student(model_dir: Path) -> tuple[TextStudent, Any, dict[str, Any]]:
                                 "run `dvc repro distill`")
     meta = json.loads((model_dir / STUDENT_CONFIG).read_text())
     config = StudentConfig(**meta["config"])
-    encoder = AutoModel.from_pretrained(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    encoder = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     model = STUDENTS.get(config.kind)(encoder, config)
     heads = torch.load(model_dir / STUDENT_HEAD, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(heads, strict=False)
@@ -169,6 +170,44 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int, max_length: int):
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, model_max_length=max_length, **SPECIAL_TOKENS)
 
 
+def load_pretrained(value: str, **model_kwargs: Any) -> tuple[Any, nn.Module]:
+    """Tokenizer and encoder of `distill.student.pretrained` (a save_pretrained folder or a hub id).
+
+    `check_pretrained` first (no download); a path is loaded with local_files_only, as is a hub id in offline
+    mode, so neither waits on a hub it cannot reach; a hub id comes from the cache `check_pretrained` read.
+    The config is checked before the weights load, which covers a hub id seen for the first time here
+    (online, `check_pretrained` accepts any well-formed id); one the hub does not serve is a ConfigError
+    that also says how to write a local folder (`models/x` with no models/ folder reads as a hub id).
+    A tokenizer without a pad token gets the model's own `pad_token_id` (the id the encoder was trained to
+    ignore; RoBERTa also numbers positions from it, so GPT-2's pad = eos convention would shift them);
+    with none in the config either, a ConfigError."""
+    check_pretrained(value)
+    source, hub = pretrained_source(value)
+    try:
+        config = AutoConfig.from_pretrained(source, **hub)
+    except OSError as err:  # a hub id the hub did not serve (a path was checked above)
+        if hub["local_files_only"]:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{KEY} {value!r} could not be loaded from the HF hub ({first}); if it is a local "
+                          f"folder, it does not exist from {Path.cwd()}: give an absolute path or ./{value}") from err
+    problem = encoder_problem(config.to_dict())
+    if problem:
+        raise ConfigError(f"{KEY} {value!r}: {problem}; {ENCODER_FIX}")
+    tokenizer = AutoTokenizer.from_pretrained(source, **hub)
+    if tokenizer.pad_token is None:
+        pad_id = getattr(config, "pad_token_id", None)
+        if not isinstance(pad_id, int) or not 0 <= pad_id < len(tokenizer):
+            raise ConfigError(f"{KEY} {value!r}: its tokenizer has no pad token and its config.json no usable "
+                              f"pad_token_id ({pad_id}), so transcripts cannot be batched; save a tokenizer with a "
+                              "pad token (tokenizer.pad_token = ...; tokenizer.save_pretrained(dir))")
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+        log.info("%s: tokenizer has no pad token; using the config's pad_token_id %d (%r)", value, pad_id,
+                 tokenizer.pad_token)
+    encoder = AutoModel.from_pretrained(source, **hub, **model_kwargs)
+    return tokenizer, encoder
+
+
 def build_student(params: StudentParams, kind: str, train_texts: list[str], num_classes: int,
                   features: FeatureArrays | None = None, second_order: bool = False) -> tuple[TextStudent, object]:
     """Tokenizer + student of `kind` (text | multimodal): text encoder via from_pretrained, or a tiny random
@@ -184,8 +223,7 @@ def build_student(params: StudentParams, kind: str, train_texts: list[str], num_
                                      video_tokens=features.video.shape[1], audio_tokens=features.audio.shape[1])
     attention = {"attn_implementation": "eager"} if second_order else {}
     if params.pretrained:
-        tokenizer = AutoTokenizer.from_pretrained(params.pretrained)
-        encoder = AutoModel.from_pretrained(params.pretrained, **attention)
+        tokenizer, encoder = load_pretrained(params.pretrained, **attention)
         log.info("student encoder %s (%s)", params.pretrained, type(encoder).__name__)
     else:
         tokenizer = train_bpe_tokenizer(train_texts, params.vocab_size, params.max_length)
