@@ -30,6 +30,7 @@ from pipeline.core.config import PARAMS_FILE, ClipParams, check_params, load_sec
 from pipeline.core.runtime import entry_point, setup_logging, stage
 from pipeline.data.datasets import check_dataset_present
 from pipeline.features.clip import check_clip_source
+from pipeline.models.pretrained import check_pretrained
 
 CHECKED = "params.yaml and the dataset passed `python -m pipeline.check`\n"
 
@@ -41,6 +42,7 @@ def run(out: Path) -> None:
         check_dataset_present(dataset)
         clip: ClipParams = load_section("clip")
         check_clip_source(clip.model, clip.pretrained)
+        check_pretrained(load_section("distill").student.pretrained)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(CHECKED)
 
