@@ -109,9 +109,18 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 def did_you_mean(value: object, choices: list[str] | tuple[str, ...]) -> str:
-    """` Did you mean 'x'?` for the closest of `choices` (difflib), or "" when none is close."""
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    """` Did you mean 'x'?` for the closest of `choices` (difflib), or "" when none is close. Names of
+    the form <family>-<method> are also matched on their method: 'kdd' -> 'va-kd' or 'msd-kd'."""
+    names = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(value), names, n=1)
+    if not close:
+        by_tail: dict[str, list[str]] = {}
+        for name in names:
+            if "-" in name:
+                by_tail.setdefault(name.split("-", 1)[1], []).append(name)
+        tails = difflib.get_close_matches(str(value).split("-", 1)[-1], list(by_tail), n=1)
+        close = by_tail[tails[0]] if tails else []
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def unknown_choice(where: str, value: object, choices: list[str] | tuple[str, ...]) -> ConfigError:

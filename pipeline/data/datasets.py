@@ -142,11 +142,13 @@ def _listing(items: Iterable[object]) -> str:
 
 
 def _raise(source: Path, spec: DatasetSpec, problems: list[str]) -> None:
+    """One problem: one line. Several: a line each, under a line naming the file."""
+    if len(problems) == 1:
+        raise DatasetError(f"{source}: {problems[0]} ({spec.name} dataset: fix it and rerun `dvc repro prepare`)",
+                           problems)
     if problems:
-        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        them = "them" if len(problems) > 1 else "it"
-        raise DatasetError(f"{source}: {count} in the {spec.name} dataset (fix {them} and rerun `dvc repro prepare`):\n"
-                           + "\n".join(f"  - {p}" for p in problems))
+        raise DatasetError(f"{source}: {len(problems)} problems in the {spec.name} dataset (fix them and rerun "
+                           "`dvc repro prepare`):\n" + "\n".join(f"  - {p}" for p in problems), problems)
 
 
 def _row_names(table: pd.DataFrame, ids: pd.Series | None) -> pd.Series:

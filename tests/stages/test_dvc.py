@@ -129,37 +129,50 @@ def test_switching_dataset_runs_retrieval_and_switching_back_recomputes_nothing(
     assert (repo / "models" / "synthetic_sentiment" / "teacher" / "seed_1" / "teacher.pt").is_file()
 
 
-def _outputs(repo: Path) -> dict[str, tuple[int, int]]:
-    """Every output file of the project (but the check's own) with its size and modification time."""
-    return {str(p.relative_to(repo)): (p.stat().st_size, p.stat().st_mtime_ns)
+def _outputs(repo: Path, contents: bool = False) -> dict[str, object]:
+    """Every output file of the project (but the check's own) with its size and modification time (or content)."""
+    return {str(p.relative_to(repo)): p.read_bytes() if contents else (p.stat().st_size, p.stat().st_mtime_ns)
             for top in ("data", "models", "predictions", "metrics", "reports", "dvclive")
             for p in sorted((repo / top).rglob("*")) if p.is_file() and p.name != "checked.txt"}
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("distill.train.lr=-1", "error: distill.train.lr: must be > 0, got -1.0"),
-    ("clip.model=ViT-B-99", "error: clip.model 'ViT-B-99' is not an open_clip model. Did you mean 'ViT-B-"),
-    ("dataset=mosi", "error: dataset 'mosi': data/raw/mosi not found. Put CMU-MOSI"),
-], ids=["lr", "clip-model", "dataset-absent"])
-def test_a_bad_setting_fails_in_seconds_with_one_line_and_deletes_nothing(repo: Path, setting: str,
+@pytest.mark.parametrize(("command", "message"), [
+    (["exp", "run", "-S", "distill.train.lr=-1"], "error: distill.train.lr: must be > 0, got -1.0"),
+    (["exp", "run", "-S", "clip.model=ViT-B-99"],
+     "error: clip.model 'ViT-B-99' is not an open_clip model. Did you mean 'ViT-B-"),
+    (["repro"], "error: dataset 'mosi': data/raw/mosi not found. Put CMU-MOSI"),  # params.yaml edited by hand
+    (["exp", "run", "-S", "dataset=mosi"], "error: dataset 'mosi': data/raw/mosi not found. Put CMU-MOSI"),
+], ids=["lr", "clip-model", "dataset-absent-repro", "dataset-absent-exp-run"])
+def test_a_bad_setting_fails_in_seconds_with_one_line_and_deletes_nothing(repo: Path, command: list[str],
                                                                           message: str) -> None:
-    """`dvc exp run -S` with a mistake stops in the first stage, `check`, with the project's one-line
-    message (no traceback) before any stage that has outputs runs: every output is left as it was."""
-    before = _outputs(repo)
+    """A mistake stops the DAG in its first stage, `check`, with the project's one-line message (no
+    traceback), before any stage with outputs runs: every output is left as it was. The one exception is
+    DVC's own: `dvc exp run -S dataset=...` first checks out the outputs of the new dataset's paths, which
+    takes the current dataset's out of the workspace (not out of the cache): `git checkout params.yaml
+    metrics` and `dvc checkout` put them back, byte for byte, without running anything (README)."""
+    before, contents = _outputs(repo), _outputs(repo, contents=True)
     params = (repo / "params.yaml").read_bytes()
+    if command == ["repro"]:
+        (repo / "params.yaml").write_text(params.decode().replace("dataset: synthetic_sentiment", "dataset: mosi"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     try:
-        done = subprocess.run(["dvc", "exp", "run", "-S", setting], cwd=repo, env=env, capture_output=True, text=True)
+        done = subprocess.run(["dvc", *command], cwd=repo, env=env, capture_output=True, text=True)
     finally:
         (repo / "params.yaml").write_bytes(params)  # DVC leaves the bad value in the file (README)
-        sh("dvc", "checkout", "data/checked.txt", cwd=repo)
     out = done.stdout + done.stderr
     assert done.returncode != 0
     assert [line for line in out.splitlines() if line.startswith("error: ")] == [next(
         line for line in out.splitlines() if line.startswith(message))], out
     assert "Traceback" not in out and "Running stage 'check'" in out
     assert out.count("Running stage") == 1, out  # no other stage started
-    assert _outputs(repo) == before
+    if "dataset=mosi" in command:
+        sh("git", "checkout", "metrics", cwd=repo)
+        restored = sh("dvc", "checkout", cwd=repo)
+        assert "Running stage" not in restored
+        assert _outputs(repo, contents=True) == contents
+    else:
+        sh("dvc", "checkout", "data/checked.txt", cwd=repo)
+        assert _outputs(repo) == before
 
 
 def test_generate_reruns_only_the_dataset_whose_params_changed(tmp_path: Path) -> None:
