@@ -487,6 +487,31 @@ def test_field_count_is_one_problem_naming_the_lines(tmp_path: Path) -> None:
     assert manifest["split"].tolist() == [r[4] for r in MOSI_ROWS]
 
 
+def test_prepare_prints_the_field_count_problem_as_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the command DVC runs (`python -m pipeline.prepare`'s entry point): one line, exit code 2."""
+    from conftest import small_params, write_project
+
+    from pipeline import prepare
+    from pipeline.core.runtime import entry_point
+
+    params = small_params()
+    params["dataset"] = "mosi"
+    project = write_project(tmp_path / "project", params)
+    root = make_mmsa(project / "data" / "raw" / "mosi")
+    lines = list(GOOD_LINES)
+    lines[2] = "03bSnISJMiM,10,not my kind, of movie,-1.8,,,,Neutral,train"
+    (root / "label.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MMDISTILL_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as done:
+        entry_point(prepare.main, [])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert done.value.code == 2 and len(errors) == 1
+    assert errors[0].startswith("error: data/raw/mosi/label.csv: rows with another number of fields than the "
+                                "header's 9: ['line 3: 10 fields'] (1 in all); quote text that contains commas")
+
+
 def test_field_count_shows_five_lines_and_the_count(tmp_path: Path) -> None:
     root = make_mmsa(tmp_path / "mosi", [(f"v{i}", "1", "good, bad", "1.0", SPLITS[i % 3]) for i in range(7)])
     read_dataset("mosi", root)  # pandas quoted "good, bad": fine; unquoted on every row, it is not
