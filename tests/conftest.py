@@ -37,6 +37,18 @@ def small_params() -> dict:
     return params
 
 
+def with_edits(params: dict, edits: dict[str, object]) -> dict:
+    """A copy of `params` with dotted keys (`distill.train.lr`) set to new values."""
+    edited = yaml.safe_load(yaml.safe_dump(params))
+    for dotted, value in edits.items():
+        *parents, leaf = dotted.split(".")
+        node = edited
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return edited
+
+
 def write_project(root: Path, params: dict, with_code: bool = False) -> Path:
     """params.yaml (and, for DVC runs, dvc.yaml, .dvcignore and the pipeline code its deps name) under root."""
     root.mkdir(parents=True, exist_ok=True)

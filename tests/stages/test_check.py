@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import small_params
+from conftest import small_params, with_edits
 
 from pipeline import check
 from pipeline.core import paths
@@ -18,13 +18,7 @@ from pipeline.core.runtime import entry_point
 
 
 def _check(project: Path, capsys: pytest.CaptureFixture[str], **edits: object) -> tuple[int, str]:
-    params = small_params()
-    for dotted, value in edits.items():
-        *parents, leaf = dotted.split("__")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+    params = with_edits(small_params(), {k.replace("__", "."): v for k, v in edits.items()})
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with pytest.raises(SystemExit) as done:
         entry_point(check.main, [])

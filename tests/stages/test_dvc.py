@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import small_params, write_project
+from conftest import small_params, with_edits, write_project
 
 from pipeline.evaluation.metrics import METRIC_NAMES
 
@@ -186,14 +186,7 @@ def test_generate_reruns_only_the_dataset_whose_params_changed(tmp_path: Path) -
     assert (root / "data" / "raw" / "synthetic_sentiment" / "limits.json").is_file()
 
     def changed(edit: dict) -> list[str]:
-        edited = yaml.safe_load(yaml.safe_dump(params))
-        for dotted, value in edit.items():
-            *parents, leaf = dotted.split(".")
-            node = edited
-            for key in parents:
-                node = node[key]
-            node[leaf] = value
-        (root / "params.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        (root / "params.yaml").write_text(yaml.safe_dump(with_edits(params, edit), sort_keys=False))
         return sorted(json.loads(sh("dvc", "status", "--json", *stages, cwd=root)))
 
     assert changed({}) == []
