@@ -20,8 +20,10 @@ with the available names and the closest match.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -440,10 +442,10 @@ TOP_LEVEL: dict[str, Any] = {"seeds": list[Natural], "dataset": DatasetName}
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """The raw params.yaml mapping; refuses unknown top-level keys."""
+    """The raw params.yaml mapping (a fresh copy); refuses unknown top-level keys."""
     if not path.is_file():
         raise ConfigError(f"{path} not found: run from the project root (where dvc.yaml is)")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = copy.deepcopy(_parse(path.read_text())) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     _refuse_unknown_keys(data, set(SECTIONS) | set(TOP_LEVEL), f"{path}: top level")
@@ -457,6 +459,12 @@ def _refuse_unknown_keys(data: Mapping[str, Any], valid: set[str], where: str) -
                         for k in unknown)
         raise ConfigError(f"{where}: unknown key{'s' * (len(unknown) > 1)} {unknown}.{hints} "
                           f"Valid keys: {sorted(valid)}")
+
+
+@functools.lru_cache(maxsize=8)
+def _parse(text: str) -> Any:
+    """params.yaml parsed once per content (a stage reads every section: 11 parses took 0.35 s)."""
+    return yaml.safe_load(text)
 
 
 def load_section(name: str, path: Path = PARAMS_FILE) -> Any:
