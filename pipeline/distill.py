@@ -34,7 +34,7 @@ from pipeline.core.config import (
     load_value,
     to_dict,
 )
-from pipeline.core.identity import input_identity
+from pipeline.core.identity import input_identity, run_identity
 from pipeline.core.runtime import (
     entry_point,
     is_main_process,
@@ -65,7 +65,7 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
         manifest = read_manifest(paths.manifest(dataset))
         features = (load_features(manifest, dataset, clip, extract, params.student.video_tokens,
                                   params.student.audio_tokens) if multimodal else None)
-        identity = input_identity(reads)
+        identity = run_identity("distill", reads)
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
 
         def train(seed: int) -> None:

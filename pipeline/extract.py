@@ -30,6 +30,7 @@ from pipeline.core.config import (
     load_section,
     load_value,
 )
+from pipeline.core.identity import run_identity
 from pipeline.core.runtime import Ranks, entry_point, process_group, rank_device, seed_everything, setup_logging, stage
 from pipeline.data.datasets import dataset_classes, read_manifest
 from pipeline.features.extraction import Failures, _todo, check_failures, extract_shard, feature_config, versions
@@ -49,13 +50,14 @@ def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipPar
     out, fail_csv = paths.features(dataset, modality), paths.failures(dataset, modality)
     device = rank_device(params.run.device, ranks)
     failures = Failures()
+    identity = run_identity("extract", [paths.manifest(dataset)])  # what resuming a .partial file must share
     with stage(f"extract@{modality}" + (f" rank {ranks.rank}/{ranks.world}" if ranks.world > 1 else ""),
                [paths.manifest(dataset)], [out, fail_csv]):
         if ranks.rank == 0:  # rank 0 sets up (or resumes) the .partial directory before the others join
-            writer = FeatureWriter(out, config, versions(), tag=ranks.tag)
+            writer = FeatureWriter(out, config, versions(), tag=ranks.tag, identity=identity)
         ranks.barrier()
         if ranks.rank > 0:
-            writer = FeatureWriter(out, config, versions(), tag=ranks.tag, fresh=False)
+            writer = FeatureWriter(out, config, versions(), tag=ranks.tag, fresh=False, identity=identity)
         with writer:
             todo = _todo(manifest.iloc[ranks.rank :: ranks.world], writer)
             extract_shard(modality, todo, writer, params, clip_params, device, failures, ranks.rank == 0, classes)

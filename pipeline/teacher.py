@@ -34,7 +34,7 @@ from pipeline.core.config import (
     load_section,
     load_value,
 )
-from pipeline.core.identity import input_identity
+from pipeline.core.identity import run_identity
 from pipeline.core.paths import SELF_TEACHER, TEACHER
 from pipeline.core.runtime import (
     entry_point,
@@ -58,7 +58,7 @@ def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractP
     with stage("teacher", reads, outputs):
         data = load_features(manifest, dataset, clip, extract, params.video_tokens, params.audio_tokens)
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
-        task, identity = task_of(dataset), input_identity(reads)
+        task, identity = task_of(dataset), run_identity("teacher", reads)
         run_seeds(lambda seed: train_teachers(data, labels, manifest["split"].to_numpy(), params, seed, dataset, task,
                                               identity=identity), seeds, params.train.device)
 

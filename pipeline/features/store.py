@@ -77,17 +77,21 @@ class FeatureWriter:
     chunk file `<name>.partial/<tag>-<seq>.h5`, atomically (temporary name, then rename), so a
     crash (even SIGKILL) loses at most the clips buffered since the last flush and never leaves
     a half-written chunk that counts. A writer opened on an existing `.partial` directory built
-    with the same config resumes: `done_ids()` lists the clips already there. Several writers
+    with the same config and `identity` (what the config does not say: the digests of the inputs,
+    the code version; core/identity.py) resumes: `done_ids()` lists the clips already there; any
+    difference starts over, naming it. The identity is the resume's only: the finished file
+    records the config. Several writers
     (one per rank, distinct `tag`s) may fill the same `.partial` directory; `finalize()` (one
     process, after the others have flushed) merges every chunk into `<name>`, sets `complete`,
     and removes the directory.
     """
 
     def __init__(self, path: Path, config: dict[str, Any], versions: dict[str, str] | None = None,
-                 tag: str = "rank0", fresh: bool = True) -> None:
+                 tag: str = "rank0", fresh: bool = True, identity: dict[str, str] | None = None) -> None:
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.config = _canonical(config)
+        self.identity = dict(identity or {})
         self.tag = tag
         self._buffer: dict[str, dict[str, np.ndarray]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,19 +106,21 @@ class FeatureWriter:
         meta = self.partial / "config.json"
         if meta.is_file():
             recorded = json.loads(meta.read_text())
-            if recorded.get("config") == self.config and recorded.get("schema_version") == SCHEMA_VERSION:
+            if (recorded.get("config") == self.config and recorded.get("identity", {}) == self.identity
+                    and recorded.get("schema_version") == SCHEMA_VERSION):
                 for tmp in self.partial.glob(f"{self.tag}-*.tmp"):  # a chunk cut off mid-write
                     tmp.unlink()
                 return
-            log.warning("%s was built with another config %s; starting over", self.partial,
-                        config_diff(recorded.get("config", {}), self.config))
+            log.warning("%s was built with other inputs, config or code %s; starting over", self.partial,
+                        config_diff({**recorded.get("config", {}), **recorded.get("identity", {})},
+                                    {**self.config, **self.identity}))
         if self.partial.is_dir():
             shutil.rmtree(self.partial)
         elif self.partial.exists():  # not ours (e.g. a stray file): replaced
             self.partial.unlink()
         self.partial.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(meta, json.dumps({"schema_version": SCHEMA_VERSION, "config": self.config,
-                                             "versions": versions}, sort_keys=True))
+                                             "identity": self.identity, "versions": versions}, sort_keys=True))
 
     def _chunks(self, tag: str | None = None) -> list[Path]:
         pattern = f"{tag}-*.h5" if tag else "*-*.h5"

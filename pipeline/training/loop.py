@@ -52,9 +52,9 @@ Scale (params `train.*`, see `TrainParams`):
   then `os.replace`): weights, optimizer, scheduler and scaler states, the epoch, the batches
   done in it, the shuffling generator's state at the start of the epoch, the torch / numpy /
   python RNG states of every rank, the best epoch so far and its weights, the curve rows so
-  far, and a fingerprint (the caller's `fingerprint`, which the stages give the content digests
-  of their input files (core/identity.py), plus this run's plan: `n_train`, `epochs`, `seed`,
-  `valid_metric`, the train params except `checkpoint_every`, and the code version). A later
+  far, and a fingerprint (the caller's `fingerprint`, to which the stages add the content digests
+  of their input files and of their code, core/identity.py `run_identity`, plus this run's plan:
+  `n_train`, `epochs`, `seed`, `valid_metric`, the train params except `checkpoint_every`). A later
   `fit` with the same fingerprint resumes where it stopped (same permutation, done batches
   skipped, curves re-logged); with a different one it warns, naming the keys that differ,
   and starts fresh. The file is deleted when `fit` returns. On CPU with one process an
@@ -81,7 +81,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pipeline.core.config import TrainParams
-from pipeline.core.identity import code_version
 from pipeline.core.runtime import Ranks, Throughput, init_ranks
 
 log = logging.getLogger(__name__)
@@ -186,8 +185,7 @@ def _run_fingerprint(fingerprint: dict[str, Any] | None, n_train: int, epochs: i
     """What a checkpoint must share with this run to be resumed: the caller's fingerprint and the plan
     of the run (checkpoint_every may change between an interrupted run and its resumption)."""
     train = {f"train.{k}": v for k, v in dataclasses.asdict(params).items() if k != "checkpoint_every"}
-    plan = {"fit.n_train": n_train, "fit.epochs": epochs, "fit.seed": seed, "fit.valid_metric": valid_metric,
-            "code": code_version()}
+    plan = {"fit.n_train": n_train, "fit.epochs": epochs, "fit.seed": seed, "fit.valid_metric": valid_metric}
     return {**plan, **train, **(fingerprint or {})}
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.core.config import ConfigError
 from pipeline.core.errors import UserError
-from pipeline.core.identity import code_version, file_digest, input_identity
+from pipeline.core.identity import file_digest, input_identity
 from pipeline.core.runtime import entry_point
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,5 +97,23 @@ def test_input_identity_follows_content_not_time(tmp_path: Path) -> None:
     assert file_digest(a) == input_identity([a])[f"input:{a}"]
 
 
-def test_code_version_is_a_digest_of_the_package() -> None:
-    assert len(code_version()) == 32 and code_version() == code_version()
+def test_code_version_covers_the_stage_import_closure_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage's code digest changes with a module it imports, not with one it does not import."""
+    import shutil
+
+    from pipeline.core import identity
+
+    package = tmp_path / "pipeline"
+    shutil.copytree(identity.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(identity, "PACKAGE", package)
+
+    def versions() -> tuple[str, str]:
+        return identity.code_version("pipeline.prepare"), identity.code_version("pipeline.report")
+
+    prepare, report = versions()
+    with (package / "evaluation" / "report.py").open("a") as f:
+        f.write("\n# an edit\n")
+    assert versions()[0] == prepare and versions()[1] != report  # prepare does not import the report
+    with (package / "data" / "datasets.py").open("a") as f:
+        f.write("\n# an edit\n")
+    assert versions()[0] != prepare

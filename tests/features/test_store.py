@@ -187,6 +187,22 @@ def test_resume_drops_a_chunk_cut_off_mid_write(tmp_path):
     np.testing.assert_array_equal(FeatureReader(path, CONFIG).read("clip02")["frames"], clip_arrays(2)["frames"])
 
 
+def test_resume_only_with_the_same_inputs_and_code(tmp_path, caplog):
+    """The identity (input digests, code version) is compared like the config, and not recorded in the file."""
+    path = tmp_path / "f.h5"
+    first = {"input:manifest.csv": "aa", "code": "c1"}
+    with FeatureWriter(path, CONFIG, identity=first) as w:
+        w.write("clip00", clip_arrays(0))
+    with FeatureWriter(path, CONFIG, identity=first) as w:
+        assert w.done_ids() == {"clip00"}
+    with caplog.at_level("WARNING"), FeatureWriter(path, CONFIG, identity={**first, "input:manifest.csv": "bb"}) as w:
+        assert w.done_ids() == set()
+        w.write("clip01", clip_arrays(1))
+        w.finalize()
+    assert "other inputs, config or code" in caplog.text and "input:manifest.csv" in caplog.text
+    assert FeatureReader(path, CONFIG).ids() == ["clip01"]
+
+
 def test_resume_with_other_config_starts_over(tmp_path):
     path = tmp_path / "f.h5"
     write_file(path, [0, 1], finalize=False)

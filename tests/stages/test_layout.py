@@ -2,12 +2,12 @@
 no import cycles, no module imports a stage, the data stages start without the heavy libraries, and
 each DVC stage depends on exactly the project files it imports (so DVC reruns it when they change).
 
-The graph is built with `ast` from every module's `import` statements, including the ones inside
-functions (a lazy import is still a dependency)."""
+The graph (pipeline/core/identity.py, which also digests a stage's code for its checkpoints) is built
+with `ast` from every module's `import` statements, including the ones inside functions (a lazy import
+is still a dependency)."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -15,46 +15,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.core.identity import closure, import_graph, module_files
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "pipeline"
 HEAVY = ("torch", "transformers", "open_clip", "dvclive")
 LIGHT_STAGES = ("check", "prepare", "generate")
 
 
-def module_files() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of pipeline/ (packages by their __init__.py)."""
-    out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return out
-
-
 def stage_names() -> list[str]:
     """The stages: the modules directly under pipeline/ (the library lives in its subpackages)."""
     return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-
-
-def imports_of(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """The project modules `module` imports (absolute or relative, at any depth of the file)."""
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join(anchor + ([base] if base else []))
-            for alias in node.names:  # `from pipeline.features import media` imports the module media
-                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
-    return {m for m in found if m in modules and m != module}
-
-
-def import_graph() -> dict[str, set[str]]:
-    modules = module_files()
-    return {m: imports_of(m, p, modules) for m, p in modules.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -90,21 +61,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         if v not in index:
             visit(v)
     return found
-
-
-def closure(graph: dict[str, set[str]], start: str) -> set[str]:
-    """Every project module that importing `start` loads (with the packages above each)."""
-    seen: set[str] = set()
-    todo = [start]
-    while todo:
-        m = todo.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        todo.extend(graph[m])
-        parts = m.split(".")
-        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-    return seen
 
 
 def test_the_graph_sees_lazy_and_package_imports() -> None:
