@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from pipeline.core.config import ConfigError
 from pipeline.core.errors import UserError
 
 if TYPE_CHECKING:  # imported where used: the data stages (generate, prepare, floor) start without torch
@@ -81,7 +82,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise ConfigError(f"device {name!r} requested but CUDA is not available on this machine; set the "
+                          "params' device to 'cpu' or 'auto'")
     return device
 
 
