@@ -140,7 +140,6 @@ import functools
 import json
 import logging
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,6 +148,7 @@ import pandas as pd
 
 from pipeline.core.errors import UserError
 from pipeline.core.registry import Registry
+from pipeline.core.runtime import entry_point
 from pipeline.evaluation.retrieval_metrics import metrics_from_per_query, read_per_query_ap
 
 logger = logging.getLogger(__name__)
@@ -418,9 +418,16 @@ def metrics_from_csv(path: Path, metric_set: str = "mosi_mosei") -> dict[str, fl
     direction, id, label, ap; retrieval.write_per_query_ap) for ``retrieval``. Errors (missing
     columns, non-numeric, empty or non-finite values, APs outside [0, 1]) are raised as ValueError
     (PredictionsError, a UserError) naming the file; for a bad value, also its column, its data row
-    (counting from 0 below the header) and the value.
+    (counting from 0 below the header) and the value. A file that is missing or that pandas cannot
+    parse is a PredictionsError too, naming the file, on one line.
     """
-    return METRIC_SETS.get(metric_set).from_csv(Path(path))
+    try:
+        return METRIC_SETS.get(metric_set).from_csv(Path(path))
+    except UserError:
+        raise
+    except (OSError, ValueError) as exc:  # pandas' ParserError / EmptyDataError do not name the file
+        message = " ".join(str(exc).split())
+        raise PredictionsError(message if str(path) in message else f"{path}: {message}") from exc
 
 
 def summarize_seeds(per_seed: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -457,9 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m pipeline.evaluation.metrics [--metric-set NAME] predictions.csv [...]` prints each CSV's metrics
     as JSON.
 
-    Output: one JSON object ``{path: {metric: value, ...}, ...}`` (nan -> null).
-    Returns 0, or 2 (the user's error: one line ``error: <message>`` on stderr, no traceback) when a CSV is
-    missing, cannot be parsed or cannot be scored.
+    Output: one JSON object ``{path: {metric: value, ...}, ...}`` (nan -> null). A CSV that is missing,
+    cannot be parsed or cannot be scored raises PredictionsError: run through `runtime.entry_point`, as
+    `python -m` does, that is one line ``error: <message>`` on stderr and exit code 2.
     """
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.evaluation.metrics",
@@ -472,17 +479,10 @@ def main(argv: list[str] | None = None) -> int:
                         "or retrieval (audio-visual mAP from a per-query AP CSV)")
     args = parser.parse_args(argv)
 
-    results: dict[str, dict[str, float | None]] = {}
-    for path in args.csv:
-        try:
-            results[str(path)] = json_safe(metrics_from_csv(path, args.metric_set))
-        except (OSError, ValueError) as exc:  # pandas' ParserError is a ValueError; it does not name the file
-            message = " ".join(str(exc).split("\n")).strip()
-            print(f"error: {message if str(path) in message else f'{path}: {message}'}", file=sys.stderr)
-            return 2
+    results = {str(path): json_safe(metrics_from_csv(path, args.metric_set)) for path in args.csv}
     print(json.dumps(results, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry_point(main)

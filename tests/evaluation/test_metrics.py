@@ -16,6 +16,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from pipeline.core.config import ConfigError
+from pipeline.core.runtime import entry_point
 from pipeline.data.datasets import DATASETS
 from pipeline.evaluation import retrieval_metrics
 from pipeline.evaluation.metrics import (
@@ -260,10 +261,17 @@ def test_main_prints_json(tmp_path, capsys):
     assert out[str(b)]["mae"] == pytest.approx(0.5)
 
 
+def cli(argv: list[str]) -> int:
+    """The command's exit code, run as `python -m pipeline.evaluation.metrics` runs it (runtime.entry_point)."""
+    with pytest.raises(SystemExit) as done:
+        entry_point(main, argv)
+    return done.value.code
+
+
 def test_main_error_returns_2(tmp_path, capsys):
     path = tmp_path / "bad.csv"
     pd.DataFrame({"id": ["a"], "label": [0.1]}).to_csv(path, index=False)
-    assert main([str(path)]) == 2
+    assert cli([str(path)]) == 2
     err = capsys.readouterr().err
     assert "missing column(s) ['pred']" in err
 
@@ -280,7 +288,7 @@ def test_main_error_returns_2(tmp_path, capsys):
 def test_main_names_the_file_column_row_and_value(tmp_path, capsys, text, expected):
     path = tmp_path / "bad.csv"
     path.write_text(text)
-    assert main([str(path)]) == 2
+    assert cli([str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"error: {path}: ") and captured.err.count("\n") == 1  # one line
@@ -589,7 +597,7 @@ def test_retrieval_from_csv_errors_name_the_file(tmp_path, capsys, text, match):
     path.write_text(text)
     with pytest.raises(ValueError, match=match):
         metrics_from_csv(path, "retrieval")
-    assert main(["--metric-set", "retrieval", str(path)]) == 2
+    assert cli(["--metric-set", "retrieval", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}: ") and err.count("\n") == 1
 
