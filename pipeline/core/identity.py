@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -70,8 +70,9 @@ def import_graph() -> dict[str, set[str]]:
     return {m: imports_of(m, p, modules) for m, p in modules.items()}
 
 
-def closure(graph: dict[str, set[str]], start: str) -> set[str]:
-    """Every project module that importing `start` loads (with the packages above each)."""
+def closure(imports: Callable[[str], set[str]], start: str) -> set[str]:
+    """Every project module that importing `start` loads (with the packages above each); `imports(m)`
+    gives a module's direct imports (`import_graph().__getitem__`, or `imports_of` read on demand)."""
     seen: set[str] = set()
     todo = [start]
     while todo:
@@ -79,7 +80,7 @@ def closure(graph: dict[str, set[str]], start: str) -> set[str]:
         if m in seen:
             continue
         seen.add(m)
-        todo.extend(graph[m])
+        todo.extend(imports(m))
         parts = m.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
     return seen
@@ -90,9 +91,9 @@ def code_version(module: str) -> str:
     closure, which is exactly what its DVC stage depends on (tests/stages/test_layout.py), and the model
     configs. Editing a module the stage does not import (the report, say) leaves it unchanged, so an
     interrupted hours-long run can still resume; any change to the stage's own code, even one that does
-    not change results, starts afresh. About 50 ms (it parses the package)."""
+    not change results, starts afresh. It parses the closure's modules: 0.13 s for extract, 0.3 s for distill."""
     modules = module_files()
-    files = {modules[m] for m in closure(import_graph(), module)}
+    files = {modules[m] for m in closure(lambda m: imports_of(m, modules[m], modules), module)}
     files |= set((PACKAGE / "features" / "model_configs").glob("*.json"))
     h = hashlib.blake2b(digest_size=16)
     for path in sorted(files):

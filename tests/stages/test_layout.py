@@ -124,7 +124,7 @@ def test_every_dvc_stage_depends_on_exactly_the_code_it_imports() -> None:
     for name, spec in dvc_stages().items():
         body = spec.get("do", spec)
         stage = body["cmd"].split("-m pipeline.")[1].split()[0]
-        needed = {str(modules[m].relative_to(ROOT)) for m in closure(graph, f"pipeline.{stage}")
+        needed = {str(modules[m].relative_to(ROOT)) for m in closure(graph.__getitem__, f"pipeline.{stage}")
                   if modules[m].name != "__init__.py"}
         listed = {d for d in body["deps"] if d.startswith("pipeline/") and d.endswith(".py")}
         if needed - listed:
