@@ -14,6 +14,8 @@ fix (exit code 2), and no other stage runs or loses anything. It checks:
 
 - every key, type and value of params.yaml against its meaning (core/config.py `check_params`);
 - that a real dataset is where `dataset` says, with its layout (data/datasets.py);
+- where video and audio come from (`extract.<m>.source`: the clips, or a feature file inside the
+  dataset's folder that exists and has a known format; features/precomputed.py);
 - the CLIP model and weights `clip` names (features/clip.py), without building them;
 - the student's text encoder `distill.student.pretrained` (models/pretrained.py), without loading it.
 
@@ -30,6 +32,7 @@ from pipeline.core.config import PARAMS_FILE, ClipParams, check_params, load_sec
 from pipeline.core.runtime import entry_point, setup_logging, stage
 from pipeline.data.datasets import check_dataset_present
 from pipeline.features.clip import check_clip_source
+from pipeline.features.precomputed import check_sources
 from pipeline.models.pretrained import check_pretrained
 
 CHECKED = "params.yaml and the dataset passed `python -m pipeline.check`\n"
@@ -40,6 +43,7 @@ def run(out: Path) -> None:
     with stage("check", [PARAMS_FILE, paths.raw_dir(dataset)], [out]):
         check_params()
         check_dataset_present(dataset)
+        check_sources(load_section("extract"), dataset)
         clip: ClipParams = load_section("clip")
         check_clip_source(clip.model, clip.pretrained)
         check_pretrained(load_section("distill").student.pretrained)

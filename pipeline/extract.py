@@ -1,6 +1,6 @@
 """Stage extract@<modality>: cached, versioned per-clip features.
 
-Reads  data/prepared/<ds>/manifest.csv and the clips it names
+Reads  data/prepared/<ds>/manifest.csv and the clips it names (or the feature file `extract.<m>.source` names)
 Writes data/features/<ds>/<modality>.h5 and data/features/<ds>/failures_<modality>.csv
 
     video  sampled frames -> frozen CLIP image embeddings, `frames` (F, D)
@@ -9,6 +9,10 @@ Writes data/features/<ds>/<modality>.h5 and data/features/<ds>/failures_<modalit
            (`extract.text.templates` x the sentiment bins `extract.text.classes`; for a dataset with
            named classes, the retrieval task, `class_templates` x the manifest's class names, and no
            transcripts: those datasets have none, so every clip's text modality is absent)
+
+Video and audio whose `extract.<m>.source` is a precomputed feature file (a .csd, an MMSA pickle,
+vegas_feature.h5 inside data/raw/<ds>/) are imported from it instead: `features` (n, d) per clip
+(features/precomputed.py).
 
 Command: python -m pipeline.extract {video,audio,text}
    or    torchrun --nproc-per-node N -m pipeline.extract {video,audio,text}
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+
+import pandas as pd
 
 from pipeline.core import paths
 from pipeline.core.config import (
@@ -34,6 +40,7 @@ from pipeline.core.identity import run_identity
 from pipeline.core.runtime import Ranks, entry_point, process_group, rank_device, seed_everything, setup_logging, stage
 from pipeline.data.datasets import dataset_classes, read_manifest
 from pipeline.features.extraction import Failures, _todo, check_failures, extract_shard, feature_config, versions
+from pipeline.features.precomputed import SOURCED, Source, import_source, resolve_source, source_versions
 from pipeline.features.store import FeatureWriter
 
 log = logging.getLogger(__name__)
@@ -46,8 +53,11 @@ def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipPar
     ranks = ranks or Ranks()
     manifest = read_manifest(paths.manifest(dataset))
     classes = dataset_classes(manifest)
-    config = feature_config(modality, params, clip_params, classes)
+    config = feature_config(modality, params, clip_params, classes, dataset)
     out, fail_csv = paths.features(dataset, modality), paths.failures(dataset, modality)
+    source = resolve_source(modality, getattr(params, modality).source, dataset) if modality in SOURCED else None
+    if source is not None and not source.media:
+        return import_features(source, dataset, manifest, params, config)
     device = rank_device(params.run.device, ranks)
     failures = Failures()
     identity = run_identity("extract", [paths.manifest(dataset)])  # what resuming a .partial file must share
@@ -70,6 +80,22 @@ def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipPar
             check_failures(every, len(manifest), params.max_failure_ratio, fail_csv, modality)
             writer.finalize()
             log.info("extract@%s: %d clips, %d failures", modality, len(manifest) - len(every.rows), len(every.rows))
+
+
+def import_features(source: Source, dataset: str, manifest: pd.DataFrame, params: ExtractParams,
+                    config: dict) -> None:
+    """<m>.h5 from a precomputed feature file (one process: reading is all it does)."""
+    modality, read = source.modality, paths.raw_dir(dataset) / source.file
+    out, fail_csv = paths.features(dataset, modality), paths.failures(dataset, modality)
+    identity = run_identity("extract", [paths.manifest(dataset), read])
+    with stage(f"extract@{modality} from {source}", [paths.manifest(dataset), read], [out, fail_csv]):
+        failures = Failures()
+        with FeatureWriter(out, config, {**versions(), **source_versions(source, dataset)},
+                           identity=identity) as writer:
+            import_source(source, dataset, manifest, writer, failures)
+            failures.write(fail_csv)
+            check_failures(failures, len(manifest), params.max_failure_ratio, fail_csv, modality)
+            writer.finalize()
 
 
 def main(argv: list[str] | None = None) -> None:

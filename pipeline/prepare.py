@@ -2,7 +2,8 @@
 
 Reads  data/raw/<dataset>/ (layout given by the dataset: MMSA for synthetic_sentiment, mosi, mosei,
        sims: label.csv + Raw/<video_id>/<clip_id>.mp4; csv: data/raw/csv/manifest.csv; VEGAS for
-       synthetic_av, vegas: <class>/<id>.mp4 + folds/fold_<k>.txt, split by params `prepare`)
+       synthetic_av, vegas: <class>/<id>.mp4 + folds/fold_<k>.txt, split by params `prepare`;
+       vegas_features: vegas_feature.h5 [+ classes.txt], its train/test split, valid carved from train)
 Writes data/prepared/<dataset>/manifest.csv (id, split, label, text, video, video_id, clip_id, then
        label_T, label_A, label_V, audio, class_name and fold when the dataset has them; a VEGAS
        manifest's label is the class index and its text is empty)

@@ -87,6 +87,18 @@ def _check_device(value: str, key: str = "device") -> None:
         raise ConfigError(f"{key}: unknown device {value!r}; expected {DEVICE_FORMS}")
 
 
+def _check_source(value: str, key: str) -> None:
+    """`auto`, `media`, or a relative path inside the dataset's folder (`file[:key]`); the file's format and
+    key are checked by features/precomputed.py (stage check), which knows the formats."""
+    path = value.split(":", 1)[0]
+    if value in ("auto", "media"):
+        return
+    if not path or path.startswith(("/", "\\")) or ".." in path.replace("\\", "/").split("/"):
+        raise ConfigError(f"{key}: expected auto, media, or a feature file's path relative to data/raw/<dataset>/ "
+                          f"(e.g. CMU_MOSI_COVAREP.csd, unaligned_50.pkl:audio), got {value!r}: put the file inside "
+                          "the dataset's folder, so that DVC versions it with the dataset")
+
+
 def _check_templates(templates: list[str], key: str) -> None:
     if not templates:
         raise ConfigError(f"{key}: needs at least one template")
@@ -98,7 +110,8 @@ def _check_templates(templates: list[str], key: str) -> None:
 # --------------------------------------------------------------------------- sections
 
 
-DatasetName = Literal["synthetic_sentiment", "synthetic_av", "mosi", "mosei", "sims", "csv", "vegas"]
+DatasetName = Literal["synthetic_sentiment", "synthetic_av", "mosi", "mosei", "sims", "csv", "vegas",
+                      "vegas_features"]
 StudentName = Literal["va-none", "va-kd", "va-self", "va-videoadviser", "msd-none", "msd-kd", "msd-uniform",
                       "msd-population", "msd-instance", "msd-learned"]  # <family>-<method>: distillation/families.py
 Backend = Literal["decord", "pyav"]  # features/media.py
@@ -231,6 +244,10 @@ class VideoParams:
     frames: Size  # uniform sampling: frames per clip
     fps: Positive  # fps sampling: frames per second of video
     max_frames: Size  # fps / all sampling: at most this many frames per clip (uniformly thinned beyond)
+    source: str = "auto"  # auto | media | <file>[:<key>] in data/raw/<dataset>/ (features/precomputed.py)
+
+    def __post_init__(self) -> None:
+        _check_source(self.source, "source")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,8 +258,10 @@ class AudioParams:
     hop_ms: Positive
     fmin: NonNegative
     fmax: Positive
+    source: str = "auto"  # auto | media | <file>[:<key>] in data/raw/<dataset>/ (features/precomputed.py)
 
     def __post_init__(self) -> None:
+        _check_source(self.source, "source")
         if not self.fmin < self.fmax <= self.sample_rate / 2:
             raise ConfigError(f"fmax: need fmin < fmax <= sample_rate / 2 (Nyquist), got fmin={self.fmin}, "
                               f"fmax={self.fmax}, sample_rate={self.sample_rate}")

@@ -49,6 +49,7 @@ store.py, the only module that imports h5py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -263,7 +264,7 @@ def _check_entry(path: Path, key: str, features: np.ndarray, intervals: np.ndarr
     with np.errstate(over="ignore"):
         features = features.astype(np.float32)
     bad = ~np.isfinite(features)
-    if bad.any():
+    if bad.any() and nonfinite != "keep":
         if nonfinite == "error":
             raise CsdError(f"{where}: {int(bad.sum())} non-finite values in features (NaN, inf, or too large for "
                            f"float32); import with nonfinite='zero' (--nonfinite zero) to replace them with 0")
@@ -328,6 +329,55 @@ def file_md5(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+@dataclasses.dataclass
+class CsdMatch:
+    """How a computational sequence's entries map to a manifest's clips (`match_csd`)."""
+
+    path: Path
+    root_group: str
+    root_name: str
+    metadata: dict[str, Any]
+    plan: dict[str, list[tuple[str, tuple[float, float] | None]]]  # .csd key -> [(clip id, span to cut)]
+    missing: dict[str, str]  # clip id -> why it has no entry (filled further by `clip_arrays`)
+
+    def source(self) -> dict[str, Any]:
+        return {"file": self.path.name, "md5": file_md5(self.path), "root name": self.root_name,
+                "root group": self.root_group}
+
+    def clip_arrays(self, nonfinite: str, skip: frozenset[str] | set[str] = frozenset()
+                    ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(clip id, features (n, d) float32, intervals (n, 2) float64) of every matched clip not in `skip`,
+        entry by entry; a clip whose cut is empty goes to `missing`. `nonfinite`: NONFINITE, or "keep"
+        (left for the caller)."""
+        todo = {k: [(c, s) for c, s in clips if c not in skip] for k, clips in self.plan.items()}
+        todo = {k: clips for k, clips in todo.items() if clips}
+        for key, features, intervals in read_csd_entries(self.path, self.root_group, sorted(todo)):
+            features, intervals = _check_entry(self.path, key, features, intervals, nonfinite)
+            for clip_id, span in todo[key]:
+                feats, ivs = (features, intervals) if span is None else _cut(features, intervals, *span)
+                if len(feats) == 0:
+                    self.missing[clip_id] = (f"entry {key!r} has no rows" if span is None else
+                                             f"no rows of {key!r} in [{span[0]}, {span[1]})")
+                    continue
+                yield clip_id, feats, ivs
+
+
+def match_csd(csd: Path, manifest: pd.DataFrame) -> CsdMatch:
+    """Read a computational sequence's header and match its keys to the manifest's clips (module docstring);
+    CsdError when no entry matches any clip."""
+    csd = Path(csd)
+    if "id" not in manifest.columns:
+        raise CsdError(f"the manifest has no `id` column (columns: {list(manifest.columns)})")
+    manifest = manifest.reset_index(drop=True)
+    root_group, keys, metadata = read_csd_header(csd)
+    plan, missing = _plan(manifest, set(keys))
+    if not plan:
+        raise CsdError(f"{csd}: none of its {len(keys)} entries (e.g. {sorted(keys)[:3]}) matches a clip of the "
+                       f"manifest (e.g. {manifest['id'].astype(str).tolist()[:3]}); keys must be clip ids, "
+                       f"<video_id>[<clip_id>], or video ids")
+    return CsdMatch(csd, root_group, str(metadata.get("root name") or root_group), metadata, plan, missing)
+
+
 def import_csd(
     csd: Path,
     out_h5: Path,
@@ -348,43 +398,24 @@ def import_csd(
     csd, out_h5 = Path(csd), Path(out_h5)
     if nonfinite not in NONFINITE:
         raise ValueError(f"nonfinite must be one of {NONFINITE}, got {nonfinite!r}")
-    if "id" not in manifest.columns:
-        raise CsdError(f"the manifest has no `id` column (columns: {list(manifest.columns)})")
-    manifest = manifest.reset_index(drop=True)
-    root_group, keys, metadata = read_csd_header(csd)
-    root_name = str(metadata.get("root name") or root_group)
-    plan, missing = _plan(manifest, set(keys))
-    if not plan:
-        raise CsdError(f"{csd}: none of its {len(keys)} entries (e.g. {sorted(keys)[:3]}) matches a clip of the "
-                       f"manifest (e.g. {manifest['id'].astype(str).tolist()[:3]}); keys must be clip ids, "
-                       f"<video_id>[<clip_id>], or video ids")
+    match = match_csd(csd, manifest)
     config = {
-        "modality": name or root_name,
-        "source": {"file": csd.name, "md5": file_md5(csd), "root name": root_name, "root group": root_group},
-        "metadata": metadata,
+        "modality": name or match.root_name,
+        "source": match.source(),
+        "metadata": match.metadata,
         "nonfinite": nonfinite,
         "intervals": "seconds as in the source; video-level entries cut to the manifest's [start, end)",
     }
     with FeatureWriter(out_h5, config, versions={"numpy": np.__version__}) as writer:
-        done = writer.done_ids()
-        todo = {k: [(c, s) for c, s in clips if c not in done] for k, clips in plan.items()}
-        todo = {k: clips for k, clips in todo.items() if clips}
-        for key, features, intervals in read_csd_entries(csd, root_group, sorted(todo)):
-            features, intervals = _check_entry(csd, key, features, intervals, nonfinite)
-            for clip_id, span in todo[key]:
-                feats, ivs = (features, intervals) if span is None else _cut(features, intervals, *span)
-                if len(feats) == 0:
-                    missing[clip_id] = (f"entry {key!r} has no rows" if span is None else
-                                        f"no rows of {key!r} in [{span[0]}, {span[1]})")
-                    continue
-                writer.write(clip_id, {"features": feats, "intervals": ivs})
+        for clip_id, features, intervals in match.clip_arrays(nonfinite, skip=writer.done_ids()):
+            writer.write(clip_id, {"features": features, "intervals": intervals})
         written = len(writer.done_ids())
         writer.finalize()
-    absent = [i for i in manifest["id"].astype(str) if i in missing]
+    absent = [i for i in manifest["id"].astype(str) if i in match.missing]
     if absent:
         log.warning("%d of %d manifest clips have no entry in %s, e.g. %s", len(absent), len(manifest), csd,
-                    "; ".join(f"{i}: {missing[i]}" for i in absent[:3]))
-    log.info("imported <%s> from %s: %d clips -> %s", root_name, csd, written, out_h5)
+                    "; ".join(f"{i}: {match.missing[i]}" for i in absent[:3]))
+    log.info("imported <%s> from %s: %d clips -> %s", match.root_name, csd, written, out_h5)
     return written, absent
 
 

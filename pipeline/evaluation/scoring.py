@@ -19,7 +19,9 @@ Efficiency (the models of the first seed; latency depends on the architecture, n
 or the seed): `params` counts every parameter inference needs (the teacher includes the frozen
 CLIP; a multimodal or retrieval student too, since it needs CLIP frame embeddings), and latency
 is wall time per clip from the raw inputs to the prediction (latency.py), at batch 1 and batched
-(`evaluate.latency.batch_size`), on the machine at hand (`device` is recorded). Students of the
+(`evaluate.latency.batch_size`), on the machine at hand (`device` is recorded). A model that reads
+precomputed features (`extract.<m>.source`, features/precomputed.py) has no raw-clip path: it is
+not timed (null, with a note), as the retrieval floor's probes are not. Students of the
 same kind share one architecture, so latency is measured once per kind, on the first such student,
 and the others record `latency_of` (timing them all would only rank measurement noise). The
 `teacher_self` control is never deployed: its latency is not measured (null).
@@ -49,6 +51,7 @@ from pipeline.evaluation.latency import (
 from pipeline.evaluation.metrics import METRIC_SETS, json_safe, summarize_seeds
 from pipeline.features.arrays import FeatureArrays, load_features
 from pipeline.features.clip import load_clip
+from pipeline.features.precomputed import sources
 from pipeline.models.floor import ProbeFloor, TextFloor, load_floor
 from pipeline.models.teacher import load_teacher
 from pipeline.tasks.table import task_of
@@ -71,6 +74,7 @@ class Evaluation:
         self.test_rows = np.flatnonzero(self.manifest["split"].to_numpy() == "test")
         self.test = self.manifest.iloc[self.test_rows].reset_index(drop=True)
         self.device = resolve_device(params.device)
+        self.sources = sources(extract, dataset)  # where video and audio come from
         self._features: dict[tuple[int, int], FeatureArrays] = {}
         self.latency_by_kind: dict[str, tuple[str, dict[str, Any]]] = {}
 
@@ -83,10 +87,7 @@ class Evaluation:
     def test_features(self, video_tokens: int, audio_tokens: int) -> FeatureArrays:
         """The test clips' rows of `features`."""
         full = self.features(video_tokens, audio_tokens)
-        rows = torch.from_numpy(self.test_rows)
-        return FeatureArrays(ids=self.test["id"].tolist(), video=full.video[rows], audio=full.audio[rows],
-                             text=full.text[rows], present=full.present[rows], prompts=full.prompts,
-                             classes=full.classes)
+        return full.rows(torch.from_numpy(self.test_rows))
 
     def present(self, modality: str) -> np.ndarray:
         """(N_test,) bool: the test clips that have `modality`'s features (retrieval: queries and items)."""
@@ -136,7 +137,18 @@ class Evaluation:
         if name == FLOOR and isinstance(probes := load_floor(paths.floor_dir(self.dataset)), ProbeFloor):
             return {"params": probes.n_parameters, "inputs": "video+audio (time-averaged cached features)",
                     **untimed, "note": "linear probes on cached features: not timed from raw clips"}
+        if name == TEACHER and (files := self.precomputed(self.task.teacher_inputs)):
+            teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed, name))
+            needs_clip = "text" in self.task.teacher_inputs.split("+")  # the transcript's CLIP embedding
+            return {"params": count_parameters(teacher, *([self.frozen_clip.model] if needs_clip else [])),
+                    "inputs": f"{self.task.teacher_inputs} (precomputed: {files})", **untimed,
+                    "note": f"reads precomputed features ({files}): not timed from raw clips"}
         kind, pipeline, inputs = self.inference_pipeline(name, seed)
+        if files := self.precomputed(inputs):  # a student: it never needs CLIP's text tower
+            modules = [m for m in pipeline.modules()
+                       if not (m is self.frozen_clip.model and not self.sources["video"].media)]
+            return {"params": count_parameters(*modules), "inputs": f"{inputs} (precomputed: {files})", **untimed,
+                    "note": f"reads precomputed features ({files}): not timed from raw clips"}
         if kind in self.latency_by_kind:
             source, timed = self.latency_by_kind[kind]
             return {"params": count_parameters(*pipeline.modules()), "inputs": inputs, **timed, "latency_of": source}
@@ -148,6 +160,11 @@ class Evaluation:
                  result["params"], inputs, result["latency_ms_b1"], result["latency_ms_batched"],
                  result["batch_size"], result["device"])
         return result
+
+    def precomputed(self, inputs: str) -> str:
+        """The precomputed feature files among a model's `inputs` (e.g. "video+audio+text"), "" when none:
+        such a model cannot be run from a raw clip (features/precomputed.py)."""
+        return ", ".join(str(s) for m, s in self.sources.items() if not s.media and m in inputs.split("+"))
 
     def inference_pipeline(self, name: str, seed: int) -> tuple[str, Any, str]:
         """(kind, the model of `name` (its `seed`) wrapped end to end from raw clip to prediction, its inputs)."""

@@ -44,6 +44,7 @@ from pipeline.core.config import (
 from pipeline.core.errors import UserError
 from pipeline.features import media
 from pipeline.features.clip import ImagePreprocess, clip_config, load_clip
+from pipeline.features.precomputed import SOURCED, resolve_source
 from pipeline.features.store import FeatureWriter
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,8 @@ def video_config(clip: ClipParams, video: VideoParams) -> dict[str, Any]:
 
 
 def audio_config(audio: AudioParams) -> dict[str, Any]:
-    return {"modality": "audio", **dataclasses.asdict(audio), "feature": "logmel_db"}
+    settings = {k: v for k, v in dataclasses.asdict(audio).items() if k != "source"}
+    return {"modality": "audio", **settings, "feature": "logmel_db"}
 
 
 def text_config(clip: ClipParams, templates: list[str], classes: list[str], transcripts: bool = True) -> dict[str, Any]:
@@ -81,10 +83,14 @@ def prompt_classes(params: ExtractParams, classes: list[str] | None) -> tuple[li
     return params.text.class_templates, classes
 
 
-def feature_config(modality: str, params: ExtractParams, clip_params: ClipParams,
-                   classes: list[str] | None = None) -> dict[str, Any]:
-    """The configuration recorded in (and required of) the feature file of `modality`; `classes`:
-    the dataset's named classes (None for sentiment datasets)."""
+def feature_config(modality: str, params: ExtractParams, clip_params: ClipParams, classes: list[str] | None,
+                   dataset: str) -> dict[str, Any]:
+    """The configuration recorded in (and required of) `dataset`'s feature file of `modality`; `classes`:
+    the dataset's named classes (None for sentiment datasets). A modality whose source is a precomputed
+    file (features/precomputed.py) records that source instead of the extraction settings."""
+    if modality in SOURCED and not (source := resolve_source(modality, getattr(params, modality).source,
+                                                               dataset)).media:
+        return source.config()
     if modality == "video":
         return video_config(clip_params, params.video)
     if modality == "audio":

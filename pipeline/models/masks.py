@@ -1,5 +1,5 @@
 """Modality masks shared by the teacher, the students and MSD: modality dropout, keeping one modality,
-and the audio standardisation buffers."""
+and the input standardisation buffers."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def set_audio_stats(model: nn.Module, audio: torch.Tensor, present: torch.Tensor) -> None:
-    """Set `model`'s audio_mean / audio_std buffers (n_mels,) to the per-bin mean and std of the log-mel
-    frames of the clips with audio: audio (N, A, n_mels), present (N,) bool. std is floored at 1e-3."""
-    frames = audio[present].flatten(0, 1)  # (N' * A, n_mels)
+def set_feature_stats(model: nn.Module, modality: str, features: torch.Tensor, present: torch.Tensor) -> None:
+    """Set `model`'s <modality>_mean / <modality>_std buffers (C,) to the per-feature mean and std of the
+    frames of the clips that have the modality: features (N, T, C) (log-mel bins, precomputed video
+    features), present (N,) bool. std is floored at 1e-3. A model without those buffers is left as it is
+    (the teacher standardises video only when it is precomputed)."""
+    if not hasattr(model, f"{modality}_mean"):
+        return
+    frames = features[present].flatten(0, 1)  # (N' * T, C)
     if len(frames):
-        model.audio_mean.copy_(frames.mean(0))
-        model.audio_std.copy_(frames.std(0, correction=int(len(frames) > 1)).clamp_min(1e-3))
+        getattr(model, f"{modality}_mean").copy_(frames.mean(0))
+        getattr(model, f"{modality}_std").copy_(frames.std(0, correction=int(len(frames) > 1)).clamp_min(1e-3))
 
 
 def modality_dropout(present: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:

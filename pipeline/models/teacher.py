@@ -4,12 +4,19 @@ Teacher (VideoAdviser's multimodal teacher, DESIGN.md "Teacher"): over frozen CL
 embeddings v_1..v_F, log-mel audio frames, the CLIP transcript embedding e_t and the K
 CLIP class-prompt embeddings P_k,
 
-    video tokens, v      = TemporalEncoder(v_1..v_F)               (CLIP4Clip seqTransf)
+    video tokens, v      = TemporalEncoder(V(v_1..v_F))            (CLIP4Clip seqTransf)
     audio tokens, a      = TemporalEncoder(W_a mel_1..mel_A)
     P'_k                 = P_k + alpha * Attn(P_k, [video tokens; audio tokens; e_t])   (X-CLIP prompts)
     z                    = u + f([v; a; e_t])                       CLIP-anchored fusion
     c_k                  = s * cos(z, P'_k)                         classification logits
     r_T                  = g(c)                                     step 1: logits -> regression
+
+**Video input V.** With CLIP frame embeddings (extract@video from the clips), V is the identity: the
+frames already live in the prompts' space. With precomputed video features (FACET, OpenFace,
+Inception: features/precomputed.py), V is a learned projection W_v (x - mu_v) / sigma_v of the
+features, standardised with the training set's per-feature statistics (as the audio is), into the
+teacher's D dimensions; u below is then the normalised mean of the projected frames, a learned
+anchor rather than CLIP's zero-shot embedding (there is no CLIP image embedding to start from).
 
 **CLIP-anchored fusion.** u is CLIP's own embedding of the clip: the normalised mean frame
 embedding normalize(mean_f v_f) (the clip embedding of CLIP4Clip's "meanP"); f is an MLP whose
@@ -64,6 +71,7 @@ class TeacherConfig:
     prompt_alpha: float
     mask: str  # zeros | learned
     step1_hidden: int
+    video_dim: int = 0  # features per video frame; 0: CLIP frame embeddings of size embed_dim (V = identity)
 
 
 class TemporalEncoder(nn.Module):
@@ -98,10 +106,15 @@ class PromptTeacher(nn.Module):
             raise ValueError(f"teacher.heads={c.heads} must divide the CLIP embedding size {c.embed_dim}")
         self.config = c
         self.register_buffer("prompts", prompts.clone().float())  # (K, D), frozen CLIP text embeddings
-        # per-mel-bin statistics of the training set (set by `set_audio_stats`), saved with the weights
+        # per-mel-bin statistics of the training set (set by masks.set_feature_stats), saved with the weights
         self.register_buffer("audio_mean", torch.zeros(c.audio_dim))
         self.register_buffer("audio_std", torch.ones(c.audio_dim))
         d = c.embed_dim
+        self.video_in: nn.Module = nn.Identity()  # CLIP frames: already in the prompts' space
+        if c.video_dim:  # precomputed video features: standardised, then projected (module docstring)
+            self.register_buffer("video_mean", torch.zeros(c.video_dim))
+            self.register_buffer("video_std", torch.ones(c.video_dim))
+            self.video_in = nn.Linear(c.video_dim, d)
         self.video = TemporalEncoder(d, c.frames, c.layers, c.heads, c.dropout)
         self.audio_in = nn.Linear(c.audio_dim, d)
         self.audio = TemporalEncoder(d, c.audio_tokens, c.layers, c.heads, c.dropout)
@@ -124,11 +137,13 @@ class PromptTeacher(nn.Module):
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor, text: torch.Tensor,
                 present: torch.Tensor) -> dict[str, torch.Tensor]:
-        """video (B, F, D), audio (B, A, n_mels), text (B, D), present (B, 3) bool in MODALITIES order.
+        """video (B, F, D) (precomputed: (B, F, video_dim)), audio (B, A, n_mels), text (B, D), present (B, 3)
+        bool in MODALITIES order.
 
         Returns logits (B, K), reg (B,) and the enhanced prompts (B, K, D).
         """
         b = video.shape[0]
+        video = self.project_video(video)  # (B, F, D)
         v_tok, v = self._encode(self.video, video, present[:, MODALITIES.index("video")])  # (B, F, D), (B, D)
         audio = self.audio_in((audio - self.audio_mean) / self.audio_std)  # (B, A, D)
         a_tok, a = self._encode(self.audio, audio, present[:, MODALITIES.index("audio")])  # (B, A, D), (B, D)
@@ -160,8 +175,14 @@ class PromptTeacher(nn.Module):
             return encoder(x)
         return torch.zeros_like(x), x.new_zeros(x.shape[0], x.shape[2])
 
+    def project_video(self, video: torch.Tensor) -> torch.Tensor:
+        """V: the identity on CLIP frames; W_v (x - mu_v) / sigma_v on precomputed features. (B, F, D)."""
+        if self.config.video_dim:
+            return self.video_in((video - self.video_mean) / self.video_std)
+        return video
+
     def anchor(self, video: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """u (B, D): normalize(mean_f v_f) if the video is kept, else normalize(e_t) if the transcript is,
+        """u (B, D) from the (projected) video (B, F, D): normalize(mean_f v_f) if the video is kept, else normalize(e_t) if the transcript is,
         else the learned anchor_token (module docstring)."""
         v_idx, t_idx = MODALITIES.index("video"), MODALITIES.index("text")
         u_video = F.normalize(video.mean(dim=1), dim=-1)  # (B, D)

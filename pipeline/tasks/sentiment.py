@@ -32,7 +32,7 @@ from pipeline.distillation.msd import student_columns
 from pipeline.evaluation.metrics import CSV_COLUMNS, METRIC_SETS
 from pipeline.features.arrays import FeatureArrays
 from pipeline.features.store import read_table
-from pipeline.models.masks import only_modality, set_audio_stats
+from pipeline.models.masks import only_modality, set_feature_stats
 from pipeline.tasks.base import TestSet
 from pipeline.training.teacher import subset_columns
 
@@ -71,7 +71,8 @@ class SentimentTask:
         model, tokenizer = build_student(params.student, kind, [texts[i] for i in train_idx], num_classes, features,
                                          second_order=second_order)
         if features is not None:
-            set_audio_stats(model, features.audio[train_idx], features.present[train_idx, MODALITIES.index("audio")])
+            set_feature_stats(model, "audio", features.audio[train_idx],
+                              features.present[train_idx, MODALITIES.index("audio")])
         return model, tokenizer, student_inputs(tokenize(tokenizer, texts, params.student.max_length), features)
 
     def preload_student(self) -> None:

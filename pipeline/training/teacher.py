@@ -75,7 +75,7 @@ from pipeline.distillation.losses import task_loss, teacher_loss
 from pipeline.features.arrays import FeatureArrays
 from pipeline.features.store import read_table, write_table
 from pipeline.models.inference import batched_outputs
-from pipeline.models.masks import modality_dropout, only_modality, set_audio_stats
+from pipeline.models.masks import modality_dropout, only_modality, set_feature_stats
 from pipeline.models.teacher import PromptTeacher, TeacherConfig, save_teacher
 from pipeline.tasks.base import Task
 from pipeline.training.loop import fit
@@ -122,16 +122,17 @@ def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
     (resumable: `checkpoints/<ds>/<name>/seed_<s>.pt` holds the last training state of an interrupted run,
     resumed only with the same `identity`: core/identity.py `input_identity` of the files `data` came from).
     `data.present` says which modalities each clip has (restrict it for the `self` teacher)."""
-    config = TeacherConfig(embed_dim=data.text.shape[1], audio_dim=data.audio.shape[2],
+    config = TeacherConfig(embed_dim=data.prompts.shape[1], audio_dim=data.audio.shape[2],
                            num_classes=len(data.classes), frames=data.video.shape[1],
                            audio_tokens=data.audio.shape[1], layers=params.layers, heads=params.heads,
                            dropout=params.dropout, prompt_alpha=params.prompt_alpha, mask=params.mask,
-                           step1_hidden=params.step1_hidden)
+                           step1_hidden=params.step1_hidden, video_dim=0 if data.video_is_clip else data.video.shape[2])
     device = train_device(params.train.device)
     train_idx = torch.from_numpy(np.flatnonzero(splits == "train"))
     valid_idx = torch.from_numpy(np.flatnonzero(splits == "valid"))
     model = PromptTeacher(config, data.prompts)
-    set_audio_stats(model, data.audio[train_idx], data.present[train_idx, MODALITIES.index("audio")])
+    for m in ("video", "audio"):
+        set_feature_stats(model, m, getattr(data, m)[train_idx], data.present[train_idx, MODALITIES.index(m)])
     model.to(device)
 
     def get_batch(i: torch.Tensor) -> dict[str, torch.Tensor]:

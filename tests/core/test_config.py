@@ -348,7 +348,7 @@ def test_check_params_accepts_the_project_params() -> None:
     [
         ({"dataset": "mosii"}, ConfigError,
          r"dataset: unknown value 'mosii'. Did you mean 'mosi'\? Available: \['synthetic_sentiment', "
-         r"'synthetic_av', 'mosi', 'mosei', 'sims', 'csv', 'vegas'\]"),
+         r"'synthetic_av', 'mosi', 'mosei', 'sims', 'csv', 'vegas', 'vegas_features'\]"),
         ({"distill__students": ["va-none", "va-fitnets"]}, ConfigError,
          r"distill.students\[1\]: unknown value 'va-fitnets'. Available: \['va-none', 'va-kd', "
          r"'va-self', 'va-videoadviser', 'msd-none', 'msd-kd', 'msd-uniform', 'msd-population', 'msd-instance', "

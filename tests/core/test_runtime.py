@@ -68,7 +68,7 @@ def test_a_stage_prints_one_line_through_python_m(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.splitlines() == ["error: dataset: unknown value 'mosii'. Did you mean 'mosi'? Available: "
                                         "['synthetic_sentiment', 'synthetic_av', 'mosi', 'mosei', 'sims', 'csv', "
-                                        "'vegas']"]
+                                        "'vegas', 'vegas_features']"]
 
 
 def test_a_user_error_in_a_seed_worker_reaches_the_stage() -> None:

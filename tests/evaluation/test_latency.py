@@ -22,7 +22,7 @@ from pipeline.data.synthetic import generate_sentiment
 from pipeline.evaluation import latency
 from pipeline.features.arrays import load_features
 from pipeline.features.clip import load_clip
-from pipeline.models.masks import set_audio_stats
+from pipeline.models.masks import set_feature_stats
 from pipeline.models.students import build_student, predict_student, tokenize
 from pipeline.models.teacher import PromptTeacher, TeacherConfig
 
@@ -178,7 +178,7 @@ def _teacher(data) -> PromptTeacher:
                            frames=data.video.shape[1], audio_tokens=data.audio.shape[1], layers=1, heads=2,
                            dropout=0.1, prompt_alpha=0.5, mask="learned", step1_hidden=8)
     teacher = PromptTeacher(config, data.prompts)
-    set_audio_stats(teacher, data.audio, data.present[:, MODALITIES.index("audio")])
+    set_feature_stats(teacher, "audio", data.audio, data.present[:, MODALITIES.index("audio")])
     nn.init.normal_(teacher.mask_tokens)  # so that a masked modality changes the output
     return teacher.eval()
 

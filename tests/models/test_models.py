@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.core.config import MODALITIES
-from pipeline.models.masks import set_audio_stats
+from pipeline.models.masks import set_feature_stats
 from pipeline.models.students import STUDENT_CONFIG, StudentConfig, TextStudent, load_student, save_student
 from pipeline.models.teacher import PromptTeacher, TeacherConfig, load_teacher, save_teacher
 
@@ -181,7 +181,7 @@ def test_set_audio_stats_standardises():
     audio[:, :, 3] = 7.0  # a constant mel bin: std clamped to 1e-3
     audio[1] = 1000.0  # a clip without audio must not count
     present = torch.tensor([True, False, True, True])
-    set_audio_stats(model, audio, present)
+    set_feature_stats(model, "audio", audio, present)
 
     frames = audio.numpy()[[0, 2, 3]].reshape(-1, N_MELS)  # 15 frames x 8 bins
     mean = frames.mean(axis=0)
@@ -204,7 +204,7 @@ def test_set_audio_stats_standardises():
 
 def test_set_audio_stats_without_audio_keeps_defaults():
     model = make_teacher()
-    set_audio_stats(model, torch.randn(2, A, N_MELS), torch.tensor([False, False]))
+    set_feature_stats(model, "audio", torch.randn(2, A, N_MELS), torch.tensor([False, False]))
     assert torch.equal(model.audio_mean, torch.zeros(N_MELS))
     assert torch.equal(model.audio_std, torch.ones(N_MELS))
 
@@ -231,7 +231,7 @@ def test_mask_token_trainability(mask):
 @pytest.mark.parametrize("mask", ["zeros", "learned"])
 def test_save_load_teacher_round_trip(tmp_path, mask):
     model = make_teacher(mask=mask)
-    set_audio_stats(model, torch.randn(3, A, N_MELS) * 2 + 1, torch.tensor([True, True, False]))
+    set_feature_stats(model, "audio", torch.randn(3, A, N_MELS) * 2 + 1, torch.tensor([True, True, False]))
     with torch.no_grad():
         model.alpha.fill_(0.37)
     path = tmp_path / "teacher.pt"
