@@ -56,8 +56,11 @@ def run(modality: str, dataset: str, params: ExtractParams, clip_params: ClipPar
     config = feature_config(modality, params, clip_params, classes, dataset)
     out, fail_csv = paths.features(dataset, modality), paths.failures(dataset, modality)
     source = resolve_source(modality, getattr(params, modality).source, dataset) if modality in SOURCED else None
-    if source is not None and not source.media:
-        return import_features(source, dataset, manifest, params, config)
+    if source is not None and not source.media:  # reading a file: rank 0 alone (the others have nothing to do)
+        if ranks.rank == 0:
+            import_features(source, dataset, manifest, params, config)
+        ranks.barrier()
+        return
     device = rank_device(params.run.device, ranks)
     failures = Failures()
     identity = run_identity("extract", [paths.manifest(dataset)])  # what resuming a .partial file must share

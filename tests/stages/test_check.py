@@ -69,3 +69,22 @@ def test_a_real_dataset_without_its_layout_is_named(project: Path, capsys: pytes
     (project / "data" / "raw" / "mosi" / "Raw").mkdir(parents=True)
     code, err = _check(project, capsys, dataset="mosi")
     assert code == 2 and err.startswith("error: dataset 'mosi': data/raw/mosi has no label.csv. Put CMU-MOSI")
+
+
+@pytest.mark.parametrize(("dataset", "edits", "line"), [
+    ("vegas_features", {"extract__video__source": "media"},
+     "error: extract.video.source: dataset 'vegas_features' has no clips to compute video features from; use auto "
+     "(vegas_feature.h5:visual)"),
+    ("mosi", {"extract__audio__source": "COVAREP.csd"},
+     "error: extract.audio.source: data/raw/mosi/COVAREP.csd not found; put the feature file inside data/raw/mosi/"),
+    ("mosi", {"extract__video__source": "aligned_50.pkl"},
+     "error: extract.video.source: a mmsa file needs a key after ':' naming its array, one of ['audio', 'vision']"),
+])
+def test_a_source_that_cannot_work_is_one_line(project: Path, capsys: pytest.CaptureFixture[str], dataset: str,
+                                               edits: dict, line: str) -> None:
+    root = project / "data" / "raw" / dataset
+    (root / "Raw").mkdir(parents=True)
+    (root / ("vegas_feature.h5" if dataset == "vegas_features" else "label.csv")).write_text("")
+    code, err = _check(project, capsys, dataset=dataset, **edits)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(line), err
+    assert not paths.CHECKED.exists()
