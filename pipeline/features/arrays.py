@@ -1,11 +1,11 @@
 """Model inputs assembled from the feature store: one in-memory tensor per modality.
 
 Video frame embeddings (F_i, D) and audio log-mel frames (T_i, n_mels), or a precomputed file's
-`features` (n_i, d) (features/precomputed.py), are average-pooled over time to a fixed number of tokens (adaptive pooling, so clips of any length give the
-same shape; with uniform sampling and as many tokens as frames, video is left as it is).
-A clip missing from a modality's file (it failed to decode; see the failures CSV of
-extract) gets zeros there and `present[:, m] = False`, which the models treat as a masked
-modality.
+`features` (n_i, d) (features/precomputed.py), are average-pooled over time to a fixed number of
+tokens (adaptive pooling, so clips of any length give the same shape; with uniform sampling and
+as many tokens as frames, video is left as it is). A clip missing from a modality's file (it
+failed to decode; see the failures CSV of extract) gets zeros there and `present[:, m] = False`,
+which the models treat as a masked modality.
 """
 
 from __future__ import annotations

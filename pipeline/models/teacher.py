@@ -182,8 +182,8 @@ class PromptTeacher(nn.Module):
         return video
 
     def anchor(self, video: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """u (B, D) from the (projected) video (B, F, D): normalize(mean_f v_f) if the video is kept, else normalize(e_t) if the transcript is,
-        else the learned anchor_token (module docstring)."""
+        """u (B, D) from the (projected) video (B, F, D): normalize(mean_f v_f) if the video is kept, else
+        normalize(e_t) if the transcript is, else the learned anchor_token (module docstring)."""
         v_idx, t_idx = MODALITIES.index("video"), MODALITIES.index("text")
         u_video = F.normalize(video.mean(dim=1), dim=-1)  # (B, D)
         u_text = F.normalize(text, dim=-1)  # (B, D)

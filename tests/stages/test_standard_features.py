@@ -152,9 +152,8 @@ def write_mosi_with_csd(root: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def mosi(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
-    from conftest import small_params
-
     import yaml
+    from conftest import small_params
 
     params = small_params()
     params["seeds"] = [0]
