@@ -12,8 +12,10 @@ would run whatever a tampered copy asks, on the machine of every teammate who pu
 - a file that holds anything else, a pickled Python object, is refused with `UnsafeCheckpoint` (a
   `UserError`: one line naming the file, the first diagnostic line of torch's refusal, and how to
   rebuild the file), and nothing in it runs;
-- a HF encoder is read as safetensors only (models/students.py), and a CLIP checkpoint file through
-  open_clip with `weights_only=True` under `weights_only_loads` (features/clip.py).
+- a HF encoder is read as safetensors only, with no remote code (models/students.py), and a CLIP
+  checkpoint file through open_clip with `weights_only=True` under `weights_only_loads`
+  (features/clip.py). The other shared files are data formats that hold no code: the floor model
+  is JSON (models/floor.py), features and teacher predictions HDF5 (features/store.py).
 
 The rebuild hints of the files mmdistill writes live here too (`TEACHER_FIX`, `student_fix`,
 `TRAINING_STATE_FIX`).
