@@ -22,6 +22,24 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+class RunsCode:
+    """What a tampered checkpoint carries: unpickling it runs `Path.touch(marker)`, creating the marker file
+    (plain pickle runs it; a weights-only load must refuse it first)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def tamper(path: Path, marker: Path) -> None:
+    """Rewrite the checkpoint (a dict) at `path` with one more entry, a `RunsCode(marker)`."""
+    payload = torch.load(path, weights_only=True)
+    payload["payload"] = RunsCode(marker)
+    torch.save(payload, path)
+
+
 def small_params() -> dict:
     """The repository's params.yaml shrunk to a dataset and models that run in seconds."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -64,6 +64,13 @@ def student_dir(dataset: str, method: str, seed: int) -> Path:
     return student_root(dataset, method) / f"seed_{seed}"
 
 
+def student_name(model_dir: Path) -> str | None:
+    """The student (`distill@<name>`) whose seed folder `model_dir` is: the inverse of `student_dir`; None
+    for a folder that is not one."""
+    root = Path(model_dir).parent.name
+    return root.removeprefix("student_") if root.startswith("student_") else None
+
+
 def metrics(dataset: str, name: str) -> Path:
     """One model's test metrics: mean and std over seeds, each seed, and its efficiency."""
     return METRICS / dataset / f"{name}.json"

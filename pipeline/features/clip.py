@@ -6,6 +6,12 @@ is an open_clip pretrained tag (`openai`, `laion2b_s34b_b79k`, ...), a path to a
 file, or "" for random weights (the offline default). Tags download on first use through
 open_clip's own cache; nothing here downloads anything else.
 
+A checkpoint file (or a `local-dir:` folder's weights) is read by open_clip with `weights_only=True`,
+and under core/checkpoints.py `weights_only_loads`, so that open_clip's fallback `torch.load` without
+`weights_only` is weights-only too whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says; `.safetensors` files
+are read as such. One holding pickled Python objects is refused (`UnsafeCheckpoint`), never unpickled:
+files from other people never run code when read.
+
 Embeddings are L2-normalised (the space CLIP's contrastive loss works in).
 """
 
@@ -95,6 +101,8 @@ class FrozenClip:
 
 
 SCHEMAS = ("hf-hub:", "local-dir:")  # open_clip model sources that carry their own weights
+CLIP_FIX = ("give a checkpoint of tensors only (`torch.save(model.state_dict(), path)`, or a .safetensors "
+            "file) and rerun `dvc repro extract`")
 
 
 def model_names() -> list[str]:
@@ -141,15 +149,24 @@ def load_clip(model_name: str, pretrained: str, device: torch.device, init_seed:
     With no weights (pretrained "" and a plain model name) the random init is drawn from
     `init_seed`, so the embedding space is a function of the config alone.
     """
+    import pickle
+
     import torch
+
+    from pipeline.core.checkpoints import unsafe, weights_only_loads
 
     model_name = model_name.replace("/", "-") if not model_name.startswith(SCHEMAS) else model_name
     check_clip_source(model_name, pretrained)
     open_clip = open_clip_module()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), weights_only_loads():
         torch.manual_seed(init_seed)
-        model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
-                                                            device=device)
+        try:
+            model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained or None,
+                                                                device=device, weights_only=True)
+        except pickle.UnpicklingError as err:  # a weights-only load refused the file: nothing in it ran
+            source = (f"clip.model {model_name!r}" if model_name.startswith(SCHEMAS)
+                      else f"clip.pretrained {pretrained!r}")
+            raise unsafe(source, err, CLIP_FIX) from None
     if not pretrained and not model_name.startswith(SCHEMAS):
         log.info("clip %s: random weights from init_seed %d (clip.pretrained is empty)", model_name, init_seed)
     model.eval().requires_grad_(False)

@@ -1,7 +1,11 @@
 """The two-branch audio-visual retrieval student (Zeng et al.'s network): an audio branch and a visual branch
 (each LayerNorm -> Linear -> GELU -> Dropout -> Linear) into a common space of size E, L2-normalised,
 and one classifier shared by both branches over that space (the shared classifier makes both
-modalities' embeddings class-separable in the same coordinates). Trained by tasks/retrieval.py."""
+modalities' embeddings class-separable in the same coordinates). Trained by tasks/retrieval.py.
+
+Its checkpoint (`save_retrieval_student`, `RETRIEVAL_CHECKPOINT` in the student's seed folder) holds the
+weights, the config that built the model and plain provenance, and is read with
+`torch.load(weights_only=True)` only (core/checkpoints.py: files from other people never run code when read)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.core.checkpoints import check_plain, load_checkpoint, save_checkpoint, student_fix
 from pipeline.core.config import DistillParams
 from pipeline.core.errors import MissingInput
 from pipeline.features.arrays import FeatureArrays
@@ -99,19 +104,20 @@ class RetrievalStudent(nn.Module):
 
 
 def save_retrieval_student(path: Path, model: RetrievalStudent, extra: dict[str, Any]) -> None:
-    """Checkpoint = weights + the config that built the model (+ provenance in `extra`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.state_dict(), **extra}, path)
+    """Checkpoint = weights + the config that built the model (+ provenance `extra`, plain JSON-able data),
+    readable with `torch.load(weights_only=True)` (core/checkpoints.py)."""
+    check_plain(extra, "save_retrieval_student extra")
+    save_checkpoint({"config": dataclasses.asdict(model.config), "state_dict": model.state_dict(), **extra}, path)
 
 
 def load_retrieval_student(path: Path, map_location: str | torch.device = "cpu"
                            ) -> tuple[RetrievalStudent, dict[str, Any]]:
-    """Rebuild a student from its checkpoint (its own config, not today's params), in eval mode."""
+    """Rebuild a student from its checkpoint (its own config, not today's params), in eval mode; a file
+    holding pickled objects is refused (`UnsafeCheckpoint`), never unpickled."""
     path = Path(path)
     if not path.is_file():
         raise MissingInput(f"retrieval student checkpoint {path} not found: run `dvc repro distill`")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    ckpt = load_checkpoint(path, student_fix(path.parent), map_location)
     model = RetrievalStudent(RetrievalStudentConfig(**ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()

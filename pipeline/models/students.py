@@ -4,6 +4,11 @@ The text student (text only at inference) is any HF AutoModel encoder whose firs
 state goes through an MLP to the regression output r_S and through a linear layer to K logits; the
 multimodal student adds small encoders over the cached video and audio features and fuses the three
 pooled vectors late (so MSD has several modalities).
+
+A saved student (`save_student`) is a directory: the encoder as HF `save_pretrained` writes it
+(config.json, model.safetensors), the tokenizer (tokenizer.json), the heads' weights (`STUDENT_HEAD`,
+read weights-only) and their config with the provenance (`STUDENT_CONFIG`, JSON). Nothing in it runs
+code when read (core/checkpoints.py: files from other people never run code when read).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from tokenizers import ByteLevelBPETokenizer
 from tokenizers.processors import RobertaProcessing
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_NAME
 
+from pipeline.core.checkpoints import UnsafeCheckpoint, check_plain, load_checkpoint, save_checkpoint, student_fix
 from pipeline.core.config import MODALITIES, ConfigError, StudentParams
 from pipeline.core.errors import MissingInput
 from pipeline.core.registry import Registry
@@ -126,28 +133,33 @@ STUDENT_CONFIG = "student.json"
 
 
 def save_student(out_dir: Path, model: TextStudent, tokenizer: Any, extra: dict[str, Any]) -> None:
-    """HF `save_pretrained` dir for encoder + tokenizer, plus the heads and their config."""
+    """HF `save_pretrained` dir for encoder (model.safetensors) + tokenizer (tokenizer.json), plus the heads
+    (`STUDENT_HEAD`, weights-only) and their config with the provenance `extra` (`STUDENT_CONFIG`, JSON)."""
+    check_plain(extra, "save_student extra")
     out_dir.mkdir(parents=True, exist_ok=True)
     model.encoder.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     heads = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    torch.save(heads, out_dir / STUDENT_HEAD)
+    save_checkpoint(heads, out_dir / STUDENT_HEAD)
     (out_dir / STUDENT_CONFIG).write_text(json.dumps({"config": dataclasses.asdict(model.config), **extra},
                                                      indent=2, sort_keys=True))
 
 
 def load_student(model_dir: Path) -> tuple[TextStudent, Any, dict[str, Any]]:
-    """Rebuild a saved student (text or multimodal) from its directory (not from today's params)."""
+    """Rebuild a saved student (text or multimodal) from its directory (not from today's params).
+
+    Nothing in the directory runs code when read: the encoder loads from safetensors only, the tokenizer
+    from tokenizer.json, the heads weights-only, no custom code is trusted (core/checkpoints.py)."""
 
     if not (model_dir / STUDENT_CONFIG).is_file():
         raise MissingInput(f"{model_dir} is not a student directory (no {STUDENT_CONFIG}): "
                                 "run `dvc repro distill`")
     meta = json.loads((model_dir / STUDENT_CONFIG).read_text())
     config = StudentConfig(**meta["config"])
-    encoder = AutoModel.from_pretrained(model_dir, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    encoder = _load_encoder(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     model = STUDENTS.get(config.kind)(encoder, config)
-    heads = torch.load(model_dir / STUDENT_HEAD, map_location="cpu", weights_only=True)
+    heads = load_checkpoint(model_dir / STUDENT_HEAD, student_fix(model_dir))
     missing, unexpected = model.load_state_dict(heads, strict=False)
     missing = [k for k in missing if not k.startswith("encoder.")]
     if missing or unexpected:
@@ -155,6 +167,19 @@ def load_student(model_dir: Path) -> tuple[TextStudent, Any, dict[str, Any]]:
                            f"unexpected {unexpected}")
     model.eval()
     return model, tokenizer, meta
+
+
+def _load_encoder(model_dir: Path) -> nn.Module:
+    """The student's HF encoder, from the safetensors `save_student` wrote; a directory whose encoder is
+    only a pickle (pytorch_model.bin) is refused (`UnsafeCheckpoint`), never unpickled."""
+    if not any((model_dir / name).is_file() for name in (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)):
+        fix = student_fix(model_dir)
+        if (model_dir / WEIGHTS_NAME).is_file():
+            raise UnsafeCheckpoint(f"{model_dir} holds its encoder as {WEIGHTS_NAME}, pickled Python objects that "
+                                   f"mmdistill will not unpickle (unpickling could run code), and no "
+                                   f"{SAFE_WEIGHTS_NAME}; {fix}")
+        raise MissingInput(f"{model_dir} has no {SAFE_WEIGHTS_NAME} (the student's encoder): {fix}")
+    return AutoModel.from_pretrained(model_dir, local_files_only=True, use_safetensors=True, trust_remote_code=False)
 
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",

@@ -36,6 +36,10 @@ leave the attention keys and its pooled vector is replaced by zeros or a learned
 evaluation) are only meaningful when it saw masked inputs while it trained, which modality
 dropout provides.
 
+A checkpoint (`save_teacher`) holds the weights, the config that built the model and plain provenance,
+and is read with `torch.load(weights_only=True)` only (core/checkpoints.py: files from other people
+never run code when read).
+
 Students: the text student (text only at inference) is any HF AutoModel encoder whose first
 token's hidden state goes through an MLP to the regression output r_S and through a linear
 layer to K logits; the multimodal student adds small encoders over the cached video and
@@ -53,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.core.checkpoints import TEACHER_FIX, check_plain, load_checkpoint, save_checkpoint
 from pipeline.core.config import MODALITIES  # re-exported: the order of the `present` columns
 
 # --------------------------------------------------------------------------- teacher
@@ -198,12 +203,16 @@ class PromptTeacher(nn.Module):
 
 
 def save_teacher(path: Path, model: PromptTeacher, extra: dict[str, Any]) -> None:
-    """Checkpoint = weights + the config that built the model (+ provenance)."""
-    torch.save({"config": dataclasses.asdict(model.config), "state_dict": model.state_dict(), **extra}, path)
+    """Checkpoint = weights + the config that built the model (+ provenance `extra`, plain JSON-able data),
+    readable with `torch.load(weights_only=True)` (core/checkpoints.py)."""
+    check_plain(extra, "save_teacher extra")
+    save_checkpoint({"config": dataclasses.asdict(model.config), "state_dict": model.state_dict(), **extra}, path)
 
 
 def load_teacher(path: Path, map_location: str | torch.device = "cpu") -> tuple[PromptTeacher, dict[str, Any]]:
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    """Rebuild a teacher from its checkpoint (its own config); a file holding pickled objects is refused
+    (`UnsafeCheckpoint`), never unpickled."""
+    ckpt = load_checkpoint(path, TEACHER_FIX, map_location)
     config = TeacherConfig(**ckpt["config"])
     model = PromptTeacher(config, ckpt["state_dict"]["prompts"])
     model.load_state_dict(ckpt["state_dict"])

@@ -48,8 +48,8 @@ Scale (params `train.*`, see `TrainParams`):
   same for any `grad_accum`. MSD's `learned` weighting takes its meta step there. The floats it
   returns are logged like the loss terms.
 - **Checkpoints.** With `state_path`, rank 0 writes a resumable checkpoint every
-  `checkpoint_every` optimizer steps and at the end of every epoch (atomically: temporary file,
-  then `os.replace`): weights, optimizer, scheduler and scaler states, the epoch, the batches
+  `checkpoint_every` optimizer steps and at the end of every epoch (atomically,
+  core/checkpoints.py `save_checkpoint`): weights, optimizer, scheduler and scaler states, the epoch, the batches
   done in it, the shuffling generator's state at the start of the epoch, the torch / numpy /
   python RNG states of every rank, the best epoch so far and its weights, the curve rows so
   far, and a fingerprint (the caller's `fingerprint`, to which the stages add the content digests
@@ -59,6 +59,10 @@ Scale (params `train.*`, see `TrainParams`):
   skipped, curves re-logged); with a different one it warns, naming the keys that differ,
   and starts fresh. The file is deleted when `fit` returns. On CPU with one process an
   interrupted then resumed run ends with the same weights, bit for bit, as an uninterrupted one.
+  The file holds tensors and plain data only (numpy's RNG state as a list of ints, the logged
+  values as python floats) and is read with `torch.load(weights_only=True)`: one holding pickled
+  objects is refused, never unpickled (core/checkpoints.py: files from other people never run
+  code when read).
 """
 
 from __future__ import annotations
@@ -67,7 +71,6 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import os
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -80,6 +83,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from pipeline.core.checkpoints import TRAINING_STATE_FIX, load_checkpoint, save_checkpoint
 from pipeline.core.config import TrainParams
 from pipeline.core.runtime import Ranks, Throughput, init_ranks
 
@@ -142,13 +146,20 @@ def open_live(curves: Path) -> Live:
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """This process's RNG states as tensors and plain data (numpy's key array as a list of ints), so that
+    the checkpoint loads weights-only."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": str(kind), "key": key.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "gauss": float(gauss)},
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
     if device.type == "cuda" and state["cuda"] is not None:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -156,17 +167,15 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
     """Write `path` so that it is, at any moment, either the previous checkpoint or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_checkpoint(payload, path)
 
 
 def _load_matching(path: Path | None, fingerprint: dict[str, Any], desc: str) -> dict[str, Any] | None:
-    """The checkpoint at `path` if there is one written with the same fingerprint, else None."""
+    """The checkpoint at `path` if there is one written with the same fingerprint, else None (one holding
+    pickled objects is refused: `UnsafeCheckpoint`)."""
     if path is None or not path.is_file():
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file: RNG states are not tensors
+    saved = load_checkpoint(path, TRAINING_STATE_FIX)
     old = saved.get("fingerprint", {})
     missing = object()
     differ = sorted(k for k in old.keys() | fingerprint.keys() if old.get(k, missing) != fingerprint.get(k, missing))
@@ -219,6 +228,7 @@ def _train_step(net: nn.Module, idx: torch.Tensor, ranks: Ranks, params: TrainPa
     (and the step hook's floats, rank 0's)."""
     optimizer.zero_grad(set_to_none=True)
     hooked = step_hook(_unwrap(net), rank_shard(idx, ranks)) if step_hook is not None else {}
+    hooked = {k: float(v) for k, v in hooked.items()}  # python floats: the training state loads weights-only
     micros = micro_batches(idx, ranks, params.grad_accum)
     terms: dict[str, float] = {}
     for j, (micro, weight) in enumerate(micros):
@@ -230,7 +240,7 @@ def _train_step(net: nn.Module, idx: torch.Tensor, ranks: Ranks, params: TrainPa
             scaler.scale(loss * weight).backward()
         share = weight / ranks.world  # n_m / B
         for k, v in {"loss": loss.item(), **parts}.items():
-            terms[k] = terms.get(k, 0.0) + share * v
+            terms[k] = terms.get(k, 0.0) + share * float(v)
     if ranks.world > 1:  # the global-batch mean: sum of every rank's share
         keys = sorted(terms)
         total = torch.tensor([terms[k] for k in keys], dtype=torch.float64, device=device)
@@ -392,7 +402,7 @@ def _fit(model: nn.Module, trained: list[nn.Parameter], n_train: int, get_batch:
                 if params.checkpoint_every and step % params.checkpoint_every == 0 and progress["done"] < len(order):
                     checkpoint()
             model.eval()
-            value = _agree(validate(model), ranks, device)
+            value = float(_agree(validate(model), ranks, device))  # a numpy float would not load weights-only
             sums = progress["sums"]
             row = {**{f"train/{k}": v / len(order) for k, v in sums.items()}, f"valid/{valid_metric}": value}
             if main:

@@ -14,8 +14,10 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from conftest import RunsCode
 from PIL import Image
 
+from pipeline.core.checkpoints import FORCE_NO, UnsafeCheckpoint
 from pipeline.core.config import ConfigError
 from pipeline.features.clip import MODEL_CONFIG_DIR, FrozenClip, ImagePreprocess, clip_config, load_clip
 from pipeline.features.extraction import prompt_embeddings
@@ -145,6 +147,27 @@ def test_checkpoint_with_state_dict_key_loads(clip0: FrozenClip, tmp_path: Path)
     torch.save({"epoch": 1, "state_dict": source.model.state_dict()}, ckpt)
     x = _images()
     torch.testing.assert_close(_load(7, str(ckpt)).encode_images(x), source.encode_images(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("where", ["file", "local-dir"])
+def test_tampered_checkpoint_is_refused_without_running_code(clip0: FrozenClip, tmp_path: Path, where: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLIP checkpoint is read weights-only, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD set."""
+    monkeypatch.setenv(FORCE_NO, "1")
+    marker = tmp_path / "marker"
+    folder = tmp_path / "my-clip"
+    folder.mkdir()
+    ckpt = folder / ("tiny.pt" if where == "file" else "open_clip_pytorch_model.bin")
+    torch.save({"state_dict": clip0.model.state_dict(), "payload": RunsCode(marker)}, ckpt)
+    if where == "file":
+        model, pretrained, source = MODEL, str(ckpt), f"clip.pretrained {str(ckpt)!r}"
+    else:
+        (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": _tiny_config(), "preprocess_cfg": {}}))
+        model, pretrained, source = f"local-dir:{folder}", "", f"clip.model 'local-dir:{folder}'"
+    with pytest.raises(UnsafeCheckpoint, match=r"holds pickled Python objects.*will not unpickle") as err:
+        load_clip(model, pretrained, CPU)
+    assert not marker.exists()
+    assert str(err.value).startswith(source) and "rerun `dvc repro extract`" in str(err.value)
 
 
 def test_local_dir_loads_config_and_weights_offline(clip0: FrozenClip, tmp_path: Path) -> None:

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import RunsCode, tamper
 
+from pipeline.core import paths
+from pipeline.core.checkpoints import UnsafeCheckpoint
 from pipeline.core.config import MODALITIES
+from pipeline.core.errors import MissingInput
 from pipeline.models.masks import set_feature_stats
-from pipeline.models.students import STUDENT_CONFIG, StudentConfig, TextStudent, load_student, save_student
+from pipeline.models.students import (
+    STUDENT_CONFIG,
+    STUDENT_HEAD,
+    StudentConfig,
+    TextStudent,
+    load_student,
+    save_student,
+)
 from pipeline.models.teacher import PromptTeacher, TeacherConfig, load_teacher, save_teacher
 
 D, N_MELS, K, FRAMES, A = 16, 8, 7, 4, 5
@@ -174,7 +186,7 @@ def test_prompts_buffer_is_a_frozen_copy():
     assert "prompts" not in dict(model.named_parameters())
 
 
-def test_set_audio_stats_standardises():
+def test_set_feature_stats_standardises():
     model = make_teacher()
     g = torch.Generator().manual_seed(5)
     audio = torch.randn(4, A, N_MELS, generator=g) * 3.0 + 2.0
@@ -202,7 +214,7 @@ def test_set_audio_stats_standardises():
                 slice(None), atol=1e-5)
 
 
-def test_set_audio_stats_without_audio_keeps_defaults():
+def test_set_feature_stats_without_the_modality_keeps_defaults():
     model = make_teacher()
     set_feature_stats(model, "audio", torch.randn(2, A, N_MELS), torch.tensor([False, False]))
     assert torch.equal(model.audio_mean, torch.zeros(N_MELS))
@@ -237,6 +249,8 @@ def test_save_load_teacher_round_trip(tmp_path, mask):
     path = tmp_path / "teacher.pt"
     save_teacher(path, model, {"epoch": 3, "dataset": "synthetic_sentiment"})
 
+    assert torch.load(path, weights_only=True)["epoch"] == 3  # tensors and plain data only
+
     torch.manual_seed(1234)  # a different random init, overwritten by the checkpoint
     loaded, ckpt = load_teacher(path)
     loaded.eval()
@@ -251,6 +265,23 @@ def test_save_load_teacher_round_trip(tmp_path, mask):
     a, b = run(model, video, audio, text, present), run(loaded, video, audio, text, present)
     for key in ("logits", "reg", "prompts"):
         assert torch.equal(a[key], b[key]), key
+
+
+def test_tampered_teacher_checkpoint_is_refused_without_running_code(tmp_path: Path) -> None:
+    path, marker = tmp_path / "teacher.pt", tmp_path / "marker"
+    save_teacher(path, make_teacher(), {"seed": 0, "classes": None, "best": {"epoch": 1, "valid_mae": 0.5}})
+    tamper(path, marker)
+    refused = r"holds pickled Python objects.*will not unpickle.*could run code"
+    with pytest.raises(UnsafeCheckpoint, match=refused) as err:
+        load_teacher(path)
+    assert not marker.exists()
+    assert str(err.value).startswith(str(path)) and "`dvc repro -f teacher`" in str(err.value)
+
+
+def test_save_teacher_refuses_provenance_that_is_not_plain_data(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"save_teacher extra\['best'\]\['valid_mae'\]: numpy.float64 is not plain"):
+        save_teacher(tmp_path / "teacher.pt", make_teacher(), {"best": {"valid_mae": np.float64(0.5)}})
+    assert not (tmp_path / "teacher.pt").exists()
 
 
 def test_teacher_wrong_prompt_shape():
@@ -317,6 +348,8 @@ def test_save_load_student_round_trip(tmp_path):
     out_dir = tmp_path / "student_videoadviser"
     save_student(out_dir, model, tokenizer, {"method": "videoadviser", "seed": 0})
     assert (out_dir / STUDENT_CONFIG).is_file()
+    assert set(torch.load(out_dir / STUDENT_HEAD, weights_only=True)) >= {"classifier.weight"}
+    assert (out_dir / "model.safetensors").is_file() and (out_dir / "tokenizer.json").is_file()
 
     torch.manual_seed(777)
     loaded, tok2, meta = load_student(out_dir)
@@ -337,3 +370,39 @@ def test_load_student_without_student_json(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no student\.json.*dvc repro distill"):
         load_student(tmp_path / "empty")
+
+
+def saved_student(root: Path) -> Path:
+    """A tiny text student saved where stage distill@text-kd writes its seed 0; returns that folder."""
+    from pipeline.models.students import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(SENTENCES, vocab_size=300, max_length=38)
+    out_dir = root / paths.student_dir("ds", "text-kd", 0)
+    save_student(out_dir, TextStudent(roberta(len(tokenizer)), student_config()), tokenizer, {"seed": 0})
+    return out_dir
+
+
+def test_tampered_student_heads_are_refused_without_running_code(tmp_path: Path) -> None:
+    out_dir, marker = saved_student(tmp_path), tmp_path / "marker"
+    tamper(out_dir / STUDENT_HEAD, marker)
+    with pytest.raises(UnsafeCheckpoint, match=r"holds pickled Python objects.*will not unpickle") as err:
+        load_student(out_dir)
+    assert not marker.exists()
+    assert str(err.value).startswith(str(out_dir / STUDENT_HEAD))
+    assert str(err.value).endswith("`dvc repro -f distill@text-kd`")
+
+
+def test_student_encoder_is_read_from_safetensors_only(tmp_path: Path) -> None:
+    """A pickled pytorch_model.bin in place of model.safetensors is refused, never unpickled."""
+    out_dir, marker = saved_student(tmp_path), tmp_path / "marker"
+    encoder = torch.load(out_dir / STUDENT_HEAD, weights_only=True)  # any tensors will do
+    (out_dir / "model.safetensors").unlink()
+    torch.save({**encoder, "payload": RunsCode(marker)}, out_dir / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpoint, match=r"pytorch_model\.bin, pickled Python objects that mmdistill will "
+                                               r"not unpickle") as err:
+        load_student(out_dir)
+    assert not marker.exists()
+    assert str(err.value).startswith(str(out_dir)) and "`dvc repro -f distill@text-kd`" in str(err.value)
+    (out_dir / "pytorch_model.bin").unlink()
+    with pytest.raises(MissingInput, match=r"has no model\.safetensors \(the student's encoder\)"):
+        load_student(out_dir)

@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tamper
 from sklearn.metrics import average_precision_score
 
+from pipeline.core import paths
+from pipeline.core.checkpoints import UnsafeCheckpoint
 from pipeline.core.config import ConfigError
 from pipeline.distillation.losses import kd_loss
 from pipeline.evaluation import retrieval_metrics as metrics_module
@@ -28,6 +31,7 @@ from pipeline.evaluation.retrieval_metrics import (
     write_per_query_ap,
 )
 from pipeline.models.retrieval_student import (
+    RETRIEVAL_CHECKPOINT,
     RetrievalStudent,
     RetrievalStudentConfig,
     load_retrieval_student,
@@ -378,6 +382,7 @@ def test_student_checkpoint_round_trip(tmp_path: Path) -> None:
     model = RetrievalStudent(dataclasses.replace(CONFIG, dropout=0.1)).eval()
     path = tmp_path / "student.pt"
     save_retrieval_student(path, model, {"seed": 3})
+    assert torch.load(path, weights_only=True)["seed"] == 3  # tensors and plain data only
     loaded, ckpt = load_retrieval_student(path)
     assert loaded.config == model.config and ckpt["seed"] == 3
     audio, visual = torch.randn(3, 6), torch.randn(3, 10)
@@ -385,6 +390,23 @@ def test_student_checkpoint_round_trip(tmp_path: Path) -> None:
         assert torch.equal(loaded(audio, visual)[key], value), key
     with pytest.raises(FileNotFoundError, match="dvc repro"):
         load_retrieval_student(tmp_path / "absent.pt")
+
+
+def test_tampered_student_checkpoint_is_refused_without_running_code(tmp_path: Path) -> None:
+    path = tmp_path / paths.student_dir("ds", "av-kd", 1) / RETRIEVAL_CHECKPOINT
+    marker = tmp_path / "marker"
+    save_retrieval_student(path, RetrievalStudent(CONFIG), {"seed": 1, "best": {"epoch": 0, "valid_map_mean": 0.5}})
+    tamper(path, marker)
+    refused = r"holds pickled Python objects.*will not unpickle.*could run code"
+    with pytest.raises(UnsafeCheckpoint, match=refused) as err:
+        load_retrieval_student(path)
+    assert not marker.exists()
+    assert str(err.value).startswith(str(path)) and str(err.value).endswith("`dvc repro -f distill@av-kd`")
+
+
+def test_student_provenance_must_be_plain_data(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"save_retrieval_student extra\['best'\]: numpy.float64 is not plain data"):
+        save_retrieval_student(tmp_path / "s.pt", RetrievalStudent(CONFIG), {"best": np.float64(0.5)})
 
 
 # --------------------------------------------------------------------------- losses

@@ -9,15 +9,18 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tamper
 from torch import nn
 
+from pipeline.core.checkpoints import UnsafeCheckpoint, save_checkpoint
 from pipeline.core.config import TrainParams
 from pipeline.core.runtime import Ranks
-from pipeline.training.loop import fit, micro_batches, warmup_linear
+from pipeline.training.loop import _rng_state, _set_rng_state, fit, micro_batches, warmup_linear
 
 D = 6
 PARAMS = TrainParams(epochs=3, batch_size=4, lr=1e-2, warmup=0.2, weight_decay=0.01, device="cpu", precision="fp32",
@@ -133,6 +136,35 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path, caplog: p
     assert curve(tmp_path, "m") == curve(tmp_path, "reference")  # every epoch's row, re-logged after the resume
     assert curve(tmp_path, "m", "valid/mae") == curve(tmp_path, "reference", "valid/mae")
     assert not state.exists() and not (tmp_path / "reference.state").exists()  # deleted once finished
+
+
+def test_training_state_loads_weights_only_and_restores_every_rng(tmp_path: Path) -> None:
+    """The state holds tensors and plain data only (numpy's RNG state too), and restores the RNGs exactly."""
+    state = tmp_path / "m.state"
+    with pytest.raises(Interrupted):  # after epoch 0 (5 steps): a checkpoint at the end of the epoch
+        train(mlp(), tmp_path, state_path=state, fail_at=8)
+    saved = torch.load(state, weights_only=True)
+    assert saved["progress"]["epoch"] == 1 and isinstance(saved["rng"][0]["numpy"]["key"], list)
+
+    np.random.seed(5)
+    np.random.standard_normal()  # a cached Gaussian in numpy's state
+    save_checkpoint({"rng": _rng_state(torch.device("cpu"))}, tmp_path / "rng.pt")
+    expected = (np.random.rand(3), np.random.standard_normal(), torch.rand(3))
+    _set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"], torch.device("cpu"))
+    assert (np.random.rand(3) == expected[0]).all() and np.random.standard_normal() == expected[1]
+    assert torch.equal(torch.rand(3), expected[2])
+
+
+def test_tampered_training_state_is_refused_without_running_code(tmp_path: Path) -> None:
+    state, marker = tmp_path / "m.state", tmp_path / "marker"
+    with pytest.raises(Interrupted):
+        train(mlp(), tmp_path, state_path=state, fingerprint={"data": "v1"}, fail_at=8)
+    tamper(state, marker)
+    with pytest.raises(UnsafeCheckpoint, match=r"holds pickled Python objects.*will not unpickle") as err:
+        train(mlp(), tmp_path, state_path=state, fingerprint={"data": "v1"})
+    assert not marker.exists()
+    assert str(err.value).startswith(str(state)) and str(err.value).endswith("delete it: training then starts "
+                                                                             "afresh instead of resuming")
 
 
 def test_a_different_fingerprint_starts_fresh(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
