@@ -130,23 +130,23 @@ class Evaluation:
         rows = manifest_rows(self.test, self.params.latency.clips)
         untimed = {"latency_ms_b1": None, "latency_ms_batched": None, "batch_size": self.params.latency.batch_size,
                    "clips": 0, "device": str(self.device)}
-        if name == SELF_TEACHER:
-            teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed, name))
-            return {"params": count_parameters(teacher, self.frozen_clip.model), "inputs": "text", **untimed,
-                    "note": "a control, never deployed: not timed"}
+        if name in (TEACHER, SELF_TEACHER):
+            inputs = self.task.teacher_inputs if name == TEACHER else "+".join(self.task.self_modalities)
+            files = self.precomputed(inputs)
+            if name == SELF_TEACHER or files:  # not run from raw clips: counted, not timed
+                teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed, name))
+                clip = [self.frozen_clip.model] if self.needs_clip(inputs, clip_text=True) else []
+                note = ("a control, never deployed: not timed" if name == SELF_TEACHER else
+                        f"reads precomputed features ({files}): not timed from raw clips")
+                return {"params": count_parameters(teacher, *clip),
+                        "inputs": inputs + (f" (precomputed: {files})" if files else ""), **untimed, "note": note}
         if name == FLOOR and isinstance(probes := load_floor(paths.floor_dir(self.dataset)), ProbeFloor):
             return {"params": probes.n_parameters, "inputs": "video+audio (time-averaged cached features)",
                     **untimed, "note": "linear probes on cached features: not timed from raw clips"}
-        if name == TEACHER and (files := self.precomputed(self.task.teacher_inputs)):
-            teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed, name))
-            needs_clip = "text" in self.task.teacher_inputs.split("+")  # the transcript's CLIP embedding
-            return {"params": count_parameters(teacher, *([self.frozen_clip.model] if needs_clip else [])),
-                    "inputs": f"{self.task.teacher_inputs} (precomputed: {files})", **untimed,
-                    "note": f"reads precomputed features ({files}): not timed from raw clips"}
         kind, pipeline, inputs = self.inference_pipeline(name, seed)
-        if files := self.precomputed(inputs):  # a student: it never needs CLIP's text tower
+        if files := self.precomputed(inputs):  # a student (its text goes through its own encoder, not CLIP)
             modules = [m for m in pipeline.modules()
-                       if not (m is self.frozen_clip.model and not self.sources["video"].media)]
+                       if m is not self.frozen_clip.model or self.needs_clip(inputs, clip_text=False)]
             return {"params": count_parameters(*modules), "inputs": f"{inputs} (precomputed: {files})", **untimed,
                     "note": f"reads precomputed features ({files}): not timed from raw clips"}
         if kind in self.latency_by_kind:
@@ -165,6 +165,12 @@ class Evaluation:
         """The precomputed feature files among a model's `inputs` (e.g. "video+audio+text"), "" when none:
         such a model cannot be run from a raw clip (features/precomputed.py)."""
         return ", ".join(str(s) for m, s in self.sources.items() if not s.media and m in inputs.split("+"))
+
+    def needs_clip(self, inputs: str, clip_text: bool) -> bool:
+        """Whether a model with `inputs` needs the frozen CLIP at inference: for CLIP frame embeddings (video
+        from the clips) or, with `clip_text` (the teachers), for the transcript's CLIP embedding."""
+        parts = inputs.split("+")
+        return (clip_text and "text" in parts) or ("video" in parts and self.sources["video"].media)
 
     def inference_pipeline(self, name: str, seed: int) -> tuple[str, Any, str]:
         """(kind, the model of `name` (its `seed`) wrapped end to end from raw clip to prediction, its inputs)."""

@@ -117,6 +117,8 @@ def test_vegas_features_runs_to_map(vegas: Path) -> None:
     student = json.loads((vegas / paths.metrics("vegas_features", "va-none")).read_text())["efficiency"]
     assert student["inputs"] == "video+audio (precomputed: vegas_feature.h5:visual, vegas_feature.h5:audio)"
     assert student["params"] < 300_000  # the two branches only: no CLIP is needed to run it
+    control = json.loads((vegas / paths.metrics("vegas_features", "teacher_self")).read_text())["efficiency"]
+    assert control["inputs"].startswith("video+audio (precomputed") and control["params"] == teacher_eff["params"]
 
 
 def test_vegas_features_students_beat_chance(vegas: Path) -> None:
