@@ -18,7 +18,8 @@ softmax(c_T^audio), the class posterior given its audio alone, and its visual it
 Efficiency (the models of the first seed; latency depends on the architecture, not on the weights
 or the seed): `params` counts every parameter inference needs (the teacher includes the frozen
 CLIP; a multimodal or retrieval student too, since it needs CLIP frame embeddings), and latency
-is wall time per clip from the raw inputs to the prediction (latency.py), at batch 1 and batched
+is wall time per clip from the raw inputs to the prediction (latency.py; a model's clips are decoded
+with the CLIP and extraction settings its checkpoint records), at batch 1 and batched
 (`evaluate.latency.batch_size`), on the machine at hand (`device` is recorded). Students of the
 same kind share one architecture, so latency is measured once per kind, on the first such student,
 and the others record `latency_of` (timing them all would only rank measurement noise). The
@@ -27,30 +28,39 @@ and the others record `latency_of` (timing them all would only rank measurement 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.core import paths
-from pipeline.core.config import MODALITIES, ClipParams, EvaluateParams, ExtractParams
+from pipeline.core.config import (
+    MODALITIES,
+    ClipParams,
+    EvaluateParams,
+    ExtractParams,
+    FeatureSettings,
+    recorded_features,
+)
 from pipeline.core.paths import FLOOR, SELF_TEACHER, TEACHER
 from pipeline.core.runtime import resolve_device
 from pipeline.data.datasets import DATASETS, read_manifest
 from pipeline.evaluation.latency import (
-    TeacherPipeline,
+    MediaInputs,
     count_parameters,
     manifest_rows,
     measure_latency,
+    media_inputs,
+    teacher_pipeline,
 )
 from pipeline.evaluation.metrics import METRIC_SETS, json_safe, summarize_seeds
 from pipeline.features.arrays import FeatureArrays, load_features
-from pipeline.features.clip import load_clip
+from pipeline.features.clip import FrozenClip
 from pipeline.models.floor import ProbeFloor, TextFloor, load_floor
-from pipeline.models.teacher import load_teacher
 from pipeline.tasks.table import task_of
 
 log = logging.getLogger(__name__)
@@ -72,6 +82,7 @@ class Evaluation:
         self.test = self.manifest.iloc[self.test_rows].reset_index(drop=True)
         self.device = resolve_device(params.device)
         self._features: dict[tuple[int, int], FeatureArrays] = {}
+        self._clips: dict[ClipParams, FrozenClip] = {}  # the frozen CLIPs of the raw-clip pipelines, loaded once
         self.latency_by_kind: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def features(self, video_tokens: int, audio_tokens: int) -> FeatureArrays:
@@ -92,11 +103,14 @@ class Evaluation:
         """(N_test,) bool: the test clips that have `modality`'s features (retrieval: queries and items)."""
         return self.features(self.extract.video.frames, 1).present[self.test_rows, MODALITIES.index(modality)].numpy()
 
-    @functools.cached_property
-    def frozen_clip(self):
-        """The frozen CLIP of the raw-clip pipelines (latency), loaded once."""
-        return load_clip(self.clip.model, self.clip.pretrained, self.device, self.clip.init_seed,
-                         self.extract.run.precision)
+    def media_inputs(self, record: Mapping[str, Any], source: Path, video_tokens: int,
+                     audio_tokens: int) -> MediaInputs:
+        """A saved model's raw-clip inputs (latency.py), with the feature settings its provenance `record`
+        holds (this run's clip and extract params for a model saved before they were recorded); the CLIP
+        autocast of extract@video (`extract.run.precision`), each distinct CLIP loaded once."""
+        settings = recorded_features(record, source, lambda: FeatureSettings.of(self.clip, self.extract))
+        return media_inputs(settings, video_tokens, audio_tokens, self.device, self.extract.run.precision,
+                            self._clips)
 
     # ----------------------------------------------------------------------- one seed's test score
 
@@ -130,8 +144,9 @@ class Evaluation:
         untimed = {"latency_ms_b1": None, "latency_ms_batched": None, "batch_size": self.params.latency.batch_size,
                    "clips": 0, "device": str(self.device)}
         if name == SELF_TEACHER:
-            teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed, name))
-            return {"params": count_parameters(teacher, self.frozen_clip.model), "inputs": "text", **untimed,
+            control, _ = teacher_pipeline(paths.teacher_checkpoint(self.dataset, seed, name), self.device,
+                                          self.media_inputs)
+            return {"params": count_parameters(*control.modules()), "inputs": "text", **untimed,
                     "note": "a control, never deployed: not timed"}
         if name == FLOOR and isinstance(probes := load_floor(paths.floor_dir(self.dataset)), ProbeFloor):
             return {"params": probes.n_parameters, "inputs": "video+audio (time-averaged cached features)",
@@ -152,9 +167,8 @@ class Evaluation:
     def inference_pipeline(self, name: str, seed: int) -> tuple[str, Any, str]:
         """(kind, the model of `name` (its `seed`) wrapped end to end from raw clip to prediction, its inputs)."""
         if name == TEACHER:
-            teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed))
-            return TEACHER, TeacherPipeline.build(teacher.to(self.device), self.frozen_clip, self.extract.video,
-                                                  self.extract.audio), self.task.teacher_inputs
+            pipeline, _ = teacher_pipeline(paths.teacher_checkpoint(self.dataset, seed), self.device, self.media_inputs)
+            return TEACHER, pipeline, self.task.teacher_inputs
         if name == FLOOR:
             return FLOOR, FloorPipeline(load_floor(paths.floor_dir(self.dataset))), "text"
         return self.task.student_pipeline(self, paths.student_dir(self.dataset, name, seed))
