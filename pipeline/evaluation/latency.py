@@ -169,13 +169,17 @@ class MediaInputs:
 
     def __call__(self, rows: Sequence[Row]) -> dict[str, torch.Tensor]:
         """rows -> video (B, Fv, D), audio (B, A, n_mels) float32 and present (B, 3) bool (MODALITIES order;
-        text is present when its transcript is usable, as extract@text decides)."""
+        text is present when its transcript is usable, as extract@text decides; a row whose `video` is None,
+        a transcript alone, has no video and no audio)."""
         b = len(rows)
         video = torch.zeros(b, self.video_tokens, self.embed_dim)  # (B, Fv, D)
         audio = torch.zeros(b, self.audio_tokens, self.audio_params.n_mels)  # (B, A, n_mels)
         present = torch.zeros(b, len(MODALITIES), dtype=torch.bool)  # (B, 3)
         decoded: list[tuple[int, torch.Tensor]] = []
         for i, row in enumerate(rows):
+            present[i, MODALITIES.index("text")] = transcript_problem(str(row["text"])) is None
+            if row["video"] is None:
+                continue
             path = Path(row["video"])
             try:
                 decoded.append((i, self.load_frames(path)))  # (F, 3, S, S)
@@ -189,7 +193,6 @@ class MediaInputs:
                 present[i, MODALITIES.index("audio")] = True
             except DECODE_ERRORS as err:
                 log.warning("clip %s: audio masked (%s)", path, err)
-            present[i, MODALITIES.index("text")] = transcript_problem(str(row["text"])) is None
         if decoded:
             emb = self.clip.encode_images(torch.cat([x for _, x in decoded]))  # (sum F_i, D)
             for (i, _), e in zip(decoded, emb.split([len(x) for _, x in decoded]), strict=True):
@@ -237,10 +240,13 @@ def _device(model: nn.Module) -> torch.device:
 class TeacherPipeline:
     """Manifest rows -> the teacher's regression output r_T (B,) on the CPU, from the raw clips.
 
-    `teacher` is put in eval mode; `media` must produce the teacher's input shapes (see `build`).
+    `teacher` is put in eval mode; `media_inputs` must produce the teacher's input shapes (its token counts:
+    `teacher_pipeline`). A modality not in `modalities`, those the teacher was trained with, is masked (the
+    `self` control teacher saw the transcripts alone).
     """
 
-    def __init__(self, teacher: PromptTeacher, media_inputs: MediaInputs) -> None:
+    def __init__(self, teacher: PromptTeacher, media_inputs: MediaInputs,
+                 modalities: Sequence[str] = MODALITIES) -> None:
         c = teacher.config
         got = (media_inputs.embed_dim, media_inputs.audio_params.n_mels, media_inputs.video_tokens,
                media_inputs.audio_tokens)
@@ -250,6 +256,7 @@ class TeacherPipeline:
                              "and extract params the teacher was trained with")
         self.teacher = teacher.eval()
         self.media = media_inputs
+        self.modalities = tuple(modalities)
 
     def modules(self) -> list[nn.Module]:
         """What runs at inference (for `count_parameters`): the CLIP model and the teacher."""
@@ -258,6 +265,7 @@ class TeacherPipeline:
     def outputs(self, rows: Sequence[Row]) -> Outputs:
         """reg (B,) and logits (B, K)."""
         inputs = self.media(rows)
+        inputs["present"][:, [m not in self.modalities for m in MODALITIES]] = False
         inputs["text"] = self.media.embed_texts(rows, inputs["present"][:, MODALITIES.index("text")])  # (B, D)
         device = _device(self.teacher)
         out = self.teacher(**{k: v.to(device) for k, v in inputs.items()})
@@ -344,10 +352,12 @@ class RetrievalStudentPipeline:
 
 def teacher_pipeline(checkpoint: Path, device: torch.device, media: MediaFactory) -> tuple[TeacherPipeline, dict]:
     """The teacher saved at `checkpoint` (stage teacher's teacher.pt) on `device`, from raw clips with its own
-    token counts, and its checkpoint (config and provenance)."""
+    token counts and the modalities it was trained with (all three for a checkpoint that does not say), and its
+    checkpoint (config and provenance)."""
     teacher, ckpt = load_teacher(checkpoint)
     c = teacher.config
-    return TeacherPipeline(teacher.to(device), media(ckpt, checkpoint, c.frames, c.audio_tokens)), ckpt
+    inputs = media(ckpt, checkpoint, c.frames, c.audio_tokens)
+    return TeacherPipeline(teacher.to(device), inputs, ckpt.get("modalities", MODALITIES)), ckpt
 
 
 def student_pipeline(model_dir: Path, device: torch.device, media: MediaFactory

@@ -296,16 +296,19 @@ def write_predictions(model: PromptTeacher, data: FeatureArrays, labels: torch.T
 def train_one_seed(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,
                    seed: int, dataset: str, task: Task, name: str = TEACHER, *, identity: dict[str, str] | None = None,
                    features: FeatureSettings | None = None) -> None:
-    """Train, save and predict one teacher; `features`: the settings `data` was extracted with, recorded in its
-    checkpoint (config.FeatureSettings) so that it can be run on new clips."""
+    """Train, save and predict one teacher. Its checkpoint records the modalities it was trained with (those some
+    clip of `data` has) and `features`, the settings `data` was extracted with (config.FeatureSettings), so that
+    it can be run on new clips."""
     seed_everything(seed)
     model, best = train_teacher(data, labels, splits, params, seed, dataset, task, name, identity=identity)
     if not is_main_process():
         return
     ckpt = paths.teacher_checkpoint(dataset, seed, name)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
+    seen = [m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any())]  # what it can be given
     save_teacher(ckpt, model, {"params": to_dict(params), "seed": seed, "dataset": dataset, "name": name,
-                               "classes": data.classes, "best": best, **(features.record() if features else {})})
+                               "classes": data.classes, "best": best, "modalities": seen,
+                               **(features.record() if features else {})})
     write_predictions(model, data, labels, splits, params, seed, name, dataset, task)
 
 
