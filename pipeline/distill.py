@@ -5,7 +5,8 @@ Reads  data/prepared/<ds>/manifest.csv, models/<ds>/teacher/seed_<s>/preds.h5 (`
        (multimodal and retrieval students)
 Writes models/<ds>/student_<student>/seed_<s>/  sentiment: HF save_pretrained dir (encoder + tokenizer),
                                                 student_head.pt, student.json (config + provenance);
-                                                retrieval: retrieval_student.pt
+                                                retrieval: retrieval_student.pt; a student that reads
+                                                features records the CLIP and extract settings of them
        dvclive/<ds>/student_<student>/seed_<s>/ training curves
 for every seed in `seeds`; the student of seed s learns from the teacher of seed s.
 
@@ -29,6 +30,7 @@ from pipeline.core.config import (
     ClipParams,
     DistillParams,
     ExtractParams,
+    FeatureSettings,
     check_params,
     load_section,
     load_value,
@@ -49,6 +51,7 @@ from pipeline.distillation.families import parse_student
 from pipeline.distillation.methods import METHODS
 from pipeline.distillation.train import train_student
 from pipeline.features.arrays import feature_files, load_features
+from pipeline.features.precomputed import resolved
 from pipeline.tasks.table import task_of
 from pipeline.training.teacher import read_teacher_predictions
 
@@ -78,7 +81,9 @@ def run(name: str, dataset: str, params: DistillParams, seeds: list[int], clip: 
                 provenance = {"student": name, "family": student.family.name, "method": student.method,
                               "teacher": method.teacher, "params": to_dict(params), "seed": seed,
                               "dataset": dataset, "best": best,
-                              **({"classes": features.classes} if features is not None else {})}
+                              **({"classes": features.classes,
+                                  **FeatureSettings.of(clip, resolved(extract, dataset)).record()}
+                                 if features is not None else {})}
                 task.save_student(paths.student_dir(dataset, name, seed), model, tokenizer, provenance, params)
 
         task.preload_student()

@@ -1,7 +1,8 @@
 """Stage teacher: train the CLIP prompt teacher (and its text-only control) and write their predictions.
 
 Reads  data/prepared/<ds>/manifest.csv, data/features/<ds>/{video,audio,text}.h5
-Writes models/<ds>/teacher/seed_<s>/teacher.pt    weights + the config that built them
+Writes models/<ds>/teacher/seed_<s>/teacher.pt    weights + the config that built them + provenance (with the
+                                                  CLIP and extract.video / extract.audio settings of its features)
        models/<ds>/teacher/seed_<s>/preds.h5      per clip: split, label, logits (K), reg (r_T),
                                                   reg_only_<m> / reg_without_<m> (only m kept / m masked),
                                                   saliency_<m> (retrieval: logits_only_<m>, logits_without_<m>
@@ -29,6 +30,7 @@ from pipeline.core import paths
 from pipeline.core.config import (
     ClipParams,
     ExtractParams,
+    FeatureSettings,
     TeacherParams,
     check_params,
     load_section,
@@ -45,6 +47,7 @@ from pipeline.core.runtime import (
 )
 from pipeline.data.datasets import read_manifest
 from pipeline.features.arrays import feature_files, load_features
+from pipeline.features.precomputed import resolved
 from pipeline.tasks.table import task_of
 from pipeline.training.teacher import train_teachers
 
@@ -59,8 +62,9 @@ def run(dataset: str, params: TeacherParams, clip: ClipParams, extract: ExtractP
         data = load_features(manifest, dataset, clip, extract, params.video_tokens, params.audio_tokens)
         labels = torch.tensor(manifest["label"].to_numpy(), dtype=torch.float32)
         task, identity = task_of(dataset), run_identity("teacher", reads)
+        features = FeatureSettings.of(clip, resolved(extract, dataset))  # recorded in each checkpoint (predict)
         run_seeds(lambda seed: train_teachers(data, labels, manifest["split"].to_numpy(), params, seed, dataset, task,
-                                              identity=identity), seeds, params.train.device)
+                                              identity=identity, features=features), seeds, params.train.device)
 
 
 def main(argv: list[str] | None = None) -> None:

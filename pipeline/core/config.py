@@ -24,16 +24,19 @@ import copy
 import dataclasses
 import difflib
 import functools
+import logging
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 
 from pipeline.core.errors import UserError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PARAMS_FILE = Path("params.yaml")
@@ -291,6 +294,42 @@ class ExtractParams:
     video: VideoParams
     audio: AudioParams
     text: TextParams
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSettings:
+    """How a raw clip becomes a model's inputs: the frozen CLIP (frame and transcript embeddings) and
+    extract's frame sampling and log-mel settings. A model that reads features records them in its
+    provenance (`record()`: the teacher's checkpoint, a multimodal or retrieval student's), so that
+    running it on new clips (pipeline/predict.py, evaluate's latency) uses the settings it was trained
+    with, not today's params.yaml (`recorded_features`)."""
+
+    clip: ClipParams
+    video: VideoParams
+    audio: AudioParams
+
+    @classmethod
+    def of(cls, clip: ClipParams, extract: ExtractParams) -> FeatureSettings:
+        return cls(clip, extract.video, extract.audio)
+
+    def record(self) -> dict[str, Any]:
+        """What a model's provenance holds: {"features": {"clip": ..., "video": ..., "audio": ...}}, plain JSON data."""
+        return {FEATURES_RECORD: to_dict(self)}
+
+
+FEATURES_RECORD = "features"  # the provenance key of a model's FeatureSettings
+
+
+def recorded_features(record: Mapping[str, Any], source: str | Path,
+                      fallback: Callable[[], FeatureSettings]) -> FeatureSettings:
+    """The FeatureSettings in the provenance `record` of the model saved at `source`. A model saved before
+    they were recorded has none: then `fallback()` (today's params), with a warning saying so."""
+    if FEATURES_RECORD not in record:
+        log.warning("%s has no record of the CLIP and extraction settings it was trained with (saved before they "
+                    "were recorded): using today's clip, extract.video and extract.audio params, which must be "
+                    "the ones it was trained with", source)
+        return fallback()
+    return from_dict(FeatureSettings, record[FEATURES_RECORD], where=f"{source}: {FEATURES_RECORD}")
 
 
 @dataclasses.dataclass(frozen=True)

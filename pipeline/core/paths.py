@@ -19,6 +19,7 @@ CHECKED = Path("data/checked.txt")  # stage check's output: every other stage de
 
 # the models besides the students (models/<ds>/<name>): the teacher, its `self` control, the linear floor
 TEACHER, SELF_TEACHER, FLOOR = "teacher", "teacher_self", "floor"
+TEACHER_CHECKPOINT = "teacher.pt"  # a teacher's weights, config and provenance, in its seed's folder
 
 
 def raw_dir(dataset: str) -> Path:
@@ -43,7 +44,7 @@ def teacher_dir(dataset: str, name: str = TEACHER) -> Path:
 
 
 def teacher_checkpoint(dataset: str, seed: int, name: str = TEACHER) -> Path:
-    return teacher_dir(dataset, name) / f"seed_{seed}" / "teacher.pt"
+    return teacher_dir(dataset, name) / f"seed_{seed}" / TEACHER_CHECKPOINT
 
 
 def teacher_predictions(dataset: str, seed: int, name: str = TEACHER) -> Path:

@@ -219,10 +219,32 @@ def _pearson(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(pred, y)[0, 1])
 
 
+def _rounded_class(x: np.ndarray, bound: float) -> np.ndarray:
+    """The class acc7 (bound 3) and acc5 (bound 2) give each value: round(clip(x, -bound, bound))."""
+    return np.round(np.clip(x, -bound, bound))
+
+
 def _multiclass_acc(pred: np.ndarray, y: np.ndarray, bound: float) -> float:
-    p = np.round(np.clip(pred, -bound, bound))
-    t = np.round(np.clip(y, -bound, bound))
-    return float(np.mean(p == t))
+    return float(np.mean(_rounded_class(pred, bound) == _rounded_class(y, bound)))
+
+
+def sentiment_readings(pred: np.ndarray) -> dict[str, list]:
+    """What MOSI / MOSEI's accuracies read each prediction r as: `class7`, its acc7 class round(clip(r, -3, 3))
+    in -3..3, and `polarity`, its acc2_has0 class (r >= 0: positive, else negative)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    return {"class7": _rounded_class(pred, 3.0).astype(int).tolist(),
+            "polarity": np.where(pred >= 0, "positive", "negative").tolist()}
+
+
+SIMS_CLASS3 = ("negative", "neutral", "positive")  # acc3's classes [-1, -0.1], (-0.1, 0.1], (0.1, 1]
+
+
+def sims_readings(pred: np.ndarray) -> dict[str, list]:
+    """What CH-SIMS's accuracies read each prediction r as: `class3`, its acc3 class of clip(r, -1, 1)
+    (SIMS_CLASS3), and `polarity`, its acc2 class (r > 0: positive, else negative)."""
+    p = np.clip(np.asarray(pred, dtype=np.float64), -1.0, 1.0)
+    return {"class3": [SIMS_CLASS3[k] for k in _sims_bins(p, SIMS_EDGES["acc3"])],
+            "polarity": ["positive" if k else "negative" for k in _sims_bins(p, SIMS_EDGES["acc2"])]}
 
 
 def _binary(truth: np.ndarray, preds: np.ndarray) -> tuple[float, float]:
@@ -364,6 +386,9 @@ class MetricSet:
                       comparisons use, indexed by clip id; `clip_score_doc` says what it is
     teacher_metrics   what the teacher is reported with, given each subset of its modalities
                       (training/teacher.py `subset_metrics`: the task's `teacher_metrics`)
+    readings          ``pred -> {name: one value per prediction}``: the classes the set's accuracies
+                      read regression predictions as (pipeline/predict.py prints them); None when the
+                      set does not score regression predictions
     """
 
     names: tuple[str, ...]
@@ -375,19 +400,20 @@ class MetricSet:
     clip_score: Callable[[pd.DataFrame], pd.Series]
     clip_score_doc: str
     teacher_metrics: tuple[str, ...]
+    readings: Callable[[np.ndarray], dict[str, list]] | None = None
 
     def __post_init__(self) -> None:
         if self.primary not in self.names:
             raise ValueError(f"MetricSet: primary metric {self.primary!r} is not one of its names {list(self.names)}")
 
 
-def _sentiment_set(names: tuple[str, ...], compute: Callable[[np.ndarray, np.ndarray], dict[str, float]]
-                   ) -> MetricSet:
+def _sentiment_set(names: tuple[str, ...], compute: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+                   readings: Callable[[np.ndarray], dict[str, list]]) -> MetricSet:
     """A sentiment regression set: headline MAE (lower is better), curve valid/mae, per-clip CSVs."""
     return MetricSet(names, compute, primary="mae", higher_is_better=False, curve="valid/mae",
                      from_csv=functools.partial(_per_clip_csv_metrics, compute=compute), clip_score=_absolute_error,
                      clip_score_doc="the absolute error |pred − y| of each test clip",
-                     teacher_metrics=("mae", "corr", "acc2_non0"))
+                     teacher_metrics=("mae", "corr", "acc2_non0"), readings=readings)
 
 
 def _absolute_error(table: pd.DataFrame) -> pd.Series:
@@ -402,8 +428,8 @@ def _mean_query_ap(table: pd.DataFrame) -> pd.Series:
 
 
 METRIC_SETS: Registry[MetricSet] = Registry("metric set")
-METRIC_SETS.add("mosi_mosei", _sentiment_set(METRIC_NAMES, sentiment_metrics))
-METRIC_SETS.add("sims", _sentiment_set(SIMS_METRIC_NAMES, sims_metrics))
+METRIC_SETS.add("mosi_mosei", _sentiment_set(METRIC_NAMES, sentiment_metrics, sentiment_readings))
+METRIC_SETS.add("sims", _sentiment_set(SIMS_METRIC_NAMES, sims_metrics, sims_readings))
 METRIC_SETS.add("retrieval", MetricSet(RETRIEVAL_METRIC_NAMES, None, primary="map_mean",
                                        higher_is_better=True, curve="valid/map", from_csv=_per_query_csv_metrics,
                                        clip_score=_mean_query_ap,

@@ -18,10 +18,12 @@ softmax(c_T^audio), the class posterior given its audio alone, and its visual it
 Efficiency (the models of the first seed; latency depends on the architecture, not on the weights
 or the seed): `params` counts every parameter inference needs (the teacher includes the frozen
 CLIP; a multimodal or retrieval student too, since it needs CLIP frame embeddings), and latency
-is wall time per clip from the raw inputs to the prediction (latency.py), at batch 1 and batched
+is wall time per clip from the raw inputs to the prediction (latency.py; a model's clips are decoded
+with the CLIP and extraction settings its checkpoint records), at batch 1 and batched
 (`evaluate.latency.batch_size`), on the machine at hand (`device` is recorded). A model that reads
 precomputed features (`extract.<m>.source`, features/precomputed.py) has no raw-clip path: it is
-not timed (null, with a note), as the retrieval floor's probes are not. Students of the
+not timed (null, with a note), as the retrieval floor's probes are not, and the CLIP is counted only
+where it needs it. Students of the
 same kind share one architecture, so latency is measured once per kind, on the first such student,
 and the others record `latency_of` (timing them all would only rank measurement noise). The
 `teacher_self` control is never deployed: its latency is not measured (null).
@@ -29,31 +31,40 @@ and the others record `latency_of` (timing them all would only rank measurement 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.core import paths
-from pipeline.core.config import MODALITIES, ClipParams, EvaluateParams, ExtractParams
+from pipeline.core.config import (
+    MODALITIES,
+    ClipParams,
+    EvaluateParams,
+    ExtractParams,
+    FeatureSettings,
+    recorded_features,
+)
 from pipeline.core.paths import FLOOR, SELF_TEACHER, TEACHER
 from pipeline.core.runtime import resolve_device
 from pipeline.data.datasets import DATASETS, read_manifest
 from pipeline.evaluation.latency import (
-    TeacherPipeline,
+    MediaInputs,
     count_parameters,
     manifest_rows,
     measure_latency,
+    media_inputs,
+    teacher_pipeline,
 )
 from pipeline.evaluation.metrics import METRIC_SETS, json_safe, summarize_seeds
 from pipeline.features.arrays import FeatureArrays, load_features
-from pipeline.features.clip import load_clip
-from pipeline.features.precomputed import sources
+from pipeline.features.clip import FrozenClip
+from pipeline.features.precomputed import resolved, sources
 from pipeline.models.floor import ProbeFloor, TextFloor, load_floor
-from pipeline.models.teacher import load_teacher
 from pipeline.tasks.table import task_of
 
 log = logging.getLogger(__name__)
@@ -76,6 +87,7 @@ class Evaluation:
         self.device = resolve_device(params.device)
         self.sources = sources(extract, dataset)  # where video and audio come from
         self._features: dict[tuple[int, int], FeatureArrays] = {}
+        self._clips: dict[ClipParams, FrozenClip] = {}  # the frozen CLIPs of the raw-clip pipelines, loaded once
         self.latency_by_kind: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def features(self, video_tokens: int, audio_tokens: int) -> FeatureArrays:
@@ -86,18 +98,21 @@ class Evaluation:
 
     def test_features(self, video_tokens: int, audio_tokens: int) -> FeatureArrays:
         """The test clips' rows of `features`."""
-        full = self.features(video_tokens, audio_tokens)
-        return full.rows(torch.from_numpy(self.test_rows))
+        return self.features(video_tokens, audio_tokens).rows(torch.from_numpy(self.test_rows))
 
     def present(self, modality: str) -> np.ndarray:
         """(N_test,) bool: the test clips that have `modality`'s features (retrieval: queries and items)."""
         return self.features(self.extract.video.frames, 1).present[self.test_rows, MODALITIES.index(modality)].numpy()
 
-    @functools.cached_property
-    def frozen_clip(self):
-        """The frozen CLIP of the raw-clip pipelines (latency), loaded once."""
-        return load_clip(self.clip.model, self.clip.pretrained, self.device, self.clip.init_seed,
-                         self.extract.run.precision)
+    def media_inputs(self, record: Mapping[str, Any], source: Path, video_tokens: int,
+                     audio_tokens: int) -> MediaInputs:
+        """A saved model's raw-clip inputs (latency.py), with the feature settings its provenance `record`
+        holds (this run's clip and extract params for a model saved before they were recorded); the CLIP
+        autocast of extract@video (`extract.run.precision`), each distinct CLIP loaded once."""
+        settings = recorded_features(record, source,
+                                     lambda: FeatureSettings.of(self.clip, resolved(self.extract, self.dataset)))
+        return media_inputs(settings, video_tokens, audio_tokens, self.device, self.extract.run.precision,
+                            self._clips)
 
     # ----------------------------------------------------------------------- one seed's test score
 
@@ -130,24 +145,21 @@ class Evaluation:
         rows = manifest_rows(self.test, self.params.latency.clips)
         untimed = {"latency_ms_b1": None, "latency_ms_batched": None, "batch_size": self.params.latency.batch_size,
                    "clips": 0, "device": str(self.device)}
-        if name in (TEACHER, SELF_TEACHER):
-            inputs = self.task.teacher_inputs if name == TEACHER else "+".join(self.task.self_modalities)
+        if name == SELF_TEACHER:
+            control, _ = teacher_pipeline(paths.teacher_checkpoint(self.dataset, seed, name), self.device,
+                                          self.media_inputs)
+            inputs = "+".join(self.task.self_modalities)
             files = self.precomputed(inputs)
-            if name == SELF_TEACHER or files:  # not run from raw clips: counted, not timed
-                teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed, name))
-                clip = [self.frozen_clip.model] if self.needs_clip(inputs, clip_text=True) else []
-                note = ("a control, never deployed: not timed" if name == SELF_TEACHER else
-                        f"reads precomputed features ({files}): not timed from raw clips")
-                return {"params": count_parameters(teacher, *clip),
-                        "inputs": inputs + (f" (precomputed: {files})" if files else ""), **untimed, "note": note}
+            return {"params": count_parameters(*self.needed(control, inputs, clip_text=True)),
+                    "inputs": inputs + (f" (precomputed: {files})" if files else ""), **untimed,
+                    "note": "a control, never deployed: not timed"}
         if name == FLOOR and isinstance(probes := load_floor(paths.floor_dir(self.dataset)), ProbeFloor):
             return {"params": probes.n_parameters, "inputs": "video+audio (time-averaged cached features)",
                     **untimed, "note": "linear probes on cached features: not timed from raw clips"}
         kind, pipeline, inputs = self.inference_pipeline(name, seed)
-        if files := self.precomputed(inputs):  # a student (its text goes through its own encoder, not CLIP)
-            modules = [m for m in pipeline.modules()
-                       if m is not self.frozen_clip.model or self.needs_clip(inputs, clip_text=False)]
-            return {"params": count_parameters(*modules), "inputs": f"{inputs} (precomputed: {files})", **untimed,
+        if files := self.precomputed(inputs):
+            return {"params": count_parameters(*self.needed(pipeline, inputs, clip_text=kind == TEACHER)),
+                    "inputs": f"{inputs} (precomputed: {files})", **untimed,
                     "note": f"reads precomputed features ({files}): not timed from raw clips"}
         if kind in self.latency_by_kind:
             source, timed = self.latency_by_kind[kind]
@@ -166,18 +178,19 @@ class Evaluation:
         such a model cannot be run from a raw clip (features/precomputed.py)."""
         return ", ".join(str(s) for m, s in self.sources.items() if not s.media and m in inputs.split("+"))
 
-    def needs_clip(self, inputs: str, clip_text: bool) -> bool:
-        """Whether a model with `inputs` needs the frozen CLIP at inference: for CLIP frame embeddings (video
-        from the clips) or, with `clip_text` (the teachers), for the transcript's CLIP embedding."""
+    def needed(self, pipeline: Any, inputs: str, clip_text: bool) -> list[torch.nn.Module]:
+        """The modules of `pipeline` a model with `inputs` needs at inference: the frozen CLIP only for CLIP
+        frame embeddings (video from the clips) or, with `clip_text` (the teachers), the transcript's."""
         parts = inputs.split("+")
-        return (clip_text and "text" in parts) or ("video" in parts and self.sources["video"].media)
+        if (clip_text and "text" in parts) or ("video" in parts and self.sources["video"].media):
+            return pipeline.modules()
+        return [m for m in pipeline.modules() if m is not pipeline.media.clip.model]
 
     def inference_pipeline(self, name: str, seed: int) -> tuple[str, Any, str]:
         """(kind, the model of `name` (its `seed`) wrapped end to end from raw clip to prediction, its inputs)."""
         if name == TEACHER:
-            teacher, _ = load_teacher(paths.teacher_checkpoint(self.dataset, seed))
-            return TEACHER, TeacherPipeline.build(teacher.to(self.device), self.frozen_clip, self.extract.video,
-                                                  self.extract.audio), self.task.teacher_inputs
+            pipeline, _ = teacher_pipeline(paths.teacher_checkpoint(self.dataset, seed), self.device, self.media_inputs)
+            return TEACHER, pipeline, self.task.teacher_inputs
         if name == FLOOR:
             return FLOOR, FloorPipeline(load_floor(paths.floor_dir(self.dataset))), "text"
         return self.task.student_pipeline(self, paths.student_dir(self.dataset, name, seed))

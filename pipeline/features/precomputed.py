@@ -110,6 +110,14 @@ def sources(extract: ExtractParams, dataset: str) -> dict[str, Source]:
     return {m: resolve_source(m, getattr(extract, m).source, dataset) for m in SOURCED}
 
 
+def resolved(extract: ExtractParams, dataset: str) -> ExtractParams:
+    """`extract` with each source resolved for `dataset` (`auto` replaced by `media` or the file), as a model
+    records it (config.FeatureSettings): a model reading precomputed features is then known as one."""
+    found = sources(extract, dataset)
+    return dataclasses.replace(extract, **{m: dataclasses.replace(getattr(extract, m), source=str(found[m]))
+                                           for m in SOURCED})
+
+
 def check_sources(extract: ExtractParams, dataset: str) -> None:
     """Stage check: every source resolves, and a file source exists inside the dataset's folder."""
     for modality, source in sources(extract, dataset).items():

@@ -16,7 +16,7 @@ implements `Task`, one line in tasks/__init__.py, and a `DatasetSpec` naming it;
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,8 +27,8 @@ if TYPE_CHECKING:  # the interface is read by stages that never build a student 
     from torch import nn
 
     from pipeline.core.config import DistillParams, EvaluateParams, ExtractParams, MSDParams
+    from pipeline.evaluation.latency import MediaInputs
     from pipeline.features.arrays import FeatureArrays
-    from pipeline.features.clip import FrozenClip
 
     Batch = dict[str, torch.Tensor]
 
@@ -53,9 +53,10 @@ class TestSet(Protocol):
     def present(self, modality: str) -> np.ndarray:
         """(N_test,) bool: the test clips that have the modality's features."""
 
-    @property
-    def frozen_clip(self) -> FrozenClip:
-        """The frozen CLIP of the raw-clip inference pipelines."""
+    def media_inputs(self, record: Mapping[str, Any], source: Path, video_tokens: int,
+                     audio_tokens: int) -> MediaInputs:
+        """A saved model's raw-clip inputs, with the feature settings its provenance `record` holds
+        (evaluation/latency.py `MediaFactory`)."""
 
 
 class Objective(Protocol):

@@ -349,12 +349,10 @@ class RetrievalTask:
         return metrics
 
     def student_pipeline(self, ev: TestSet, model_dir: Path) -> tuple[str, Any, str]:
-        from pipeline.evaluation.latency import MediaInputs, RetrievalStudentPipeline  # decoders: evaluate only
+        from pipeline.evaluation import latency  # decoders: evaluate only
 
-        model, ckpt = load_retrieval_student(model_dir / RETRIEVAL_CHECKPOINT, ev.device)
-        media = MediaInputs(ev.frozen_clip, ev.extract.video, ev.extract.audio, ckpt["video_tokens"],
-                            ckpt["audio_tokens"])
-        return "retrieval", RetrievalStudentPipeline(model, media), "video+audio"
+        pipeline, _ = latency.retrieval_student_pipeline(model_dir, ev.device, ev.media_inputs)
+        return "retrieval", pipeline, "video+audio"
 
     def teacher_metrics(self, pred: np.ndarray, labels: np.ndarray, metric_set: str) -> dict[str, float]:
         """Accuracy `acc` and cross-entropy `ce` of the class logits `pred` (N, K)."""

@@ -166,18 +166,11 @@ class SentimentTask:
         return write_predictions(ev.test, outputs, csv_path, ev.metric_set)
 
     def student_pipeline(self, ev: TestSet, model_dir: Path) -> tuple[str, Any, str]:
-        from pipeline.evaluation.latency import MediaInputs, MultimodalStudentPipeline, TextStudentPipeline  # evaluate
-        from pipeline.models.students import load_student
+        from pipeline.evaluation import latency  # decoders: evaluate only
 
-        model, tokenizer, meta = load_student(model_dir)
-        model.to(ev.device)
-        config = meta["config"]
-        if config["kind"] == "multimodal":
-            media = MediaInputs(ev.frozen_clip, ev.extract.video, ev.extract.audio, config["video_tokens"],
-                                config["audio_tokens"])
-            return ("multimodal", MultimodalStudentPipeline(model, tokenizer, config["max_length"], media),
-                    "+".join(MODALITIES))
-        return "text", TextStudentPipeline(model, tokenizer, config["max_length"]), "text"
+        pipeline, meta = latency.student_pipeline(model_dir, ev.device, ev.media_inputs)
+        kind = meta["config"]["kind"]
+        return kind, pipeline, "+".join(MODALITIES) if kind == "multimodal" else "text"
 
 
 def write_predictions(test: pd.DataFrame, pred: np.ndarray, csv_path: Path, metric_set: str) -> dict[str, float]:

@@ -61,6 +61,7 @@ import torch
 from pipeline.core import paths
 from pipeline.core.config import (
     MODALITIES,
+    FeatureSettings,
     TeacherParams,
     to_dict,
 )
@@ -294,16 +295,21 @@ def write_predictions(model: PromptTeacher, data: FeatureArrays, labels: torch.T
 
 
 def train_one_seed(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams,
-                   seed: int, dataset: str, task: Task, name: str = TEACHER, *, identity: dict[str, str] | None = None
-                   ) -> None:
+                   seed: int, dataset: str, task: Task, name: str = TEACHER, *, identity: dict[str, str] | None = None,
+                   features: FeatureSettings | None = None) -> None:
+    """Train, save and predict one teacher. Its checkpoint records the modalities it was trained with (those some
+    clip of `data` has) and `features`, the settings `data` was extracted with (config.FeatureSettings), so that
+    it can be run on new clips."""
     seed_everything(seed)
     model, best = train_teacher(data, labels, splits, params, seed, dataset, task, name, identity=identity)
     if not is_main_process():
         return
     ckpt = paths.teacher_checkpoint(dataset, seed, name)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
+    seen = [m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any())]  # what it can be given
     save_teacher(ckpt, model, {"params": to_dict(params), "seed": seed, "dataset": dataset, "name": name,
-                               "classes": data.classes, "best": best})
+                               "classes": data.classes, "best": best, "modalities": seen,
+                               **(features.record() if features else {})})
     write_predictions(model, data, labels, splits, params, seed, name, dataset, task)
 
 
@@ -317,17 +323,19 @@ def copy_teacher(dataset: str, seed: int) -> None:
 
 
 def train_teachers(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray, params: TeacherParams, seed: int,
-                   dataset: str, task: Task, *, identity: dict[str, str] | None = None) -> None:
+                   dataset: str, task: Task, *, identity: dict[str, str] | None = None,
+                   features: FeatureSettings | None = None) -> None:
     """One seed of stage teacher: the teacher, then the `self` control restricted to `task.self_modalities`
     (a copy of the teacher when that is every modality the teacher sees). `identity`: the digests of the
-    files `data` was read from, which a resumed checkpoint must share."""
+    files `data` was read from, which a resumed checkpoint must share; `features`: the settings they were
+    extracted with, recorded in both checkpoints."""
     available = tuple(m for i, m in enumerate(MODALITIES) if bool(data.present[:, i].any()))
     own = tuple(m for m in task.self_modalities if m in available)
-    train_one_seed(data, labels, splits, params, seed, dataset, task, TEACHER, identity=identity)
+    train_one_seed(data, labels, splits, params, seed, dataset, task, TEACHER, identity=identity, features=features)
     if own == available and is_main_process():  # the student sees all the teacher sees: same model
         log.info("%s: the `self` student sees every modality the teacher sees (%s): %s is a copy of %s",
                  dataset, subset_name(own), SELF_TEACHER, TEACHER)
         copy_teacher(dataset, seed)
     elif own != available:
         train_one_seed(restricted(data, own), labels, splits, params, seed, dataset, task, SELF_TEACHER,
-                       identity=identity)
+                       identity=identity, features=features)

@@ -197,7 +197,9 @@ def test_teacher_pipeline_equals_the_cached_feature_path(cached, clip_model, bac
 
     params = _extract_params()
     video = dataclasses.replace(params.video, backend=backend)
-    pipeline = latency.TeacherPipeline.build(teacher, clip_model, video, params.audio)
+    media_inputs = latency.MediaInputs(clip_model, video, params.audio, teacher.config.frames,
+                                       teacher.config.audio_tokens)
+    pipeline = latency.TeacherPipeline(teacher, media_inputs)
     rows = latency.manifest_rows(cached[1], 100)
     with torch.inference_mode():
         got = _in_chunks(pipeline, rows, 4)

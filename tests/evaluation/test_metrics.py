@@ -28,7 +28,9 @@ from pipeline.evaluation.metrics import (
     main,
     metrics_from_csv,
     sentiment_metrics,
+    sentiment_readings,
     sims_metrics,
+    sims_readings,
     summarize_seeds,
 )
 
@@ -605,3 +607,20 @@ def test_retrieval_from_csv_errors_name_the_file(tmp_path, capsys, text, match):
 def test_retrieval_from_csv_missing_file_names_the_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope.csv not found: run `dvc repro evaluate`"):
         metrics_from_csv(tmp_path / "nope.csv", "retrieval")
+
+
+def test_readings_are_the_classes_the_accuracies_compare() -> None:
+    """What pipeline/predict.py prints next to r: acc7's rounded class and acc2_has0's side (MOSI), acc3's bin
+    and acc2's side (CH-SIMS), with the same rounding and edges as the metrics."""
+    pred = np.array([-3.7, -0.5, 0.0, 0.5, 1.5, 2.5])
+    assert sentiment_readings(pred) == {"class7": [-3, 0, 0, 0, 2, 2],
+                                        "polarity": ["negative", "negative"] + ["positive"] * 4}
+    assert METRIC_SETS.get("mosi_mosei").readings is sentiment_readings
+    assert sims_readings(np.array([-1.5, -0.1, 0.0, 0.1, 0.10001, 0.9])) == {
+        "class3": ["negative", "negative", "neutral", "neutral", "positive", "positive"],
+        "polarity": ["negative", "negative", "negative", "positive", "positive", "positive"]}
+    assert METRIC_SETS.get("sims").readings is sims_readings and METRIC_SETS.get("retrieval").readings is None
+    # a prediction read as the label's class counts as correct in acc7, and only then
+    y = np.array([-3.0, 0.2, 0.0, -0.4, 2.0, 2.4])
+    assert sentiment_metrics(pred, y)["acc7"] == np.mean(np.array(sentiment_readings(pred)["class7"])
+                                                         == np.array(sentiment_readings(y)["class7"]))

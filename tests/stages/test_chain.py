@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline import check, distill, evaluate, extract, floor, generate, prepare, report, teacher
+from pipeline import check, distill, evaluate, extract, floor, generate, predict, prepare, report, teacher
 from pipeline.core import paths
 from pipeline.core.config import MODALITIES
 from pipeline.evaluation.metrics import METRIC_NAMES, metrics_from_csv
@@ -176,6 +176,38 @@ def test_student_reloads_from_its_directory(chain: Path, method: str) -> None:
     texts = manifest.loc[table["id"], "text"].tolist()
     pred = student_lib.predict_student(model, student_lib.tokenize(tokenizer, texts, meta["config"]["max_length"]), 8)
     np.testing.assert_allclose(pred.numpy(), table["pred"].to_numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["teacher", "teacher_self", "va-none", "msd-none"])
+def test_predict_on_raw_test_clips_gives_the_evaluated_predictions(chain: Path, name: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """`python -m pipeline.predict` on test clips' videos and transcripts reproduces what evaluate scored (computed
+    from the cached features), decoding with the settings the model recorded (today's params here) and giving the
+    `self` control teacher the transcripts alone, as it was trained."""
+    from pipeline.core.config import FeatureSettings, load_section, recorded_features
+
+    teacher = name.startswith("teacher")
+    model_dir = chain / (paths.teacher_checkpoint(DS, 0, name).parent if teacher else paths.student_dir(DS, name, 0))
+    record = (load_teacher(model_dir / "teacher.pt")[1] if teacher
+              else json.loads((model_dir / student_lib.STUDENT_CONFIG).read_text()))
+    if teacher:
+        assert record["modalities"] == (["text"] if name == "teacher_self" else list(MODALITIES))
+    params = chain / "params.yaml"
+    today = FeatureSettings.of(load_section("clip", params), load_section("extract", params))
+    if name != "va-none":  # the text student reads no video: nothing to record
+        assert recorded_features(record, model_dir, fallback=None) == today
+    table = pd.read_csv(chain / paths.predictions(DS, name, 0), dtype={"id": str}).head(4)
+    manifest = pd.read_csv(chain / paths.manifest(DS), dtype={"id": str}, keep_default_na=False).set_index("id")
+    inputs = tmp_path / "inputs.csv"
+    pd.DataFrame({"video": [str(chain / v) for v in manifest.loc[table["id"], "video"]],
+                  "text": manifest.loc[table["id"], "text"].tolist()}).to_csv(inputs, index=False)
+    out = tmp_path / "predictions.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(chain)
+        predict.main([str(model_dir), "--csv", str(inputs), "--out", str(out)])
+    assert len(capsys.readouterr().out.splitlines()) == len(table)
+    got = [p["r"] for p in json.loads(out.read_text())["predictions"]]
+    np.testing.assert_allclose(got, table["pred"].to_numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m.startswith("msd-") and m not in ("msd-none", "msd-kd")])

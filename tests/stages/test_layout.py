@@ -1,6 +1,7 @@
-"""The shape of pipeline/, checked from the source: imports flow one way (stages -> library -> config),
-no import cycles, no module imports a stage, the data stages start without the heavy libraries, and
-each DVC stage depends on exactly the project files it imports (so DVC reruns it when they change).
+"""The shape of pipeline/, checked from the source: imports flow one way (stages and commands -> library ->
+config), no import cycles, no module imports a stage or a command, the data stages start without the heavy
+libraries, and each DVC stage depends on exactly the project files it imports (so DVC reruns it when they
+change).
 
 The graph (pipeline/core/identity.py, which also digests a stage's code for its checkpoints) is built
 with `ast` from every module's `import` statements, including the ones inside functions (a lazy import
@@ -21,11 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "pipeline"
 HEAVY = ("torch", "transformers", "open_clip", "dvclive")
 LIGHT_STAGES = ("check", "prepare", "generate")
+COMMANDS = ("predict",)  # top-level modules that are commands for the user, not DVC stages
+
+
+def top_level_modules() -> list[str]:
+    """The modules directly under pipeline/: the stages and the commands (the library lives in its subpackages)."""
+    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 
 def stage_names() -> list[str]:
-    """The stages: the modules directly under pipeline/ (the library lives in its subpackages)."""
-    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+    """The DVC stages: the top-level modules that are not commands."""
+    return [m for m in top_level_modules() if m not in COMMANDS]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -76,10 +83,10 @@ def test_no_import_cycle() -> None:
     assert cycles(import_graph()) == []
 
 
-def test_no_module_imports_a_stage() -> None:
-    stages = {f"pipeline.{s}" for s in stage_names()}
-    offenders = sorted(f"{m} imports {d}" for m, deps in import_graph().items() for d in deps & stages)
-    assert offenders == [], "what two stages share belongs in the library:\n" + "\n".join(offenders)
+def test_no_module_imports_a_stage_or_a_command() -> None:
+    top = {f"pipeline.{s}" for s in top_level_modules()}
+    offenders = sorted(f"{m} imports {d}" for m, deps in import_graph().items() for d in deps & top)
+    assert offenders == [], "what two stages or commands share belongs in the library:\n" + "\n".join(offenders)
 
 
 def test_library_layers_flow_one_way() -> None:
@@ -99,6 +106,7 @@ def test_library_is_grouped_in_folders() -> None:
     assert folders == ["core", "data", "distillation", "evaluation", "features", "models", "tasks", "training"]
     assert stage_names() == ["check", "distill", "evaluate", "extract", "floor", "generate", "prepare", "report",
                              "teacher"]
+    assert set(COMMANDS) <= set(top_level_modules())
     tests = sorted(p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__")
     assert tests == sorted([*folders, "stages"])  # the tests mirror the library; the DAG's tests apart
 
@@ -135,7 +143,9 @@ def test_every_dvc_stage_depends_on_exactly_the_code_it_imports() -> None:
 
 
 def test_dvc_stage_names_are_the_stage_modules() -> None:
-    """Stage name = module name = params section (or the stage reads none)."""
+    """Stage name = module name = params section (or the stage reads none); every stage module is in the DAG,
+    and no command is."""
+    assert sorted(dvc_stages()) == stage_names()
     for name, spec in dvc_stages().items():
         body = spec.get("do", spec)
         assert body["cmd"].startswith(f"python -m pipeline.{name}"), name

@@ -198,3 +198,24 @@ def test_mosi_csd_runs_to_the_eight_metrics(mosi: tuple[Path, dict[str, np.ndarr
     assert eff["teacher"]["latency_ms_b1"] is None and "FACET.csd" in eff["teacher"]["note"]
     assert eff["msd-none"]["latency_ms_b1"] is None and "COVAREP.csd" in eff["msd-none"]["note"]
     assert eff["va-none"]["latency_ms_b1"] > 0  # the text student needs no video: timed end to end
+
+
+def test_predict_refuses_a_raw_clip_for_a_model_of_precomputed_features(
+        mosi: tuple[Path, dict[str, np.ndarray]], capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teacher and the multimodal student read FACET/COVAREP: no video file can give them their inputs, so
+    predict says so in one line; the text student needs no video and predicts as usual."""
+    from pipeline import predict
+    from pipeline.core.runtime import entry_point
+
+    root, _ = mosi
+    monkeypatch.chdir(root)
+    clip = next((root / "data/raw/mosi/Raw").rglob("*.mp4"))
+    for model in (paths.teacher_checkpoint("mosi", 0).parent, paths.student_dir("mosi", "msd-none", 0)):
+        with pytest.raises(SystemExit) as done:
+            entry_point(predict.main, [str(model), "--video", str(clip), "--text", "it was fine"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert done.value.code == 2 and err[-1].startswith("error: this model reads precomputed features (video: "
+                                                           "FACET.csd, audio: COVAREP.csd)"), err
+    predict.main([str(paths.student_dir("mosi", "va-none", 0)), "--text", "it was fine"])
+    assert capsys.readouterr().out.startswith("r=")
