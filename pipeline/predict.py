@@ -144,6 +144,7 @@ def predict(model_dir: Path, inputs: Inputs, device: str, batch_size: int, out: 
     """Load the model, check the inputs against what it reads, predict, print one line per input, write `out`."""
     if out is not None and out.suffix not in OUT_FORMATS:
         raise UserError(f"--out {out}: the file name must end in {' or '.join(OUT_FORMATS)}")
+
     def today() -> FeatureSettings:  # a model saved before its settings were recorded
         return FeatureSettings.of(load_section("clip"), resolved(load_section("extract"), load_value("dataset")))
 
