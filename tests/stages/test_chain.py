@@ -185,6 +185,7 @@ def test_predict_on_raw_test_clips_gives_the_evaluated_predictions(chain: Path, 
     from the cached features), decoding with the settings the model recorded (today's params here) and giving the
     `self` control teacher the transcripts alone, as it was trained."""
     from pipeline.core.config import FeatureSettings, load_section, recorded_features
+    from pipeline.features.precomputed import resolved
 
     teacher = name.startswith("teacher")
     model_dir = chain / (paths.teacher_checkpoint(DS, 0, name).parent if teacher else paths.student_dir(DS, name, 0))
@@ -193,7 +194,7 @@ def test_predict_on_raw_test_clips_gives_the_evaluated_predictions(chain: Path, 
     if teacher:
         assert record["modalities"] == (["text"] if name == "teacher_self" else list(MODALITIES))
     params = chain / "params.yaml"
-    today = FeatureSettings.of(load_section("clip", params), load_section("extract", params))
+    today = FeatureSettings.of(load_section("clip", params), resolved(load_section("extract", params), DS))
     if name != "va-none":  # the text student reads no video: nothing to record
         assert recorded_features(record, model_dir, fallback=None) == today
     table = pd.read_csv(chain / paths.predictions(DS, name, 0), dtype={"id": str}).head(4)
