@@ -84,3 +84,22 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = write_project(tmp_path / "project", small_params())
     monkeypatch.chdir(root)
     return root
+
+
+def run_dag(students: list[str] | tuple[str, ...], generated: str | None = None) -> None:
+    """Every stage's main(), in DAG order, in the working directory (generate only for `generated`)."""
+    from pipeline import check, distill, evaluate, extract, floor, generate, prepare, report, teacher
+    from pipeline.core.config import MODALITIES
+
+    check.main([])
+    if generated:
+        generate.main([generated])
+    prepare.main([])
+    for modality in MODALITIES:
+        extract.main([modality])
+    teacher.main([])
+    floor.main([])
+    for name in students:
+        distill.main([name])
+    evaluate.main([])
+    report.main([])

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline import check, distill, evaluate, extract, floor, generate, predict, prepare, report, teacher
+from pipeline import distill, evaluate, extract, predict, teacher
 from pipeline.core import paths
 from pipeline.core.config import MODALITIES
 from pipeline.evaluation.metrics import METRIC_NAMES, metrics_from_csv
@@ -36,23 +36,9 @@ MODELS = ("teacher", "teacher_self", "floor", *METHODS)
 SEEDS = (0, 1)
 
 
-def run_all() -> None:
-    check.main([])
-    generate.main([DS])
-    prepare.main([])
-    for modality in MODALITIES:
-        extract.main([modality])
-    teacher.main([])
-    floor.main([])
-    for method in METHODS:
-        distill.main([method])
-    evaluate.main([])
-    report.main([])
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import small_params, write_project
+    from conftest import run_dag, small_params, write_project
 
     params = small_params()
     params["seeds"] = list(SEEDS)
@@ -60,7 +46,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = write_project(tmp_path_factory.mktemp("chain"), params)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        run_all()
+        run_dag(METHODS, DS)
     return root
 
 

@@ -18,10 +18,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from conftest import run_dag, small_params
 
-from pipeline import check, distill, evaluate, extract, floor, generate, prepare, report, teacher
+from pipeline import generate
 from pipeline.core import paths
-from pipeline.core.config import MODALITIES
 from pipeline.data.csd import csd_key
 from pipeline.evaluation.metrics import METRIC_NAMES
 from pipeline.features.store import FeatureReader, write_csd_file
@@ -48,33 +49,16 @@ def write_vegas_feature_h5(path: Path, seed: int = 0) -> None:
                                         ).astype(np.float32)
 
 
-def run_dag(students: list[str], generated: str | None = None) -> None:
-    check.main([])
-    if generated:
-        generate.main([generated])
-    prepare.main([])
-    for modality in MODALITIES:
-        extract.main([modality])
-    teacher.main([])
-    floor.main([])
-    for name in students:
-        distill.main([name])
-    evaluate.main([])
-    report.main([])
-
-
 # --------------------------------------------------------------------------- vegas_features
 
 
 @pytest.fixture(scope="module")
 def vegas(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import small_params
-
     params = small_params()
     params.update(dataset="vegas_features", seeds=[0])
     params["distill"]["students"] = VEGAS_STUDENTS
     root = tmp_path_factory.mktemp("vegas_features")
-    (root / "params.yaml").write_text(__import__("yaml").safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     write_vegas_feature_h5(root / "data/raw/vegas_features/vegas_feature.h5")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
@@ -154,9 +138,6 @@ def write_mosi_with_csd(root: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def mosi(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
-    import yaml
-    from conftest import small_params
-
     params = small_params()
     params["seeds"] = [0]
     params["distill"]["students"] = MOSI_STUDENTS
