@@ -1,4 +1,4 @@
-"""The CLIP prompt teacher and the RoBERTa text student.
+"""The CLIP prompt teacher (the students are in models/students.py and models/retrieval_student.py).
 
 Teacher (VideoAdviser's multimodal teacher, DESIGN.md "Teacher"): over frozen CLIP frame
 embeddings v_1..v_F, log-mel audio frames, the CLIP transcript embedding e_t and the K
@@ -39,11 +39,6 @@ dropout provides.
 A checkpoint (`save_teacher`) holds the weights, the config that built the model and plain provenance,
 and is read with `torch.load(weights_only=True)` only (core/checkpoints.py: files from other people
 never run code when read).
-
-Students: the text student (text only at inference) is any HF AutoModel encoder whose first
-token's hidden state goes through an MLP to the regression output r_S and through a linear
-layer to K logits; the multimodal student adds small encoders over the cached video and
-audio features and fuses the three pooled vectors late (so MSD has several modalities).
 """
 
 from __future__ import annotations
@@ -217,26 +212,3 @@ def load_teacher(path: Path, map_location: str | torch.device = "cpu") -> tuple[
     model = PromptTeacher(config, ckpt["state_dict"]["prompts"])
     model.load_state_dict(ckpt["state_dict"])
     return model, ckpt
-
-
-# --------------------------------------------------------------------------- student
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -184,14 +184,6 @@ def train_teacher(data: FeatureArrays, labels: torch.Tensor, splits: np.ndarray,
     return model.cpu(), best
 
 
-
-
-
-
-
-
-
-
 def modality_predictions(model: PromptTeacher, data: FeatureArrays, full: dict[str, torch.Tensor],
                          labels: torch.Tensor, kind: str, task: Task) -> dict[str, np.ndarray]:
     """For each modality m: the output with only m kept (`reg_only_<m>`; retrieval `logits_only_<m>`), with m

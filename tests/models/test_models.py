@@ -1,4 +1,4 @@
-"""Tests of pipeline.models.networks: the CLIP prompt teacher and the RoBERTa text student (tiny, CPU)."""
+"""Tests of pipeline/models/teacher.py and students.py: the CLIP prompt teacher and the text student (tiny, CPU)."""
 
 from __future__ import annotations
 
