@@ -93,9 +93,9 @@ def _check_device(value: str, key: str = "device") -> None:
 def _check_source(value: str, key: str) -> None:
     """`auto`, `media`, or a relative path inside the dataset's folder (`file[:key]`); the file's format and
     key are checked by features/precomputed.py (stage check), which knows the formats."""
-    path = value.split(":", 1)[0]
     if value in ("auto", "media"):
         return
+    path = value.split(":", 1)[0]
     if not path or path.startswith(("/", "\\")) or ".." in path.replace("\\", "/").split("/"):
         raise ConfigError(f"{key}: expected auto, media, or a feature file's path relative to data/raw/<dataset>/ "
                           f"(e.g. CMU_MOSI_COVAREP.csd, unaligned_50.pkl:audio), got {value!r}: put the file inside "
@@ -302,7 +302,9 @@ class FeatureSettings:
     extract's frame sampling and log-mel settings. A model that reads features records them in its
     provenance (`record()`: the teacher's checkpoint, a multimodal or retrieval student's), so that
     running it on new clips (pipeline/predict.py, evaluate's latency) uses the settings it was trained
-    with, not today's params.yaml (`recorded_features`)."""
+    with, not today's params.yaml (`recorded_features`). Their video and audio `source` are recorded
+    resolved (features/precomputed.py `resolved`), so that a model of precomputed features is known as
+    one and refused a raw clip (evaluation/latency.py `MediaInputs`)."""
 
     clip: ClipParams
     video: VideoParams
