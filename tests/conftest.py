@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -103,3 +105,24 @@ def run_dag(students: list[str] | tuple[str, ...], generated: str | None = None)
         distill.main([name])
     evaluate.main([])
     report.main([])
+
+
+def write_mmsa_pickle(path: Path, aligned: bool = False, protocol: int = pickle.DEFAULT_PROTOCOL) -> dict:
+    """A small unaligned_50.pkl / aligned_50.pkl with MMSA's keys (COVAREP 5, FACET 20 as in its MOSI files)."""
+    rng = np.random.default_rng(0)
+    data = {}
+    for split, n in (("train", 4), ("valid", 2), ("test", 3)):
+        part = {"id": np.array([f"vid{split}$_${i + 1}" for i in range(n)], dtype=object),
+                "raw_text": [f"words {i}" for i in range(n)],
+                "text": rng.normal(size=(n, 50, 768)).astype(np.float32),
+                "text_bert": rng.integers(0, 100, size=(n, 3, 50)).astype(np.float32),
+                "audio": rng.normal(size=(n, 50 if aligned else 60, 5)).astype(np.float32),
+                "vision": rng.normal(size=(n, 50 if aligned else 40, 20)).astype(np.float32),
+                "regression_labels": rng.uniform(-3, 3, size=n).astype(np.float32),
+                "annotations": ["Positive"] * n}
+        if not aligned:
+            part["audio_lengths"] = [int(x) for x in rng.integers(1, 60, size=n)]
+            part["vision_lengths"] = [int(x) for x in rng.integers(1, 40, size=n)]
+        data[split] = part
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    return data

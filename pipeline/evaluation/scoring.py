@@ -63,7 +63,7 @@ from pipeline.evaluation.latency import (
 from pipeline.evaluation.metrics import METRIC_SETS, json_safe, summarize_seeds
 from pipeline.features.arrays import FeatureArrays, load_features
 from pipeline.features.clip import FrozenClip
-from pipeline.features.precomputed import resolved, sources
+from pipeline.features.precomputed import resolved
 from pipeline.models.floor import ProbeFloor, TextFloor, load_floor
 from pipeline.tasks.table import task_of
 
@@ -85,7 +85,6 @@ class Evaluation:
         self.test_rows = np.flatnonzero(self.manifest["split"].to_numpy() == "test")
         self.test = self.manifest.iloc[self.test_rows].reset_index(drop=True)
         self.device = resolve_device(params.device)
-        self.sources = sources(extract, dataset)  # where video and audio come from
         self._features: dict[tuple[int, int], FeatureArrays] = {}
         self._clips: dict[ClipParams, FrozenClip] = {}  # the frozen CLIPs of the raw-clip pipelines, loaded once
         self.latency_by_kind: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -149,7 +148,7 @@ class Evaluation:
             control, _ = teacher_pipeline(paths.teacher_checkpoint(self.dataset, seed, name), self.device,
                                           self.media_inputs)
             inputs = "+".join(self.task.self_modalities)
-            files = self.precomputed(inputs)
+            files = self.precomputed(control, inputs)
             return {"params": count_parameters(*self.needed(control, inputs, clip_text=True)),
                     "inputs": inputs + (f" (precomputed: {files})" if files else ""), **untimed,
                     "note": "a control, never deployed: not timed"}
@@ -157,7 +156,7 @@ class Evaluation:
             return {"params": probes.n_parameters, "inputs": "video+audio (time-averaged cached features)",
                     **untimed, "note": "linear probes on cached features: not timed from raw clips"}
         kind, pipeline, inputs = self.inference_pipeline(name, seed)
-        if files := self.precomputed(inputs):
+        if files := self.precomputed(pipeline, inputs):
             return {"params": count_parameters(*self.needed(pipeline, inputs, clip_text=kind == TEACHER)),
                     "inputs": f"{inputs} (precomputed: {files})", **untimed,
                     "note": f"reads precomputed features ({files}): not timed from raw clips"}
@@ -173,18 +172,24 @@ class Evaluation:
                  result["batch_size"], result["device"])
         return result
 
-    def precomputed(self, inputs: str) -> str:
-        """The precomputed feature files among a model's `inputs` (e.g. "video+audio+text"), "" when none:
-        such a model cannot be run from a raw clip (features/precomputed.py)."""
-        return ", ".join(str(s) for m, s in self.sources.items() if not s.media and m in inputs.split("+"))
+    @staticmethod
+    def precomputed(pipeline: Any, inputs: str) -> str:
+        """The precomputed feature files among the `inputs` (e.g. "video+audio+text") of the model `pipeline`
+        runs, as its own record names them (latency.py `MediaInputs.precomputed`), "" when none: such a model
+        cannot be run from a raw clip (features/precomputed.py). A transcript-only pipeline reads no features."""
+        media = getattr(pipeline, "media", None)
+        files = media.precomputed.items() if media is not None else ()
+        return ", ".join(file for m, file in files if m in inputs.split("+"))
 
-    def needed(self, pipeline: Any, inputs: str, clip_text: bool) -> list[torch.nn.Module]:
+    @staticmethod
+    def needed(pipeline: Any, inputs: str, clip_text: bool) -> list[torch.nn.Module]:
         """The modules of `pipeline` a model with `inputs` needs at inference: the frozen CLIP only for CLIP
         frame embeddings (video from the clips) or, with `clip_text` (the teachers), the transcript's."""
         parts = inputs.split("+")
-        if (clip_text and "text" in parts) or ("video" in parts and self.sources["video"].media):
+        media = pipeline.media
+        if (clip_text and "text" in parts) or ("video" in parts and "video" not in media.precomputed):
             return pipeline.modules()
-        return [m for m in pipeline.modules() if m is not pipeline.media.clip.model]
+        return [m for m in pipeline.modules() if m is not media.clip.model]
 
     def inference_pipeline(self, name: str, seed: int) -> tuple[str, Any, str]:
         """(kind, the model of `name` (its `seed`) wrapped end to end from raw clip to prediction, its inputs)."""

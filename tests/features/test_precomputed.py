@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_mmsa_pickle
 
 from pipeline.core.config import ConfigError, load_section
 from pipeline.features.extraction import Failures
@@ -58,11 +59,9 @@ def test_check_names_a_missing_file(project: Path) -> None:
 
 
 def test_an_mmsa_pickle_is_imported_for_the_manifests_clips(project: Path) -> None:
-    from data.test_mmsa_features import mmsa_pickle
-
     root = project / "data/raw/mosi"
     root.mkdir(parents=True)
-    data = mmsa_pickle(root / "unaligned_50.pkl")
+    data = write_mmsa_pickle(root / "unaligned_50.pkl")
     data_ids = [str(i) for s in ("train", "valid", "test") for i in data[s]["id"]]
     ids = [*data_ids[:5], "absent$_$1"]  # one manifest clip the file lacks
     manifest = pd.DataFrame({"id": ids, "video": [f"Raw/{i}.mp4" for i in ids]})
